@@ -1,0 +1,1 @@
+"""agff-deploy core: the AGFF-Embed model, its config, prompts, fused similarity and formats."""

@@ -1,0 +1,120 @@
+"""Config-first description of an AGFF-Embed model.
+
+Everything that changes the numbers a model produces lives here and is saved as
+JSON beside the weights, so a checkpoint, an export and a runtime never have to
+guess a knob.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "agff_config.json"
+
+
+@dataclass
+class AGFFConfig:
+    """AGFF knobs plus the base Qwen2-VL architecture they sit on.
+
+    `base` holds the `Qwen2VLConfig` as a plain dict (`to_dict()` output), so a
+    checkpoint is self-contained and a real Qwen2-VL folder's config drops in
+    unchanged.
+    """
+
+    base: dict[str, Any]
+    num_fine: int = 4
+    prompt_length: int = 1
+    image_size: tuple[int, int] = (112, 112)
+    t_in: float = 0.05
+    t_f: float = 0.05
+    pattern_bias: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    temperature: float = 0.05
+    ega_alpha: float = 1.0
+    max_text_tokens: int = 64
+    preset: str = "custom"
+    base_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+        self.pattern_bias = tuple(float(b) for b in self.pattern_bias)  # type: ignore[assignment]
+        self.validate()
+
+    @property
+    def num_prompts(self) -> int:
+        return self.num_fine + 1
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.base["text_config"]["hidden_size"])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.base["vision_config"]["patch_size"])
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.base["vision_config"]["spatial_merge_size"])
+
+    @property
+    def merged_grid(self) -> tuple[int, int]:
+        """Image tokens per side after the 2x2 patch merge: what the LLM sees."""
+        step = self.patch_size * self.merge_size
+        return self.image_size[0] // step, self.image_size[1] // step
+
+    @property
+    def num_image_tokens(self) -> int:
+        gh, gw = self.merged_grid
+        return gh * gw
+
+    def validate(self) -> None:
+        if self.num_fine < 0:
+            raise ValueError(f"num_fine must be >= 0 (0 = single global embedding), got {self.num_fine}")
+        if self.prompt_length < 1:
+            raise ValueError(f"prompt_length must be >= 1, got {self.prompt_length}")
+        step = self.patch_size * self.merge_size
+        h, w = self.image_size
+        if h % step or w % step or h <= 0 or w <= 0:
+            raise ValueError(
+                f"image_size {h}x{w} is not a positive multiple of patch_size*spatial_merge_size = {step}; "
+                f"pick e.g. {max(step, h // step * step)}x{max(step, w // step * step)}"
+            )
+        for name in ("t_in", "t_f", "temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["image_size"] = list(self.image_size)
+        data["pattern_bias"] = list(self.pattern_bias)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AGFFConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown AGFFConfig fields {unknown}; known fields are {sorted(known)}")
+        return cls(**data)
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> AGFFConfig:
+        path = Path(folder) / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: a checkpoint folder holds {CONFIG_FILE} (write one with `python -m train.run`)"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_dict(data)

@@ -1,0 +1,123 @@
+"""AGFF-Embed: a Qwen2-VL that emits one global and K fine-grained embeddings per item.
+
+The module the trainer optimises is the module the exporter traces: fixed
+image size, vision blocks on a batch axis, gather/where image merge,
+vectorised M-RoPE, and K+1 prompts sharing one prefix pass. No `.tolist()`,
+no Python loops over data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLModel
+
+from .config import AGFFConfig
+from .mrope import image_grid_offsets, mrope_position_ids
+from .prompts import PrefixSharedPrompts
+from .similarity import FusedSimilarity
+from .vision import encode_images, vision_rotary_table
+
+SUPPORTED_MODEL_TYPES = ("qwen2_vl",)
+
+
+def build_base_model(base: dict) -> Qwen2VLModel:
+    """A randomly initialised Qwen2-VL backbone (the caller seeds torch)."""
+    model_type = base.get("model_type", "qwen2_vl")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"base model_type {model_type!r} is not supported; AGFF-Embed builds on {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    config = Qwen2VLConfig.from_dict(base)
+    return Qwen2VLModel._from_config(config, attn_implementation="eager")
+
+
+def load_base_folder(path: str | Path) -> Qwen2VLModel:
+    """The Qwen2-VL backbone of a local checkpoint folder (`save_pretrained` layout); no hub access."""
+    folder = Path(path)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: --base takes a local Qwen2-VL folder written by save_pretrained"
+        )
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{config_path}: model_type {model_type!r} is not supported; AGFF-Embed builds on "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} checkpoints"
+        )
+    full = Qwen2VLForConditionalGeneration.from_pretrained(
+        folder, attn_implementation="eager", local_files_only=True, dtype=torch.float32
+    )
+    return full.model
+
+
+class AGFFEmbedder(nn.Module):
+    """Image, text or image+instruction -> `[B, K+1, D]` L2-normalised embeddings."""
+
+    def __init__(self, config: AGFFConfig, base: Qwen2VLModel | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.mllm = base if base is not None else build_base_model(config.base)
+        self.image_token_id = int(self.mllm.config.image_token_id)
+        self.prompts = PrefixSharedPrompts(config.num_prompts, config.prompt_length, config.hidden_size)
+        self.fusion = FusedSimilarity(config.t_in, config.t_f, config.pattern_bias)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)))
+        patch_grid = tuple(s // config.patch_size for s in config.image_size)
+        cos, sin = vision_rotary_table(self.mllm.visual, patch_grid)
+        rows, cols = image_grid_offsets(config.merged_grid)
+        self.register_buffer("vision_cos", cos, persistent=False)
+        self.register_buffer("vision_sin", sin, persistent=False)
+        self.register_buffer("image_rows", rows, persistent=False)
+        self.register_buffer("image_cols", cols, persistent=False)
+        self._init_prompts()
+
+    def _init_prompts(self) -> None:
+        """Start prompts at the scale of real token embeddings so they matter from step one."""
+        with torch.no_grad():
+            std = self.mllm.language_model.embed_tokens.weight.std()
+            self.prompts.vectors.normal_(0.0, float(std))
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp().clamp(min=0.01)
+
+    def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return encode_images(self.mllm.visual, pixel_values, self.vision_cos, self.vision_sin)
+
+    def merge_image_tokens(self, embeds: torch.Tensor, input_ids: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Place image token k at the k-th `<|image_pad|>` (cumsum + gather + where)."""
+        is_image = input_ids == self.image_token_id
+        index = (torch.cumsum(is_image.to(torch.int64), dim=1) - 1).clamp(0, image.shape[1] - 1)
+        gathered = torch.gather(image.to(embeds.dtype), 1, index.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+        return torch.where(is_image.unsqueeze(-1), gathered, embeds)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Right-padded `[B, L]` tokens (+ `[B, 3, H, W]` pixels) -> `[B, K+1, D]`."""
+        lm = self.mllm.language_model
+        embeds = lm.embed_tokens(input_ids)
+        if pixel_values is not None:
+            embeds = self.merge_image_tokens(embeds, input_ids, self.image_tokens(pixel_values))
+        prefix_positions, next_position = mrope_position_ids(
+            input_ids, attention_mask, self.image_token_id, self.image_rows, self.image_cols
+        )
+        batch, length = input_ids.shape
+        sequence = torch.cat([embeds, self.prompts.embeddings(batch, embeds.dtype)], dim=1)
+        positions = torch.cat([prefix_positions, self.prompts.position_ids(next_position)], dim=2)
+        mask = self.prompts.attention_mask(attention_mask, sequence.dtype)
+        hidden = lm(inputs_embeds=sequence, attention_mask=mask, position_ids=positions).last_hidden_state
+        pooled = hidden[:, self.prompts.pool_indices(length).to(hidden.device)]
+        return F.normalize(pooled.float(), dim=-1)
+
+    def similarity(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self.fusion(queries, candidates)

@@ -1,0 +1,60 @@
+"""Built-in model presets: Qwen2-VL architecture at sizes that train on a laptop CPU.
+
+`tiny` is for tests (seconds); `demo` is the default and learns the built-in
+scenes in a few minutes on two cores (sizes from DESIGN.md section 9: larger
+models and 224 px learned more slowly on the same time budget).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from .config import AGFFConfig
+from .tokenization import special_token_ids
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "mrope_section": [1, 1, 2]},
+        "vision": {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2},
+        "agff": {"num_fine": 2, "prompt_length": 2, "image_size": (56, 56), "max_text_tokens": 48},
+    },
+    "demo": {
+        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 4, "mrope_section": [2, 3, 3]},
+        "vision": {"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 2},
+        "agff": {"num_fine": 4, "prompt_length": 1, "image_size": (112, 112), "max_text_tokens": 64},
+    },
+}  # fmt: skip
+
+
+def base_config(preset: str, tokenizer: Tokenizer) -> dict[str, Any]:
+    """The `Qwen2VLConfig` dict of a preset, with this tokenizer's vocabulary and token ids."""
+    spec = PRESETS[preset]
+    text = dict(spec["text"])
+    mrope_section = text.pop("mrope_section")
+    ids = special_token_ids(tokenizer)
+    text.update(
+        vocab_size=tokenizer.get_vocab_size(),
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
+        bos_token_id=ids["bos_token_id"],
+        eos_token_id=ids["eos_token_id"],
+        pad_token_id=ids["pad_token_id"],
+    )
+    vision = dict(spec["vision"], hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, in_channels=3)  # fmt: skip
+    token_ids = {
+        k: ids[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    }
+    return {"model_type": "qwen2_vl", "text_config": text, "vision_config": vision, **token_ids}
+
+
+def preset_config(preset: str, tokenizer: Tokenizer, **overrides: Any) -> AGFFConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    fields = dict(PRESETS[preset]["agff"], preset=preset)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return AGFFConfig(base=base_config(preset, tokenizer), **fields)

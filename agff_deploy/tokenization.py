@@ -1,0 +1,166 @@
+"""Tokenizer and chat formatting, with the `tokenizers` library only (no torch).
+
+The runtime on a Jetson has `tokenizers` but not transformers, so formatting
+lives here once and is shared by training, export checks and the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+TOKENIZER_FILE = "tokenizer.json"
+
+# Qwen2-VL's special and chat tokens, in its order, so local tokenizers take
+# the same code path as a real checkpoint's.
+QWEN2VL_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
+IMAGE_PLACEHOLDER = VISION_START + IMAGE_PAD + VISION_END
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+USER_HEAD, USER_TAIL = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on `corpus`, with Qwen2-VL's special tokens after the vocabulary."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    tokenizer.add_special_tokens(list(QWEN2VL_SPECIAL_TOKENS))
+    return tokenizer
+
+
+def special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
+    """Qwen2-VL config ids (`image_token_id`, ...) as this tokenizer assigns them."""
+    ids = {}
+    for key, token in (
+        ("image_token_id", IMAGE_PAD),
+        ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", VISION_START),
+        ("vision_end_token_id", VISION_END),
+        ("bos_token_id", "<|endoftext|>"),
+        ("eos_token_id", "<|im_end|>"),
+        ("pad_token_id", "<|endoftext|>"),
+    ):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"tokenizer has no {token} token; Qwen2-VL checkpoints need it")
+        ids[key] = token_id
+    return ids
+
+
+@dataclass
+class EncodedBatch:
+    """Right-padded token ids and their mask, as numpy int64 `[B, L]`."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    truncated: list[int]
+
+
+class ChatFormatter:
+    """Formats an item as Qwen2-VL's user turn and tokenizes it.
+
+    An image item is `<|vision_start|>` + T x `<|image_pad|>` + `<|vision_end|>`
+    followed by its text; the runtime, trainer and exporter all go through here.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, num_image_tokens: int, max_text_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.num_image_tokens = num_image_tokens
+        self.max_text_tokens = max_text_tokens
+        self.pad_id = tokenizer.token_to_id("<|endoftext|>")
+        self.image_id = tokenizer.token_to_id(IMAGE_PAD)
+        self._head = self._ids(USER_HEAD)
+        self._tail = self._ids(USER_TAIL)
+        self._image = [tokenizer.token_to_id(VISION_START)] + [self.image_id] * num_image_tokens
+        self._image.append(tokenizer.token_to_id(VISION_END))
+
+    @classmethod
+    def from_file(cls, path: str | Path, num_image_tokens: int, max_text_tokens: int) -> ChatFormatter:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file {path} not found")
+        return cls(Tokenizer.from_file(str(path)), num_image_tokens, max_text_tokens)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def item_ids(self, text: str, with_image: bool) -> tuple[list[int], bool]:
+        """Token ids of one item and whether its text was truncated."""
+        text_ids = self._ids(text.replace(IMAGE_PLACEHOLDER, "").strip())
+        truncated = len(text_ids) > self.max_text_tokens
+        text_ids = text_ids[: self.max_text_tokens]
+        image_ids = self._image if with_image else []
+        return self._head + image_ids + text_ids + self._tail, truncated
+
+    def chat_text(self, text: str, with_image: bool) -> str:
+        """The formatted string HF's processor would tokenize (image block unexpanded)."""
+        return USER_HEAD + (IMAGE_PLACEHOLDER if with_image else "") + text.strip() + USER_TAIL
+
+    def encode(self, texts: Sequence[str], with_image: bool, warn_name: str = "text") -> EncodedBatch:
+        rows, truncated = [], []
+        for i, text in enumerate(texts):
+            ids, cut = self.item_ids(text, with_image)
+            rows.append(ids)
+            if cut:
+                truncated.append(i)
+                warnings.warn(
+                    f"{warn_name} {i} is longer than {self.max_text_tokens} tokens and was truncated", stacklevel=2
+                )
+        length = max(len(r) for r in rows)
+        input_ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), length), dtype=np.int64)
+        for i, ids in enumerate(rows):
+            input_ids[i, : len(ids)] = ids
+            attention_mask[i, : len(ids)] = 1
+        return EncodedBatch(input_ids, attention_mask, truncated)
+
+
+def write_tokenizer_files(tokenizer: Tokenizer, folder: str | Path) -> None:
+    """tokenizer.json plus the HF tokenizer_config.json (with the chat template)."""
+    folder = Path(folder)
+    tokenizer.save(str(folder / TOKENIZER_FILE))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "model_max_length": 32768,
+        "chat_template": CHAT_TEMPLATE,
+        "extra_special_tokens": {"image_token": IMAGE_PAD},
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX bundle (fp32 / fp16 / int8) -> TensorRT engines."""

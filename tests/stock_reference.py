@@ -1,0 +1,39 @@
+"""The stock Hugging Face Qwen2-VL forward, one item and one prompt at a time.
+
+This is the reference the AGFF module must equal: HF's own packed vision
+tower, masked_scatter merge, Python-loop `get_rope_index` and causal mask,
+with each soft prompt appended after the unpadded prefix in its own pass.
+"""
+
+import torch
+import torch.nn.functional as F
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+PATCHIFY = Qwen2VLImageProcessorPil(do_resize=False, do_rescale=False, do_normalize=False)
+
+
+def hf_pixel_values(pixels: torch.Tensor, patch_size: int, merge_size: int) -> dict[str, torch.Tensor]:
+    """HF's packed patches for one normalised `[3, H, W]` image."""
+    PATCHIFY.patch_size, PATCHIFY.merge_size = patch_size, merge_size
+    out = PATCHIFY(images=[pixels.numpy()], return_tensors="pt", input_data_format="channels_first")
+    return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+
+@torch.no_grad()
+def separate_passes(model, input_ids, attention_mask, pixel_values=None) -> torch.Tensor:
+    mllm, cfg = model.mllm, model.config
+    m = cfg.prompt_length
+    items = []
+    for b in range(input_ids.shape[0]):
+        ids = input_ids[b][attention_mask[b].bool()]
+        image = {} if pixel_values is None else hf_pixel_values(pixel_values[b], cfg.patch_size, cfg.merge_size)
+        full = torch.cat([ids, torch.zeros(m, dtype=ids.dtype)])[None]
+        prompts = []
+        for i in range(cfg.num_prompts):
+            embeds = mllm.language_model.embed_tokens(full).clone()
+            embeds[0, -m:] = model.prompts.vectors[i]
+            token_types = (full == model.image_token_id).int()
+            hidden = mllm(input_ids=full, inputs_embeds=embeds, mm_token_type_ids=token_types, **image)
+            prompts.append(F.normalize(hidden.last_hidden_state[0, -1], dim=-1))
+        items.append(torch.stack(prompts))
+    return torch.stack(items)

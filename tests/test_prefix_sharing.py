@@ -1,0 +1,106 @@
+"""The one-sequence multi-prompt pass equals K+1 stock HF passes (DESIGN.md bar: max abs <= 1e-5)."""
+
+import pytest
+import torch
+
+from agff_deploy.mrope import mrope_position_ids
+from agff_deploy.vision import encode_images
+from tests.conftest import scene_images
+from tests.stock_reference import hf_pixel_values, separate_passes
+
+BAR = 1e-5
+# Two input sets: different batch sizes, text lengths and so different padding.
+INSTRUCTION_SETS = [
+    ["", "what colour is the star?", "where is it"],
+    ["how many circles are there in this picture, and what colour are they?", "", "a", "is the cross filled?", "x"],
+]
+TEXT_SETS = [
+    ["a red circle", "a beach scene with two large green filled triangles pointing up at the right", "snow"],
+    ["one", "a night scene with one small white outlined star at the right and three crosses", "b", "blue", "?"],
+]
+
+
+def embed(model, inputs):
+    with torch.no_grad():
+        return model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values)
+
+
+def run_both(model, inputs):
+    return embed(model, inputs), separate_passes(model, inputs.input_ids, inputs.attention_mask, inputs.pixel_values)
+
+
+@pytest.mark.parametrize("texts", TEXT_SETS)
+def test_text_items_match_separate_stock_passes(tiny_model, encoder, texts):
+    shared, reference = run_both(tiny_model, encoder.inputs(texts))
+    assert encoder.inputs(texts).attention_mask.float().mean() < 1  # the set really is padded
+    assert (shared - reference).abs().max().item() <= BAR
+
+
+@pytest.mark.parametrize("first", [0, 10])
+def test_image_items_match_separate_stock_passes(tiny_model, encoder, first):
+    count = 2 if first else 3
+    images = scene_images(count, tiny_model.config.image_size[0], first)
+    shared, reference = run_both(tiny_model, encoder.inputs([""] * count, images))
+    assert (shared - reference).abs().max().item() <= BAR
+
+
+@pytest.mark.parametrize("instructions", INSTRUCTION_SETS)
+def test_image_with_instruction_items_match_separate_stock_passes(tiny_model, encoder, instructions):
+    images = scene_images(len(instructions), tiny_model.config.image_size[0], 20)
+    shared, reference = run_both(tiny_model, encoder.inputs(instructions, images))
+    assert (shared - reference).abs().max().item() <= BAR
+
+
+def test_outputs_are_unit_vectors_one_per_prompt(tiny_model, encoder):
+    out = embed(tiny_model, encoder.inputs(TEXT_SETS[0]))
+    assert out.shape == (3, tiny_model.config.num_prompts, tiny_model.config.hidden_size)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(3, tiny_model.config.num_prompts))
+
+
+def test_a_prompt_does_not_see_the_other_prompts(tiny_model, encoder):
+    inputs = encoder.inputs(TEXT_SETS[1])
+    with torch.no_grad():
+        before = tiny_model(inputs.input_ids, inputs.attention_mask)
+        saved = tiny_model.prompts.vectors[1].clone()
+        tiny_model.prompts.vectors[1].add_(1.0)
+        after = tiny_model(inputs.input_ids, inputs.attention_mask)
+        tiny_model.prompts.vectors[1].copy_(saved)
+    others = [i for i in range(tiny_model.config.num_prompts) if i != 1]
+    assert torch.equal(before[:, others], after[:, others])
+    assert (before[:, 1] - after[:, 1]).abs().max() > 1e-3
+
+
+def test_padding_does_not_change_an_item(tiny_model, encoder):
+    short, long = "a red circle", "a night scene with one small white outlined star at the right"
+    alone = embed(tiny_model, encoder.inputs([short]))
+    padded = embed(tiny_model, encoder.inputs([short, long]))
+    assert (alone[0] - padded[0]).abs().max().item() <= BAR
+
+
+def test_vectorised_mrope_matches_hf_get_rope_index(tiny_model, encoder):
+    images = scene_images(3, tiny_model.config.image_size[0])
+    inputs = encoder.inputs(INSTRUCTION_SETS[0], images)
+    ours, _ = mrope_position_ids(
+        inputs.input_ids, inputs.attention_mask, tiny_model.image_token_id, tiny_model.image_rows, tiny_model.image_cols
+    )
+    grids = torch.tensor([[1, *[s // tiny_model.config.patch_size for s in tiny_model.config.image_size]]] * 3)
+    theirs, _ = tiny_model.mllm.get_rope_index(
+        inputs.input_ids,
+        mm_token_type_ids=(inputs.input_ids == tiny_model.image_token_id).int(),
+        image_grid_thw=grids,
+        attention_mask=inputs.attention_mask,
+    )
+    valid = inputs.attention_mask.bool().unsqueeze(0).expand(3, -1, -1)
+    assert torch.equal(ours[valid], theirs[valid])
+
+
+def test_batched_vision_tower_matches_stock_packed_tower(tiny_model, encoder):
+    images = scene_images(2, tiny_model.config.image_size[0], 5)
+    pixels = torch.from_numpy(encoder.pixels(images))
+    cfg = tiny_model.config
+    with torch.no_grad():
+        ours = encode_images(tiny_model.mllm.visual, pixels, tiny_model.vision_cos, tiny_model.vision_sin)
+        for b in range(2):
+            packed = hf_pixel_values(pixels[b], cfg.patch_size, cfg.merge_size)
+            theirs = tiny_model.mllm.visual(packed["pixel_values"], grid_thw=packed["image_grid_thw"]).pooler_output
+            assert (ours[b] - theirs).abs().max().item() <= BAR

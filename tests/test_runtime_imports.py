@@ -1,0 +1,47 @@
+"""runtime/ and the shared torch-free pieces import on a host without torch or transformers."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def run_blocking(modules: list[str], code: str) -> subprocess.CompletedProcess:
+    blocker = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in {modules!r}:
+                    raise ImportError(f"{{name}} is blocked for this test")
+        sys.meta_path.insert(0, Block())
+    """)
+    return subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(code)], capture_output=True, text=True)
+
+
+def test_runtime_and_shared_preprocessing_import_without_torch_or_transformers():
+    result = run_blocking(
+        ["torch", "transformers"],
+        """
+        import runtime, runtime.onnxruntime_loader
+        from agff_deploy.tokenization import ChatFormatter
+        from agff_deploy.preprocessing import ImagePreprocessor
+        import numpy as np
+        print(ImagePreprocessor(28, 28).normalize(np.zeros((28, 28, 3), np.uint8)).shape)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, 28, 28)"
+
+
+def test_a_missing_onnxruntime_names_the_extra_to_install():
+    result = run_blocking(
+        ["onnxruntime"],
+        """
+        from runtime.onnxruntime_loader import import_onnxruntime
+        try:
+            import_onnxruntime()
+        except ImportError as err:
+            print(err)
+        """,
+    )
+    assert "pip install 'agff-deploy[cpu]'" in result.stdout
+    assert "pip install 'agff-deploy[gpu]'" in result.stdout

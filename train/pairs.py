@@ -1,0 +1,112 @@
+"""Training pairs and the batch sources that serve them, deterministically by step.
+
+A batch depends only on (seed, step), so a resumed run sees exactly the
+batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from .scenes import SCENES, make_scene
+
+ImageRef = np.ndarray | Path | None
+TASKS = ("i2t", "vqa", "cls")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A query and its positive candidate; either side is text, image, or both."""
+
+    query_text: str
+    query_image: ImageRef
+    pos_text: str
+    pos_image: ImageRef = None
+
+    @property
+    def candidate_key(self) -> str:
+        """Identity of the candidate: equal keys in one batch are not negatives of each other."""
+        image = self.pos_image
+        tag = str(image) if isinstance(image, Path) else ("<array>" if image is not None else "")
+        return self.pos_text + "\x00" + tag
+
+
+class BatchSource(Protocol):
+    def batch(self, step: int) -> list[Pair]: ...
+
+
+def load_image(ref: ImageRef) -> np.ndarray | Image.Image | None:
+    if isinstance(ref, Path):
+        with Image.open(ref) as image:
+            return image.convert("RGB")
+    return ref
+
+
+def scene_pair(task: str, seed: int, image_size: int, held_out: bool = False) -> Pair:
+    """One MMEB-style pair from scene `seed`: image->caption, image+question->answer, or classification."""
+    scene = make_scene(seed, held_out=held_out)
+    image = scene.render(image_size)
+    if task == "i2t":
+        return Pair("", image, scene.caption())
+    if task == "vqa":
+        question, answer = random.Random(seed).choice(scene.questions())
+        return Pair(question, image, answer)
+    if task == "cls":
+        return Pair("", image, class_label(scene.category))
+    raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+
+
+def class_label(category: str) -> str:
+    return f"a photo of a {category} scene"
+
+
+CLASS_LABELS = tuple(class_label(c) for c in SCENES)
+
+
+def parse_task_mix(text: str) -> dict[str, float]:
+    """'i2t:0.8,vqa:0.2' -> {'i2t': 0.8, 'vqa': 0.2}."""
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.partition(":")
+        name = name.strip()
+        if name not in TASKS:
+            raise ValueError(f"--tasks: unknown task {name!r}; tasks are {', '.join(TASKS)}")
+        mix[name] = float(weight) if weight else 1.0
+    return mix
+
+
+class SyntheticPairs:
+    """Fresh synthetic scenes every step; one task per step, drawn by weight."""
+
+    def __init__(self, seed: int, batch_size: int, image_size: int, tasks: dict[str, float]) -> None:
+        self.seed = seed
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.tasks = tasks
+
+    def batch(self, step: int) -> list[Pair]:
+        rng = random.Random(self.seed * 1_000_003 + step)
+        task = rng.choices(list(self.tasks), weights=list(self.tasks.values()))[0]
+        first = (self.seed * 100_000 + step) * self.batch_size
+        return [scene_pair(task, first + j, self.image_size) for j in range(self.batch_size)]
+
+
+class ListPairs:
+    """A fixed list of pairs (MMEB-train rows), sampled without replacement per step."""
+
+    def __init__(self, pairs: list[Pair], seed: int, batch_size: int) -> None:
+        if len(pairs) < 2:
+            raise ValueError(f"need at least 2 training pairs for in-batch negatives, got {len(pairs)}")
+        self.pairs = pairs
+        self.seed = seed
+        self.batch_size = min(batch_size, len(pairs))
+
+    def batch(self, step: int) -> list[Pair]:
+        rng = random.Random(self.seed * 1_000_003 + step)
+        return [self.pairs[i] for i in rng.sample(range(len(self.pairs)), self.batch_size)]

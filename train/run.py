@@ -1,0 +1,73 @@
+"""`python -m train.run`: train AGFF-Embed (the demo preset on built-in scenes by default) into ckpt/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+
+from agff_deploy.presets import PRESETS
+
+from .pairs import TASKS
+from .trainer import Trainer, TrainSettings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = TrainSettings()
+    p = argparse.ArgumentParser(prog="python -m train.run", description=__doc__)
+    p.add_argument("--out", default=defaults.out, help="checkpoint folder (default: %(default)s)")
+    p.add_argument(
+        "--preset", default=defaults.preset, choices=sorted(PRESETS), help="model size (default: %(default)s)"
+    )
+    p.add_argument("--base", help="local Qwen2-VL folder (save_pretrained layout) to start from instead of random init")
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--warmup", type=int, default=defaults.warmup)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--ega-alpha", type=float, help="EGA hard-negative amplification (0 = plain InfoNCE)")
+    p.add_argument("--num-fine", type=int, help="fine-grained prompts K (0 = single embedding, plain cosine)")
+    p.add_argument("--prompt-length", type=int, help="learned vectors per prompt")
+    p.add_argument(
+        "--tasks", default=defaults.tasks, help=f"built-in task mix, e.g. i2t:0.8,vqa:0.2 (tasks: {', '.join(TASKS)})"
+    )
+    p.add_argument("--data", help="MMEB-train style JSONL or parquet file instead of the built-in scenes")
+    p.add_argument("--image-root", help="folder the --data image paths are relative to (default: the file's folder)")
+    p.add_argument("--max-bad-fraction", type=float, default=defaults.max_bad_fraction)
+    p.add_argument("--save-every", type=int, default=defaults.save_every)
+    p.add_argument(
+        "--eval-pairs", type=int, default=defaults.eval_pairs, help="held-out pairs for the final check (0 = skip)"
+    )
+    p.add_argument(
+        "--lora-rank", type=int, default=0, help="train LoRA adapters of this rank instead of the full backbone"
+    )
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    if args.resume:
+        trainer = Trainer.resume(args.out, steps=args.steps, threads=args.threads)
+    else:
+        names = {f.name for f in fields(TrainSettings)}
+        trainer = Trainer.create(TrainSettings(**{k: v for k, v in vars(args).items() if k in names}))
+    print(f"training {trainer.model.config.preset} model ({_millions(trainer.model)}M parameters) on {trainer.device}")
+    trainer.run()
+    print(f"trained to step {trainer.step} in {time.perf_counter() - started:.0f} s")
+    if trainer.settings.eval_pairs and not trainer.settings.data:
+        for line in trainer.evaluate().lines():
+            print(line)
+    print(f"checkpoint: {trainer.out.resolve()}")
+    return 0
+
+
+def _millions(model) -> str:
+    return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

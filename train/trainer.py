@@ -1,0 +1,260 @@
+"""The AGFF trainer: EGA InfoNCE on fused similarity, atomic checkpoints, exact resume.
+
+Resume is exact because everything that varies between steps is a function of
+the step number (the batch, the learning rate) or is saved in the checkpoint
+(weights, AdamW moments); the run never draws from a global RNG after init.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from agff_deploy.checkpoint import WEIGHTS_FILE, item_encoder, load_weights, write_atomically, write_model_files
+from agff_deploy.config import AGFFConfig
+from agff_deploy.model import AGFFEmbedder, load_base_folder
+from agff_deploy.presets import preset_config
+from agff_deploy.tokenization import TOKENIZER_FILE, train_bpe_tokenizer
+
+from .ega import ega_loss
+from .evaluate import HeldOutReport, evaluate_held_out
+from .lora import add_lora, lora_merged_state
+from .mmeb import read_mmeb
+from .pairs import BatchSource, ListPairs, Pair, SyntheticPairs, load_image, parse_task_mix
+from .scenes import vocabulary_corpus
+
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+LOG_FILE = "train_log.jsonl"
+DEMO_VOCAB_SIZE = 512
+
+
+@dataclass
+class TrainSettings:
+    out: str = "ckpt"
+    preset: str = "demo"
+    base: str | None = None
+    steps: int = 1200
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int = 40
+    seed: int = 0
+    ega_alpha: float | None = None
+    num_fine: int | None = None
+    prompt_length: int | None = None
+    tasks: str = "i2t"
+    data: str | None = None
+    image_root: str | None = None
+    max_bad_fraction: float = 0.05
+    save_every: int = 200
+    eval_pairs: int = 256
+    lora_rank: int = 0
+    threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def learning_rate(settings: TrainSettings, step: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+    return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    def __init__(self, settings: TrainSettings, model: AGFFEmbedder, tokenizer: Tokenizer, start_step: int = 0):
+        self.settings = settings
+        self.device = _device()
+        self.model = model.to(self.device).train()
+        self.tokenizer = tokenizer
+        self.encoder = item_encoder(model.config, tokenizer)
+        self.out = Path(settings.out)
+        self.step = start_step
+        self.source = self._source()
+        if settings.lora_rank:
+            add_lora(self.model, settings.lora_rank)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.01)
+
+    @classmethod
+    def create(cls, settings: TrainSettings) -> Trainer:
+        """A fresh run: build (or load) the backbone, the tokenizer and the AGFF config."""
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        torch.manual_seed(settings.seed)
+        overrides = {
+            "num_fine": settings.num_fine,
+            "prompt_length": settings.prompt_length,
+            "ega_alpha": settings.ega_alpha,
+        }
+        if settings.base:
+            base_model = load_base_folder(settings.base)
+            tokenizer = _base_tokenizer(Path(settings.base))
+            config = preset_config(settings.preset, tokenizer, **overrides)
+            config.base = base_model.config.to_dict()
+            config.base_path = str(settings.base)
+            config.validate()
+            model = AGFFEmbedder(config, base_model)
+        else:
+            tokenizer = train_bpe_tokenizer(vocabulary_corpus(), DEMO_VOCAB_SIZE)
+            model = AGFFEmbedder(preset_config(settings.preset, tokenizer, **overrides))
+        return cls(settings, model, tokenizer)
+
+    @classmethod
+    def resume(cls, folder: str | Path, steps: int | None = None, threads: int | None = None) -> Trainer:
+        """Continue the run saved in `folder` from its last checkpoint (optionally to a new step count)."""
+        folder = Path(folder)
+        state_path = folder / STATE_FILE
+        if not state_path.is_file():
+            raise FileNotFoundError(
+                f"--resume: {state_path} not found; start a run with `python -m train.run --out {folder}`"
+            )
+        state = json.loads(state_path.read_text())
+        settings = TrainSettings(**dict(state["settings"], out=str(folder), steps=steps or state["settings"]["steps"]))
+        if settings.lora_rank:
+            raise ValueError(
+                f"{folder}: resuming a LoRA run is not supported; its checkpoint holds merged weights only"
+            )
+        if threads:
+            torch.set_num_threads(threads)
+        weights_path = folder / WEIGHTS_FILE
+        _check_step(weights_path, state["step"])
+        _check_step(folder / OPTIMIZER_FILE, state["step"])
+        model = AGFFEmbedder(AGFFConfig.load(folder))
+        model.load_state_dict(load_weights(weights_path))
+        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        trainer = cls(settings, model, tokenizer, start_step=state["step"])
+        trainer._load_optimizer(folder / OPTIMIZER_FILE)
+        return trainer
+
+    def _source(self) -> BatchSource:
+        s = self.settings
+        if s.data:
+            return ListPairs(read_mmeb(s.data, s.image_root, s.max_bad_fraction), s.seed, s.batch_size)
+        return SyntheticPairs(s.seed, s.batch_size, self.model.config.image_size[0], parse_task_mix(s.tasks))
+
+    def _embed_side(self, texts: list[str], images: list) -> torch.Tensor:
+        def run(inputs):
+            inputs = inputs.to(self.device)
+            return self.model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values)
+
+        return self.encoder.embed_mixed(run, texts, images)
+
+    def loss(self, pairs: list[Pair]) -> torch.Tensor:
+        queries = self._embed_side([p.query_text for p in pairs], [load_image(p.query_image) for p in pairs])
+        candidates = self._embed_side([p.pos_text for p in pairs], [load_image(p.pos_image) for p in pairs])
+        keys = [p.candidate_key for p in pairs]
+        same = torch.tensor([[a == b for b in keys] for a in keys], device=self.device)
+        similarity = self.model.similarity(queries.float(), candidates.float())
+        return ega_loss(similarity, self.model.temperature, self.model.config.ega_alpha, same)
+
+    def train_step(self) -> float:
+        lr = learning_rate(self.settings, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        pairs = self.source.batch(self.step)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.loss(pairs)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.step += 1
+        return loss.item()
+
+    def run(self, until: int | None = None) -> None:
+        """Train up to step `until` (default: all steps), checkpointing every `save_every` steps and at the end."""
+        end = min(until or self.settings.steps, self.settings.steps)
+        self.out.mkdir(parents=True, exist_ok=True)
+        started, first = time.perf_counter(), self.step
+        with (
+            tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True) as bar,
+            (self.out / LOG_FILE).open("a") as log,
+        ):
+            while self.step < end:
+                loss = self.train_step()
+                rate = self.settings.batch_size * (self.step - first) / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss:.3f}", pairs_per_s=f"{rate:.0f}")
+                bar.update(1)
+                log.write(json.dumps(self._log_row(loss)) + "\n")
+                if self.step % self.settings.save_every == 0 or self.step == end:
+                    log.flush()
+                    self.save()
+
+    def _log_row(self, loss: float) -> dict:
+        return {
+            "step": self.step,
+            "loss": round(loss, 5),
+            "lr": learning_rate(self.settings, self.step - 1),
+            "temperature": round(self.model.temperature.item(), 5),
+            "t_f": round(self.model.fusion.t_f.item(), 5),
+            "time": round(time.time(), 3),
+        }
+
+    def save(self) -> None:
+        """Weights, optimizer moments and state, moved into place with the state file last."""
+        metadata = {"step": str(self.step)}
+
+        def write(tmp: Path) -> None:
+            write_model_files(tmp, self._export_model(), self.tokenizer, metadata)
+            save_file(self._optimizer_tensors(), tmp / OPTIMIZER_FILE, metadata=metadata)
+            state = {"step": self.step, "settings": asdict(self.settings)}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+        write_atomically(self.out, write, last=STATE_FILE)
+
+    def _export_model(self) -> AGFFEmbedder:
+        if not self.settings.lora_rank:
+            return self.model
+        clean = AGFFEmbedder(self.model.config)
+        clean.load_state_dict(lora_merged_state(self.model))
+        return clean
+
+    def _optimizer_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        for param, state in self.optimizer.state.items():
+            for key, value in state.items():
+                tensors[f"{names[id(param)]}::{key}"] = value.detach().cpu().contiguous()
+        return tensors
+
+    def _load_optimizer(self, path: Path) -> None:
+        params = dict(self.model.named_parameters())
+        for name, value in load_file(path).items():
+            param_name, key = name.split("::")
+            self.optimizer.state[params[param_name]][key] = value.to(self.device)
+
+    def evaluate(self) -> HeldOutReport:
+        return evaluate_held_out(self.model, self.encoder, self.settings.eval_pairs, seed=self.settings.seed)
+
+
+def _check_step(path: Path, step: int) -> None:
+    """A checkpoint whose files disagree on the step was cut off mid-write: refuse it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} is missing")
+    with safe_open(path, "pt") as f:
+        found = (f.metadata() or {}).get("step")
+    if found != str(step):
+        raise ValueError(
+            f"--resume: {path} is from step {found}, {STATE_FILE} says {step}; the checkpoint is inconsistent"
+        )
+
+
+def _base_tokenizer(folder: Path) -> Tokenizer:
+    path = folder / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --base needs the checkpoint's tokenizer.json beside its weights")
+    return Tokenizer.from_file(str(path))
