@@ -15,8 +15,11 @@ PATCHIFY = Qwen2VLImageProcessorPil(do_resize=False, do_rescale=False, do_normal
 def hf_pixel_values(pixels: torch.Tensor, patch_size: int, merge_size: int) -> dict[str, torch.Tensor]:
     """HF's packed patches for one normalised `[3, H, W]` image."""
     PATCHIFY.patch_size, PATCHIFY.merge_size = patch_size, merge_size
-    out = PATCHIFY(images=[pixels.numpy()], return_tensors="pt", input_data_format="channels_first")
-    return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+    out = PATCHIFY(images=[pixels.cpu().numpy()], return_tensors="pt", input_data_format="channels_first")
+    return {
+        "pixel_values": out["pixel_values"].to(pixels.device),
+        "image_grid_thw": out["image_grid_thw"].to(pixels.device),
+    }
 
 
 @torch.no_grad()
@@ -27,7 +30,7 @@ def separate_passes(model, input_ids, attention_mask, pixel_values=None) -> torc
     for b in range(input_ids.shape[0]):
         ids = input_ids[b][attention_mask[b].bool()]
         image = {} if pixel_values is None else hf_pixel_values(pixel_values[b], cfg.patch_size, cfg.merge_size)
-        full = torch.cat([ids, torch.zeros(m, dtype=ids.dtype)])[None]
+        full = torch.cat([ids, torch.zeros(m, dtype=ids.dtype, device=ids.device)])[None]
         prompts = []
         for i in range(cfg.num_prompts):
             embeds = mllm.language_model.embed_tokens(full).clone()

@@ -35,7 +35,7 @@ def embed(
     for start in range(0, len(texts), chunk):
         part_images = None if images is None else images[start : start + chunk]
         inputs = encoder.inputs(texts[start : start + chunk], part_images).to(device)
-        parts.append(model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values).float().cpu())
+        parts.append(model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values).float())
     return torch.cat(parts)
 
 
@@ -61,7 +61,7 @@ def evaluate_held_out(model: AGFFEmbedder, encoder: ItemEncoder, num_pairs: int 
     image_emb = embed(model, encoder, [""] * num_pairs, images)
     caption_emb = embed(model, encoder, [s.caption() for s in scenes])
     scores = model.similarity(image_emb, caption_emb)
-    recall = (scores.argmax(dim=1) == torch.arange(num_pairs)).float().mean().item()
+    recall = (scores.argmax(dim=1).cpu() == torch.arange(num_pairs)).float().mean().item()
     rng = random.Random(seed)
     accuracy = {}
     for attribute in ATTRIBUTES:
@@ -69,7 +69,7 @@ def evaluate_held_out(model: AGFFEmbedder, encoder: ItemEncoder, num_pairs: int 
         rows = [(i, changed) for i, changed in rows if changed is not None]
         if not rows:
             continue
-        index = torch.tensor([i for i, _ in rows])
+        index = torch.tensor([i for i, _ in rows], device=scores.device)
         wrong = embed(model, encoder, [changed.caption() for _, changed in rows])
         true_score = scores[index, index]
         wrong_score = model.similarity(image_emb[index], wrong).diagonal()
