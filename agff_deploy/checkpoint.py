@@ -12,6 +12,7 @@ with `os.replace`, so a reader never sees a half-written file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable
@@ -81,12 +82,14 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is not a readable safetensors file ({err}); re-save the checkpoint") from err
 
 
-def load_checkpoint(folder: str | Path) -> tuple[AGFFEmbedder, Tokenizer]:
-    """Model (eval mode, CPU) and tokenizer from a checkpoint folder."""
+def load_checkpoint(folder: str | Path, image_size: tuple[int, int] | None = None) -> tuple[AGFFEmbedder, Tokenizer]:
+    """Model (eval mode, CPU) and tokenizer from a checkpoint folder, optionally at another image size."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
     config = AGFFConfig.load(folder)
+    if image_size is not None:
+        config = dataclasses.replace(config, image_size=tuple(image_size))
     weights = load_weights(_require(folder, WEIGHTS_FILE))
     tokenizer = Tokenizer.from_file(str(_require(folder, TOKENIZER_FILE)))
     model = AGFFEmbedder(config)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLModel
 
+from .attention import ATTENTION
 from .config import AGFFConfig
 from .mrope import image_grid_offsets, mrope_position_ids
 from .prompts import PrefixSharedPrompts
@@ -34,7 +35,7 @@ def build_base_model(base: dict) -> Qwen2VLModel:
             f"base model_type {model_type!r} is not supported; AGFF-Embed builds on {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     config = Qwen2VLConfig.from_dict(base)
-    return Qwen2VLModel._from_config(config, attn_implementation="eager")
+    return Qwen2VLModel._from_config(config, attn_implementation=ATTENTION)
 
 
 def load_base_folder(path: str | Path) -> Qwen2VLModel:
@@ -52,7 +53,7 @@ def load_base_folder(path: str | Path) -> Qwen2VLModel:
             f"{', '.join(SUPPORTED_MODEL_TYPES)} checkpoints"
         )
     full = Qwen2VLForConditionalGeneration.from_pretrained(
-        folder, attn_implementation="eager", local_files_only=True, dtype=torch.float32
+        folder, attn_implementation=ATTENTION, local_files_only=True, dtype=torch.float32
     )
     return full.model
 

@@ -127,6 +127,11 @@ class ChatFormatter:
         image_ids = self._image if with_image else []
         return self._head + image_ids + text_ids + self._tail, truncated
 
+    def length_range(self, with_image: bool) -> tuple[int, int]:
+        """Shortest (empty text) and longest (full text budget) item, in tokens."""
+        fixed = len(self._head) + len(self._tail) + (len(self._image) if with_image else 0)
+        return fixed, fixed + self.max_text_tokens
+
     def chat_text(self, text: str, with_image: bool) -> str:
         """The formatted string HF's processor would tokenize (image block unexpanded)."""
         return USER_HEAD + (IMAGE_PLACEHOLDER if with_image else "") + text.strip() + USER_TAIL

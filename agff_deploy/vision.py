@@ -44,17 +44,23 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _layer_norm_fp32(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm computed in fp32 whatever the weights' dtype, so an fp16 export keeps its norms in fp32."""
+    weight, bias = norm.weight.float(), norm.bias.float()
+    return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).to(x.dtype)
+
+
 def _block_forward(block: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     attn = block.attn
     b, n, e = x.shape
-    qkv = attn.qkv(block.norm1(x)).view(b, n, 3, attn.num_heads, e // attn.num_heads)
+    qkv = attn.qkv(_layer_norm_fp32(block.norm1, x)).view(b, n, 3, attn.num_heads, e // attn.num_heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     q = (q.float() * cos + _rotate_half(q.float()) * sin).to(v.dtype)
     k = (k.float() * cos + _rotate_half(k.float()) * sin).to(v.dtype)
-    weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scaling, dim=-1, dtype=torch.float32)
+    weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * attn.scaling, dim=-1)
     out = torch.matmul(weights.to(v.dtype), v).transpose(1, 2).reshape(b, n, e)
     x = x + attn.proj(out)
-    return x + block.mlp(block.norm2(x))
+    return x + block.mlp(_layer_norm_fp32(block.norm2, x))
 
 
 def encode_images(visual: nn.Module, pixel_values: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -63,5 +69,6 @@ def encode_images(visual: nn.Module, pixel_values: torch.Tensor, cos: torch.Tens
     for block in visual.blocks:
         x = _block_forward(block, x, cos, sin)
     b, n, e = x.shape
-    merged = visual.merger(x.reshape(b * n, e))
-    return merged.view(b, n // visual.spatial_merge_size**2, -1)
+    merger = visual.merger
+    normed = _layer_norm_fp32(merger.ln_q, x).reshape(b * n // visual.spatial_merge_size**2, merger.hidden_size)
+    return merger.mlp(normed).view(b, n // visual.spatial_merge_size**2, -1)

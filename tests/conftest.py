@@ -6,8 +6,8 @@ from tokenizers import Tokenizer
 from agff_deploy.checkpoint import item_encoder
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.presets import preset_config
+from agff_deploy.scenes import make_scene, vocabulary_corpus
 from agff_deploy.tokenization import train_bpe_tokenizer
-from train.scenes import make_scene, vocabulary_corpus
 
 
 def pytest_configure(config):

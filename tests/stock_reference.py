@@ -24,6 +24,18 @@ def hf_pixel_values(pixels: torch.Tensor, patch_size: int, merge_size: int) -> d
 
 @torch.no_grad()
 def separate_passes(model, input_ids, attention_mask, pixel_values=None) -> torch.Tensor:
+    configs = (model.mllm.language_model.config, model.mllm.visual.config)
+    chosen = [c._attn_implementation for c in configs]
+    for config in configs:
+        config._attn_implementation = "eager"
+    try:
+        return _separate_passes(model, input_ids, attention_mask, pixel_values)
+    finally:
+        for config, name in zip(configs, chosen, strict=True):
+            config._attn_implementation = name
+
+
+def _separate_passes(model, input_ids, attention_mask, pixel_values) -> torch.Tensor:
     mllm, cfg = model.mllm, model.config
     m = cfg.prompt_length
     items = []

@@ -3,8 +3,8 @@ import random
 import numpy as np
 import pytest
 
+from agff_deploy.scenes import ATTRIBUTES, HELD_OUT_COMBOS, change_attribute, make_scene
 from train.pairs import CLASS_LABELS, SyntheticPairs, parse_task_mix, scene_pair
-from train.scenes import ATTRIBUTES, HELD_OUT_COMBOS, change_attribute, make_scene
 
 
 def combos(scene):

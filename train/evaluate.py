@@ -16,8 +16,7 @@ import torch
 
 from agff_deploy.inputs import ItemEncoder
 from agff_deploy.model import AGFFEmbedder
-
-from .scenes import ATTRIBUTES, change_attribute, make_scene
+from agff_deploy.scenes import ATTRIBUTES, change_attribute, make_scene
 
 EVAL_SEED_OFFSET = 900_000_000
 

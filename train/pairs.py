@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from .scenes import SCENES, make_scene
+from agff_deploy.scenes import SCENES, make_scene
 
 ImageRef = np.ndarray | Path | None
 TASKS = ("i2t", "vqa", "cls")

@@ -23,6 +23,7 @@ from agff_deploy.checkpoint import WEIGHTS_FILE, item_encoder, load_weights, wri
 from agff_deploy.config import AGFFConfig
 from agff_deploy.model import AGFFEmbedder, load_base_folder
 from agff_deploy.presets import preset_config
+from agff_deploy.scenes import vocabulary_corpus
 from agff_deploy.tokenization import TOKENIZER_FILE, train_bpe_tokenizer
 
 from .ega import ega_loss
@@ -30,7 +31,6 @@ from .evaluate import HeldOutReport, evaluate_held_out
 from .lora import add_lora, lora_merged_state
 from .mmeb import read_mmeb
 from .pairs import BatchSource, ListPairs, Pair, SyntheticPairs, load_image, parse_task_mix
-from .scenes import vocabulary_corpus
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"

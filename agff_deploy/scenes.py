@@ -1,5 +1,8 @@
 """Deterministic synthetic scenes that need both global and fine-grained perception.
 
+Shared by the trainer (built-in data), the exporter (int8 calibration) and the
+evaluation, hence here in the core rather than in train/.
+
 A scene has a global category (background and layout) and one or two object
 groups, each with shape, colour, size, fill state, count, position, a triangle's
 direction and an optional rendered glyph; two groups stand in a spatial

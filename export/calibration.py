@@ -1,0 +1,68 @@
+"""Real inputs for int8 calibration: the built-in scenes by default, or the user's own folder.
+
+A folder for `--calib-dir` holds images (any format Pillow reads) and,
+optionally, `texts.txt` with one text per line for the text encoder; without
+it the text encoder calibrates on built-in captions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from agff_deploy.inputs import ItemEncoder
+from agff_deploy.scenes import make_scene
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+CALIBRATION_SEED = 500_000_000
+QUESTIONS = ("", "what colour is the object?", "how many objects are there?", "")
+
+
+def _feeds(encoder: ItemEncoder, texts: list[str], images: list | None) -> dict[str, np.ndarray]:
+    inputs = encoder.inputs(texts, images)
+    feeds = {"input_ids": inputs.input_ids.numpy(), "attention_mask": inputs.attention_mask.numpy()}
+    if inputs.pixel_values is not None:
+        feeds["pixel_values"] = inputs.pixel_values.numpy()
+    return feeds
+
+
+def _folder_images(folder: Path) -> list[Image.Image]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--calib-dir {folder} is not a folder")
+    images = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            print(f"{path}: skipped for calibration: {err}")
+    if not images:
+        raise ValueError(f"--calib-dir {folder} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images
+
+
+def calibration_feeds(
+    encoder: ItemEncoder,
+    graph: str,
+    calib_dir: str | Path | None = None,
+    samples: int = 128,
+    batch_size: int = 8,
+) -> list[dict[str, np.ndarray]]:
+    """Feed dicts for one encoder graph (`image_encoder` or `text_encoder`)."""
+    size = encoder.preprocessor.height
+    scenes = [make_scene(CALIBRATION_SEED + i) for i in range(samples)]
+    texts_file = Path(calib_dir) / "texts.txt" if calib_dir else None
+    if graph == "text_encoder":
+        if texts_file and texts_file.is_file():
+            texts = [t for t in texts_file.read_text().splitlines() if t.strip()]
+        else:
+            texts = [s.caption() for s in scenes]
+        return [_feeds(encoder, texts[i : i + batch_size], None) for i in range(0, len(texts), batch_size)]
+    images = _folder_images(Path(calib_dir)) if calib_dir else [s.render(size) for s in scenes]
+    prompts = [QUESTIONS[i % len(QUESTIONS)] for i in range(len(images))]
+    return [
+        _feeds(encoder, prompts[i : i + batch_size], images[i : i + batch_size])
+        for i in range(0, len(images), batch_size)
+    ]

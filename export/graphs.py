@@ -1,0 +1,119 @@
+"""The three exported graphs and the dynamo export that writes them.
+
+Each wrapper is a thin `nn.Module` over the very `AGFFEmbedder` the trainer
+optimised, so the graph is the model: the image encoder is the whole
+multi-prompt pass (vision tower, merge, M-RoPE, K+1 prompts on one shared
+prefix, last-token pooling, normalisation) with a dynamic batch axis.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from agff_deploy.model import AGFFEmbedder
+from agff_deploy.similarity import fused_similarity
+
+# Above this many parameter bytes a graph's weights go to external data (protobuf's 2 GB limit).
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+class ImageEncoderGraph(nn.Module):
+    """pixels `[B, 3, H, W]` float32 + chat tokens with image pads (and instruction) -> `[B, K+1, D]`."""
+
+    def __init__(self, model: AGFFEmbedder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        dtype = next(self.model.parameters()).dtype
+        return self.model(input_ids, attention_mask, pixel_values.to(dtype))
+
+
+class TextEncoderGraph(nn.Module):
+    """chat tokens `[B, L]` -> `[B, K+1, D]`."""
+
+    def __init__(self, model: AGFFEmbedder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self.model(input_ids, attention_mask)
+
+
+class ScorerGraph(nn.Module):
+    """queries `[Nq, K+1, D]`, candidates `[Nc, K+1, D]` -> fused similarity `[Nq, Nc]` (always fp32)."""
+
+    def __init__(self, model: AGFFEmbedder) -> None:
+        super().__init__()
+        fusion = model.fusion
+        self.t_in = fusion.t_in
+        self.t_f = float(fusion.t_f.detach())
+        self.register_buffer("bias", fusion.pattern_bias.detach().float().clone())
+
+    def forward(self, queries: torch.Tensor, candidates: torch.Tensor):
+        return fused_similarity(queries, candidates, self.t_in, self.t_f, self.bias)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What the exporter and manifest need to know about one graph's I/O."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic: dict[str, dict[int, str]]
+
+
+SPECS = {
+    "image_encoder": GraphSpec(
+        ("pixel_values", "input_ids", "attention_mask"),
+        ("embeddings",),
+        {
+            "pixel_values": {0: "batch"},
+            "input_ids": {0: "batch", 1: "length"},
+            "attention_mask": {0: "batch", 1: "length"},
+        },
+    ),
+    "text_encoder": GraphSpec(
+        ("input_ids", "attention_mask"),
+        ("embeddings",),
+        {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}},
+    ),
+    "scorer": GraphSpec(
+        ("queries", "candidates"), ("scores",), {"queries": {0: "queries"}, "candidates": {0: "candidates"}}
+    ),
+}
+
+
+def export_graph(
+    module: nn.Module,
+    name: str,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    opset: int,
+    dims: dict[str, tuple[int, int]],
+) -> Path:
+    """`torch.onnx.export(dynamo=True)` with named dynamic dims; `dims` gives each dim's (min, max)."""
+    spec = SPECS[name]
+    torch_dims = {d: torch.export.Dim(d, min=lo, max=hi) for d, (lo, hi) in dims.items()}
+    dynamic_shapes = {arg: {axis: torch_dims[d] for axis, d in axes.items()} for arg, axes in spec.dynamic.items()}
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            example,
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(spec.inputs),
+            output_names=list(spec.outputs),
+            dynamic_shapes=dynamic_shapes,
+            external_data=weight_bytes > EXTERNAL_DATA_BYTES,
+            verbose=False,
+        )
+    return path

@@ -1,0 +1,80 @@
+"""Precision variants of the encoder graphs.
+
+- fp16: the model itself is cast to half and exported; its RMSNorm, LayerNorm,
+  softmax, L2 normalisation and fused scoring already run in fp32 by
+  construction (the same code path as bf16 training), so the graph is mixed
+  precision without any graph surgery.
+- int8: symmetric Q/DQ (zero point 0, per-channel int8 weights, int8
+  activations on MatMul/Conv/Gemm inputs) calibrated with ONNX Runtime on real
+  inputs: TensorRT's explicit-quantization form.
+- int8-dynamic: ONNX Runtime dynamic quantization, for CPU deployments only
+  (TensorRT cannot parse its MatMulInteger).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from agff_deploy.model import AGFFEmbedder
+
+QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
+
+
+def half_model(model: AGFFEmbedder) -> AGFFEmbedder:
+    return copy.deepcopy(model).half().eval()
+
+
+class _FeedReader:
+    """onnxruntime's CalibrationDataReader protocol over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def _preprocessed(src: Path, folder: Path) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = folder / "pre.onnx"
+    quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    return out
+
+
+def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
+    """Symmetric int8 Q/DQ calibrated (min/max) on `feeds`."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with tempfile.TemporaryDirectory() as tmp:
+        quantize_static(
+            str(_preprocessed(src, Path(tmp))),
+            str(dst),
+            _FeedReader(feeds),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=QUANTIZED_OPS,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    return dst
+
+
+def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        quantize_dynamic(
+            str(_preprocessed(src, Path(tmp))),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+    return dst

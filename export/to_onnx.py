@@ -1,0 +1,71 @@
+"""`python -m export.to_onnx CKPT`: write an ONNX bundle (one graph per modality, per precision) and gate it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from agff_deploy.checkpoint import item_encoder, load_checkpoint
+from agff_deploy.manifest import PRECISIONS
+
+from .bundle import BundleBuilder, ExportOptions, parse_precisions
+from .targets import TARGETS, get_target
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m export.to_onnx", description=__doc__)
+    p.add_argument("ckpt", type=Path, help="checkpoint folder written by `python -m train.run`")
+    p.add_argument("-o", "--out", type=Path, help="bundle folder (default: bundle/ beside the checkpoint)")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32", "fp16", "int8"],
+        metavar="P",
+        help=f"precisions to export: {', '.join(PRECISIONS)} (fp32 is always included; default: %(default)s)",
+    )
+    p.add_argument(
+        "--image-size", type=int, nargs=2, metavar=("H", "W"), help="fixed input resolution (default: the model's)"
+    )
+    p.add_argument("--batch", type=int, nargs=3, default=[1, 8, 64], metavar=("MIN", "OPT", "MAX"))
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument(
+        "--calib-dir", help="images (and optional texts.txt) for int8 calibration (default: built-in scenes)"
+    )
+    p.add_argument("--target", default="generic", choices=sorted(TARGETS), help="TensorRT target for the lint")
+    p.add_argument("--agreement-pairs", type=int, default=256, help="held-out pairs for the int8 top-1 agreement check")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        options = ExportOptions(
+            precisions=parse_precisions(args.precision),
+            batch=tuple(args.batch),
+            opset=args.opset,
+            calib_dir=args.calib_dir,
+            agreement_pairs=args.agreement_pairs,
+        )
+        options.validate()
+        target = get_target(args.target)
+        model, tokenizer = load_checkpoint(args.ckpt, image_size=args.image_size)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or args.ckpt.resolve().parent / "bundle"
+    print(f"exporting {args.ckpt} -> {out} ({', '.join(options.precisions)})")
+    report = BundleBuilder(model, item_encoder(model.config, tokenizer), args.ckpt, options).build(out, target)
+    print(report.table())
+    elapsed = time.perf_counter() - started
+    if not report.passed:
+        print(f"parity gate FAILED after {elapsed:.0f} s: no bundle written", file=sys.stderr)
+        return 1
+    print(f"parity gate passed; bundle: {out.resolve()} ({elapsed:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
