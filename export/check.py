@@ -191,7 +191,7 @@ def check_precision(
         for name, sess in sessions.items():
             out = sess.run(None, feeds[name])[0]
             rows.append(_row(precision, name, set_name, out, torch_embeddings(model, feeds[name]), bar))
-    if bar.top1 is not None:
+    if bar.top1 is not None and agreement_pairs > 0:
         agreement = retrieval_agreement(
             model, encoder, sessions["image_encoder"], sessions["text_encoder"], agreement_pairs
         )
@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--ckpt", help="source checkpoint (default: the one recorded in the manifest)")
     parser.add_argument("--target", default="generic", help="TensorRT target for the lint (default: %(default)s)")
-    parser.add_argument("--agreement-pairs", type=int, default=256, help="held-out pairs for int8 top-1 agreement")
+    parser.add_argument(
+        "--agreement-pairs", type=int, default=256, help="held-out pairs for int8 top-1 agreement (0 skips it)"
+    )
     args = parser.parse_args(argv)
     manifest = read_manifest(args.bundle)
     ckpt = _source_checkpoint(args.bundle, manifest, args.ckpt)

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from agff_deploy.model import AGFFEmbedder
 
@@ -46,13 +47,22 @@ def _preprocessed(src: Path, folder: Path) -> Path:
     return out
 
 
+def activation_matmuls(path: Path) -> list[str]:
+    """MatMuls of two activations (attention's QK^T and PV): left in float, as ModelOpt's int8 recipe does."""
+    model = onnx.load(str(path), load_external_data=False)
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not constants & set(n.input)]
+
+
 def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
-    """Symmetric int8 Q/DQ calibrated (min/max) on `feeds`."""
+    """Symmetric int8 Q/DQ on weight-bearing MatMul/Gemm/Conv, calibrated (min/max) on `feeds`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory() as tmp:
+        prepared = _preprocessed(src, Path(tmp))
         quantize_static(
-            str(_preprocessed(src, Path(tmp))),
+            str(prepared),
             str(dst),
             _FeedReader(feeds),
             quant_format=QuantFormat.QDQ,
@@ -60,6 +70,7 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Pa
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_exclude=activation_matmuls(prepared),
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )

@@ -34,7 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--calib-dir", help="images (and optional texts.txt) for int8 calibration (default: built-in scenes)"
     )
     p.add_argument("--target", default="generic", choices=sorted(TARGETS), help="TensorRT target for the lint")
-    p.add_argument("--agreement-pairs", type=int, default=256, help="held-out pairs for the int8 top-1 agreement check")
+    p.add_argument(
+        "--agreement-pairs",
+        type=int,
+        default=256,
+        help="held-out pairs for the int8 top-1 agreement check (0 skips it)",
+    )
     return p.parse_args(argv)
 
 

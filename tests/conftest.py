@@ -32,3 +32,31 @@ def encoder(tiny_model, tokenizer):
 
 def scene_images(count: int, size: int, first: int = 0) -> list[np.ndarray]:
     return [make_scene(first + i).render(size) for i in range(count)]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A briefly trained tiny checkpoint on disk (safetensors + JSON + tokenizer)."""
+    from train.trainer import Trainer, TrainSettings
+
+    out = tmp_path_factory.mktemp("tiny") / "ckpt"
+    settings = TrainSettings(out=str(out), preset="tiny", steps=40, batch_size=16, lr=3e-3, warmup=5, eval_pairs=0)
+    Trainer.create(settings).run()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint):
+    """The tiny checkpoint exported at every precision (the int8 agreement check needs a trained model: skipped)."""
+    from agff_deploy.checkpoint import item_encoder, load_checkpoint
+    from export.bundle import BundleBuilder, ExportOptions
+    from export.targets import get_target
+
+    model, tokenizer = load_checkpoint(tiny_checkpoint)
+    options = ExportOptions(precisions=("fp32", "fp16", "int8", "int8-dynamic"), batch=(1, 4, 16), agreement_pairs=0)
+    out = tiny_checkpoint.parent / "bundle"
+    report = BundleBuilder(
+        model, item_encoder(model.config, tokenizer), tiny_checkpoint, options, log=lambda _: None
+    ).build(out, get_target("generic"))
+    assert report.passed, report.table()
+    return out

@@ -1,0 +1,73 @@
+"""What the benchmarks share: timing, random-weight models at a preset, ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from agff_deploy.checkpoint import item_encoder
+from agff_deploy.inputs import ItemEncoder
+from agff_deploy.model import AGFFEmbedder
+from agff_deploy.presets import PRESETS, preset_config
+from agff_deploy.scenes import make_scene, vocabulary_corpus
+from agff_deploy.tokenization import train_bpe_tokenizer
+from runtime.onnxruntime_loader import import_onnxruntime
+
+# Sizes that only benchmarks use: >= 256 image tokens, and a Qwen2-VL-0.5B-like width for int8.
+PRESETS.setdefault(
+    "demo-448",
+    dict(PRESETS["demo"], agff=dict(PRESETS["demo"]["agff"], image_size=(448, 448))),
+)
+PRESETS.setdefault(
+    "wide",
+    {
+        "text": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 4, "num_attention_heads": 14,
+                 "num_key_value_heads": 2, "mrope_section": [8, 12, 12]},
+        "vision": {"embed_dim": 640, "depth": 4, "num_heads": 10, "mlp_ratio": 4},
+        "agff": {"num_fine": 4, "prompt_length": 1, "image_size": (224, 224), "max_text_tokens": 64},
+    },
+)  # fmt: skip
+
+
+def random_model(preset: str, seed: int = 0, **overrides: Any) -> tuple[AGFFEmbedder, ItemEncoder]:
+    tokenizer = train_bpe_tokenizer(vocabulary_corpus(), 512)
+    torch.manual_seed(seed)
+    model = AGFFEmbedder(preset_config(preset, tokenizer, **overrides)).eval()
+    return model, item_encoder(model.config, tokenizer)
+
+
+def image_feeds(encoder: ItemEncoder, batch: int, first: int = 0) -> dict:
+    size = encoder.preprocessor.height
+    inputs = encoder.inputs([""] * batch, [make_scene(first + i).render(size) for i in range(batch)])
+    return {
+        "pixel_values": inputs.pixel_values.numpy(),
+        "input_ids": inputs.input_ids.numpy(),
+        "attention_mask": inputs.attention_mask.numpy(),
+    }
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int = 10, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each function, timed round-robin so drift in machine load hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def ort_session(path, threads: int):
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

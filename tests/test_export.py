@@ -1,0 +1,188 @@
+"""The ONNX bundle: graphs, manifest, precisions, the parity gate and bad inputs."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from agff_deploy.checkpoint import item_encoder, load_checkpoint
+from agff_deploy.config import AGFFConfig
+from agff_deploy.manifest import MANIFEST_FILE, read_manifest, sha256_file
+from export.check import BARS, compare, parity_input_sets, run_gate, session, torch_embeddings
+from export.check import main as check_main
+from export.targets import get_target
+from export.to_onnx import main as to_onnx_main
+
+
+@pytest.fixture(scope="module")
+def model_and_encoder(tiny_checkpoint):
+    model, tokenizer = load_checkpoint(tiny_checkpoint)
+    return model, item_encoder(model.config, tokenizer)
+
+
+def test_bundle_holds_one_graph_per_modality_and_precision(tiny_bundle):
+    manifest = read_manifest(tiny_bundle)
+    assert set(manifest["graphs"]) == {"fp32", "fp16", "int8", "int8-dynamic"}
+    for graphs in manifest["graphs"].values():
+        assert set(graphs) == {"image_encoder", "text_encoder", "scorer"}
+        for entry in graphs.values():
+            assert sha256_file(tiny_bundle / entry["file"]) == entry["sha256"]
+
+
+def test_manifest_says_everything_the_runtime_needs(tiny_bundle, tiny_checkpoint):
+    manifest = read_manifest(tiny_bundle)
+    config = AGFFConfig.load(tiny_checkpoint)
+    assert manifest["image"]["size"] == list(config.image_size)
+    assert manifest["model"]["num_prompts"] == config.num_prompts
+    assert manifest["tokenizer"]["file"] == "tokenizer.json" and (tiny_bundle / "tokenizer.json").is_file()
+    assert manifest["source"]["weights_sha256"] == sha256_file(tiny_checkpoint / "model.safetensors")
+    assert manifest["dims"]["batch"] == {"min": 1, "opt": 4, "max": 16}
+    image_inputs = manifest["graphs"]["fp32"]["image_encoder"]["inputs"]
+    assert image_inputs[0] == {"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 56, 56]}
+    assert manifest["graphs"]["int8-dynamic"]["image_encoder"]["backends"] == ["onnxruntime"]
+    assert manifest["parity"]["passed"] is True
+
+
+def test_image_graph_is_the_whole_multi_prompt_pass_with_dynamic_batch(tiny_bundle, model_and_encoder):
+    model, encoder = model_and_encoder
+    sess = session(tiny_bundle / "fp32" / "image_encoder.onnx")
+    for batch in (1, 3, 7):
+        feeds = parity_input_sets(encoder)["B"]["image_encoder"]
+        feeds = {k: np.repeat(v, 2, axis=0)[:batch] for k, v in feeds.items()}
+        out = sess.run(None, feeds)[0]
+        assert out.shape == (batch, model.config.num_prompts, model.config.hidden_size)
+        cos, err = compare(out, torch_embeddings(model, feeds))
+        assert cos >= BARS["fp32"].min_cosine and err <= BARS["fp32"].max_abs
+
+
+def test_fp16_graph_keeps_norms_and_softmax_in_fp32(tiny_bundle):
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_bundle / "fp16" / "image_encoder.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    first_input = {n.op_type: types.get(n.input[0]) for n in model.graph.node}
+    assert first_input["LayerNormalization"] == TensorProto.FLOAT
+    assert first_input["Softmax"] == TensorProto.FLOAT
+    matmuls = {types.get(n.input[0]) for n in model.graph.node if n.op_type == "MatMul"}
+    assert TensorProto.FLOAT16 in matmuls
+
+
+def test_fp16_text_graph_meets_its_bar_in_the_onnx_reference_evaluator(tiny_bundle, model_and_encoder):
+    """A second, independent fp16 check: onnx's reference evaluator runs fp16 exactly (ORT CPU inserts casts)."""
+    model, encoder = model_and_encoder
+    feeds = parity_input_sets(encoder)["A"]["text_encoder"]
+    out = ReferenceEvaluator(str(tiny_bundle / "fp16" / "text_encoder.onnx")).run(None, feeds)[0]
+    cos, _ = compare(out, torch_embeddings(model, feeds))
+    assert cos >= BARS["fp16"].min_cosine
+
+
+def test_int8_graph_is_symmetric_qdq_on_weighted_matmuls_only(tiny_bundle, tiny_checkpoint):
+    model = onnx.load(str(tiny_bundle / "int8" / "text_encoder.onnx"))
+    initializers = {t.name: t for t in model.graph.initializer}
+    zero_points = [initializers[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(zp.data_type == TensorProto.INT8 for zp in zero_points)
+    assert all(not numpy_helper.to_array(zp).any() for zp in zero_points)
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    quantized = [n for n in matmuls if set(n.input) <= dequantized]
+    float_only = [n for n in matmuls if not set(n.input) & dequantized]
+    assert len(quantized) + len(float_only) == len(matmuls)
+    layers = AGFFConfig.load(tiny_checkpoint).base["text_config"]["num_hidden_layers"]
+    assert len(float_only) == 2 * layers  # attention's QK^T and PV stay float
+
+
+def test_int8_and_fp16_meet_their_bars_on_both_input_sets(tiny_bundle):
+    rows = read_manifest(tiny_bundle)["parity"]["rows"]
+    by_precision = {(r["precision"], r["graph"], r["inputs"]): r for r in rows}
+    for precision in ("fp16", "int8", "int8-dynamic"):
+        for graph in ("image_encoder", "text_encoder"):
+            for inputs in ("A", "B"):
+                row = by_precision[(precision, graph, inputs)]
+                assert row["min_cosine"] >= BARS[precision].min_cosine and row["passed"]
+
+
+def test_gate_fails_a_graph_whose_numbers_drift(tmp_path, tiny_bundle, model_and_encoder):
+    model, encoder = model_and_encoder
+    broken = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, broken)
+    path = broken / "fp32" / "text_encoder.onnx"
+    graph = onnx.load(str(path))
+    weight = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
+    onnx.save(graph, str(path))
+    report = run_gate(broken, model, encoder, get_target("generic"), agreement_pairs=0)
+    failed = {(r.precision, r.graph) for r in report.rows if not r.passed}
+    assert failed == {("fp32", "text_encoder")}
+    assert not report.passed and "FAIL" in report.table()
+
+
+def test_check_command_passes_a_good_bundle_and_prints_the_table(tiny_bundle, capsys):
+    assert check_main([str(tiny_bundle), "--agreement-pairs", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "min cos" in out and "parity gate: passed" in out
+
+
+def test_export_that_fails_the_gate_leaves_no_bundle(tmp_path, tiny_checkpoint, tiny_bundle, monkeypatch, capsys):
+    import export.bundle as bundle
+
+    def drifted_graphs(self, folder):
+        """The fixture bundle's graphs, with the fp32 image encoder's output flipped in sign."""
+        files = {}
+        for precision in ("fp32",):
+            shutil.copytree(tiny_bundle / precision, folder / precision)
+            files[precision] = {name: folder / precision / f"{name}.onnx" for name in bundle.ENCODERS}
+        shutil.copyfile(tiny_bundle / "scorer.onnx", folder / "scorer.onnx")
+        path = files["fp32"]["image_encoder"]
+        graph = onnx.load(str(path))
+        output = graph.graph.output[0].name
+        for node in graph.graph.node:
+            node.output[:] = [o + "_raw" if o == output else o for o in node.output]
+        graph.graph.node.append(onnx.helper.make_node("Neg", [output + "_raw"], [output]))
+        onnx.save(graph, str(path))
+        files["fp32"]["scorer"] = folder / "scorer.onnx"
+        return files
+
+    monkeypatch.setattr(bundle.BundleBuilder, "write_graphs", drifted_graphs)
+    out = tmp_path / "bundle"
+    code = to_onnx_main([str(tiny_checkpoint), "-o", str(out), "--precision", "fp32", "--agreement-pairs", "0"])
+    assert code == 1
+    assert not out.exists() and not list(tmp_path.glob(".bundle*"))
+    assert "no bundle written" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_files_are_named(tmp_path, tiny_checkpoint, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    (ckpt / "model.safetensors").unlink()
+    assert to_onnx_main([str(ckpt)]) == 2
+    assert "model.safetensors is missing" in capsys.readouterr().err
+
+
+def test_unsupported_architecture_is_refused(tmp_path, tiny_checkpoint, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    config = json.loads((ckpt / "agff_config.json").read_text())
+    config["base"]["model_type"] = "llava"
+    (ckpt / "agff_config.json").write_text(json.dumps(config))
+    assert to_onnx_main([str(ckpt)]) == 2
+    assert "model_type 'llava' is not supported" in capsys.readouterr().err
+
+
+def test_image_size_off_the_patch_grid_is_refused(tiny_checkpoint, capsys):
+    assert to_onnx_main([str(tiny_checkpoint), "--image-size", "50", "56"]) == 2
+    assert "not a positive multiple of patch_size*spatial_merge_size = 28" in capsys.readouterr().err
+
+
+def test_unknown_precision_is_refused(tiny_checkpoint, capsys):
+    assert to_onnx_main([str(tiny_checkpoint), "--precision", "int4"]) == 2
+    assert "--precision int4: choose from fp32, fp16, int8, int8-dynamic" in capsys.readouterr().err
+
+
+def test_reading_a_folder_without_manifest_says_how_to_make_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m export.to_onnx CKPT"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text("{}")
+    with pytest.raises(ValueError, match="format is None"):
+        read_manifest(tmp_path)
