@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .images import to_rgb
+
 PREPROCESSOR_FILE = "preprocessor_config.json"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -29,7 +31,7 @@ class ImagePreprocessor:
 
     def resize(self, image: Image.Image) -> np.ndarray:
         """RGB uint8 `[H, W, 3]` at the model's resolution."""
-        rgb = image.convert("RGB")
+        rgb = to_rgb(image)
         if rgb.size != (self.width, self.height):
             rgb = rgb.resize((self.width, self.height), Image.Resampling.BICUBIC)
         return np.asarray(rgb, dtype=np.uint8)

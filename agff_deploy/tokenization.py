@@ -136,16 +136,16 @@ class ChatFormatter:
         """The formatted string HF's processor would tokenize (image block unexpanded)."""
         return USER_HEAD + (IMAGE_PLACEHOLDER if with_image else "") + text.strip() + USER_TAIL
 
-    def encode(self, texts: Sequence[str], with_image: bool, warn_name: str = "text") -> EncodedBatch:
+    def encode(self, texts: Sequence[str], with_image: bool, names: Sequence[str] | None = None) -> EncodedBatch:
+        """Tokenize a batch; a text over the budget is truncated with a warning naming it (`names[i]`)."""
         rows, truncated = [], []
         for i, text in enumerate(texts):
             ids, cut = self.item_ids(text, with_image)
             rows.append(ids)
             if cut:
                 truncated.append(i)
-                warnings.warn(
-                    f"{warn_name} {i} is longer than {self.max_text_tokens} tokens and was truncated", stacklevel=2
-                )
+                name = names[i] if names else f"text {i}"
+                warnings.warn(f"{name}: longer than {self.max_text_tokens} tokens, truncated", stacklevel=2)
         length = max(len(r) for r in rows)
         input_ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(rows), length), dtype=np.int64)

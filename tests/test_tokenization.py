@@ -40,9 +40,9 @@ def test_long_text_is_truncated_with_a_warning(formatter):
     long = "a beach scene with two large green filled triangles pointing up at the right and more"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        batch = formatter.encode(["short", long], with_image=False, warn_name="caption")
+        batch = formatter.encode(["short", long], with_image=False, names=["first", "caption.txt:2"])
     assert batch.truncated == [1]
-    assert "caption 1 is longer than 12 tokens and was truncated" in str(caught[0].message)
+    assert str(caught[0].message) == "caption.txt:2: longer than 12 tokens, truncated"
 
 
 def test_image_items_carry_one_pad_per_image_token(tokenizer, formatter):
