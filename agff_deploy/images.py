@@ -44,8 +44,9 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageLoadError(
-                        f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
-                        "cap (possible decompression bomb); raise --max-pixels if the image is genuine"
+                        f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, over the "
+                        f"{max_pixels / 1e6:.0f} MP cap (possible decompression bomb); "
+                        "raise --max-pixels if the image is genuine"
                     )
                 frames = getattr(image, "n_frames", 1)
                 if frames > 1:

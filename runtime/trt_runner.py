@@ -46,7 +46,8 @@ def check_engine_origin(built: dict[str, Any], trt_version: str, gpu: str) -> No
     """Refuse a plan built by another TensorRT version or on another GPU model."""
     if built.get("tensorrt") != trt_version:
         raise ArtifactMismatch(
-            f"engine was built with TensorRT {built.get('tensorrt')}, this host has {trt_version}; rebuild with `{REBUILD}`"
+            f"engine was built with TensorRT {built.get('tensorrt')}, this host has {trt_version}; "
+            f"rebuild with `{REBUILD}`"
         )
     if built.get("gpu") != gpu:
         raise ArtifactMismatch(

@@ -1,5 +1,6 @@
 """runtime/ and the shared torch-free pieces import on a host without torch or transformers."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ def test_runtime_and_shared_preprocessing_import_without_torch_or_transformers()
     result = run_blocking(
         ["torch", "transformers"],
         """
-        import runtime, runtime.onnxruntime_loader
+        import runtime.cli, runtime.embedder, runtime.index, runtime.loading, runtime.ort_runner, runtime.trt_runner
         from agff_deploy.tokenization import ChatFormatter
         from agff_deploy.preprocessing import ImagePreprocessor
         import numpy as np
@@ -45,3 +46,21 @@ def test_a_missing_onnxruntime_names_the_extra_to_install():
     )
     assert "pip install 'agff-deploy[cpu]'" in result.stdout
     assert "pip install 'agff-deploy[gpu]'" in result.stdout
+
+
+def test_agff_run_embeds_with_an_onnx_bundle_when_torch_cannot_be_imported(tiny_bundle, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (80, 60), "red").save(tmp_path / "red.png")
+    args = ["--engine", str(tiny_bundle), str(tmp_path / "red.png"), "--text", "a red circle", "--quiet"]
+    result = run_blocking(
+        ["torch", "transformers"],
+        f"""
+        import sys
+        from runtime.cli import main
+        sys.exit(main({args!r}))
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["embedded"] == 2 and len(summary["scores"]) == 1

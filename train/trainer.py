@@ -43,7 +43,7 @@ class TrainSettings:
     out: str = "ckpt"
     preset: str = "demo"
     base: str | None = None
-    steps: int = 1200
+    steps: int = 1000
     batch_size: int = 128
     lr: float = 1e-3
     warmup: int = 40

@@ -1,0 +1,137 @@
+"""Runners, the Embedder API and scoring, on the tiny bundle and its checkpoint."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from agff_deploy.scenes import make_scene
+from agff_deploy.similarity import fused_similarity as torch_fused
+from export.check import BARS, compare
+from runtime.embedder import Embedder
+from runtime.ort_runner import OrtRunner
+from runtime.runner import ArtifactMismatch, infer_in_chunks
+from runtime.scoring import fused_similarity
+from runtime.trt_runner import check_engine_origin
+
+
+@pytest.fixture(scope="module")
+def ort_model(tiny_bundle):
+    with Embedder.load(tiny_bundle) as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
+def torch_model(tiny_checkpoint):
+    with Embedder.load(tiny_checkpoint) as model:
+        yield model
+
+
+INPUT_SETS = {
+    "A": (["", "what colour is the star?"], ["a red circle", "snow"]),
+    "B": (["how many circles are there?", "", "", "x", ""], ["two stars", make_scene(3).caption(), "b", "?"]),
+}
+
+
+def images(count, first=0):
+    return [make_scene(first + i).render(56) for i in range(count)]
+
+
+@pytest.mark.parametrize("name", INPUT_SETS)
+def test_onnxruntime_runner_matches_pytorch_runner_within_the_fp32_bar(ort_model, torch_model, name):
+    instructions, texts = INPUT_SETS[name]
+    pics = images(len(instructions), first=40)
+    for ours, ref in (
+        (ort_model.embed_images(pics, instructions), torch_model.embed_images(pics, instructions)),
+        (ort_model.embed_texts(texts), torch_model.embed_texts(texts)),
+    ):
+        cos, err = compare(ours, ref)
+        assert cos >= BARS["fp32"].min_cosine and err <= BARS["fp32"].max_abs
+
+
+def test_backend_follows_the_path(tiny_bundle, tiny_checkpoint):
+    assert Embedder.load(tiny_bundle).backend == "onnxruntime"
+    assert Embedder.load(tiny_bundle / "fp16" / "image_encoder.onnx").backend == "onnxruntime"
+    assert Embedder.load(tiny_checkpoint).backend == "pytorch"
+    assert Embedder.load(tiny_bundle, backend="pytorch").backend == "pytorch"
+
+
+def test_an_onnx_path_selects_its_precision(tiny_bundle):
+    model = Embedder.load(tiny_bundle / "int8" / "text_encoder.onnx")
+    assert model.runners["text_encoder"].path == tiny_bundle / "int8" / "text_encoder.onnx"
+
+
+def test_scorer_graph_equals_numpy_fusion_within_1e5(ort_model):
+    queries = ort_model.embed_images(images(3))
+    candidates = ort_model.embed_texts(["a red circle", "a star", "snow scene", "x"])
+    assert np.abs(ort_model.score(queries, candidates) - ort_model.numpy_score(queries, candidates)).max() <= 1e-5
+
+
+def test_numpy_fusion_equals_torch_fusion():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(4, 5, 16)).astype(np.float32)
+    c = rng.normal(size=(6, 5, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    c /= np.linalg.norm(c, axis=-1, keepdims=True)
+    bias = np.array([0.1, -0.2, 0.0, 0.3], np.float32)
+    ours = fused_similarity(q, c, 0.05, 0.07, bias)
+    theirs = torch_fused(torch.from_numpy(q), torch.from_numpy(c), 0.05, 0.07, torch.from_numpy(bias)).numpy()
+    assert np.abs(ours - theirs).max() <= 1e-5
+
+
+def test_classify_returns_a_label_and_a_distribution(ort_model):
+    results = ort_model.classify(images(2), ["beach", "snow", "night"], template="a {} scene")
+    assert [set(r["scores"]) for r in results] == [{"beach", "snow", "night"}] * 2
+    assert all(r["label"] in ("beach", "snow", "night") and 1 / 3 <= r["probability"] <= 1 for r in results)
+
+
+def test_rank_scores_images_as_the_model_was_trained(ort_model):
+    pics = ort_model.embed_images(images(3))
+    query = ort_model.embed_texts(["a red circle"])[0]
+    assert np.allclose(ort_model.rank(query, pics), ort_model.numpy_score(pics, query[None])[:, 0], atol=1e-5)
+
+
+def test_a_graph_that_differs_from_its_manifest_is_refused(tmp_path, tiny_bundle):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    with open(bundle / "fp32" / "text_encoder.onnx", "ab") as f:
+        f.write(b"\0")
+    model = Embedder.load(bundle)
+    with pytest.raises(ArtifactMismatch, match="does not match its manifest.*python -m export.to_onnx CKPT"):
+        model.embed_texts(["a"])
+
+
+def test_runner_must_be_active():
+    runner = OrtRunner("missing.onnx")
+    with pytest.raises(RuntimeError, match="not active"):
+        runner({"x": np.zeros(1)})
+
+
+def test_batches_over_an_engine_limit_are_split_and_rejoined():
+    calls = []
+
+    def infer(feeds):
+        calls.append(len(feeds["x"]))
+        return {"y": feeds["x"] * 2}
+
+    out = infer_in_chunks(infer, {"x": np.arange(10)}, max_batch=4)
+    assert calls == [4, 4, 2]
+    assert out["y"].tolist() == [2 * i for i in range(10)]
+
+
+def test_engines_from_another_tensorrt_or_gpu_are_refused_with_the_rebuild_command():
+    built = {"tensorrt": "10.3.0", "gpu": "Orin"}
+    with pytest.raises(
+        ArtifactMismatch, match="built with TensorRT 10.3.0, this host has 10.13.0.*python -m export.to_trt"
+    ):
+        check_engine_origin(built, "10.13.0", "Orin")
+    with pytest.raises(ArtifactMismatch, match="built for Orin, this host has NVIDIA H100"):
+        check_engine_origin(built, "10.3.0", "NVIDIA H100")
+
+
+def test_unknown_paths_say_what_is_accepted(tmp_path):
+    with pytest.raises(ValueError, match="neither a TensorRT plan"):
+        Embedder.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Embedder.load(tmp_path / "nope")
