@@ -1,0 +1,56 @@
+"""MMVP-VLM as users download it.
+
+    DIR/Questions.csv                      header, then `Question ID, Type, Statement`
+    DIR/MLLM_VLM Images/<Type>/<id>.jpg
+
+Consecutive rows form a pair; an odd id's correct image is the pair's first.
+Statements are scored as 'a photo of <statement>' (the official script's prompt).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGES_FOLDER = "MLLM_VLM Images"
+
+
+@dataclass(frozen=True)
+class MMVPPair:
+    pattern: str
+    images: tuple[Path, Path]
+    statements: tuple[str, str]
+
+
+def load_mmvp_vlm(folder: str | Path) -> list[MMVPPair]:
+    folder = Path(folder)
+    questions = folder / "Questions.csv"
+    if not questions.is_file():
+        raise FileNotFoundError(f"{questions} not found: an MMVP-VLM folder holds Questions.csv and '{IMAGES_FOLDER}/'")
+    with questions.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header, rows = rows[0], [r for r in rows[1:] if any(cell.strip() for cell in r)]
+    if len(header) < 3:
+        raise ValueError(f"{questions}: header should be 'Question ID, Type, Statement', found {header}")
+    if len(rows) % 2:
+        raise ValueError(f"{questions}: {len(rows)} statements; pairs need an even number")
+    pairs = []
+    for line, (first, second) in enumerate(zip(rows[::2], rows[1::2], strict=True)):
+        ids, kinds, texts = [], [], []
+        for row in (first, second):
+            if len(row) < 3 or not row[0].strip().isdigit():
+                raise ValueError(
+                    f"{questions}: row {2 * line + 2 + (row is second)} is not 'id, type, statement': {row}"
+                )
+            ids.append(int(row[0]))
+            kinds.append(row[1].strip())
+            texts.append(row[2].strip())
+        if ids[0] % 2 != 1 or ids[1] != ids[0] + 1 or kinds[0] != kinds[1]:
+            raise ValueError(f"{questions}: rows {ids} do not form a pair (odd id, then the next id, same type)")
+        images = tuple(folder / IMAGES_FOLDER / kinds[0] / f"{i}.jpg" for i in ids)
+        for image in images:
+            if not image.is_file():
+                raise FileNotFoundError(f"{image} not found (listed in {questions})")
+        pairs.append(MMVPPair(kinds[0], images, tuple(f"a photo of {t}" for t in texts)))  # type: ignore[arg-type]
+    return pairs

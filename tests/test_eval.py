@@ -1,0 +1,210 @@
+"""Evaluation: metrics on hand-checkable matrices, the synthetic benchmarks, and the real-benchmark loaders."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agff_deploy.eval.__main__ import _item_scores, evaluate, main
+from agff_deploy.eval.metrics import hit_at_1, mmvp_pair_correct, recall_at_k
+from agff_deploy.eval.mmeb import MMEBItem, Side, load_mmeb, meta_task
+from agff_deploy.eval.mmvp_vlm import load_mmvp_vlm
+from agff_deploy.eval.synthetic import MMVP_PATTERNS, global_retrieval_set, mmvp_pairs
+
+
+def test_a_pair_counts_only_when_both_statements_choose_their_own_image():
+    scores = np.array(
+        [
+            [[0.9, 0.1], [0.2, 0.8]],  # both right
+            [[0.9, 0.1], [0.9, 0.8]],  # second statement picks the first image
+            [[0.1, 0.9], [0.1, 0.9]],  # first statement wrong
+        ]
+    )
+    assert mmvp_pair_correct(scores).tolist() == [True, False, False]
+
+
+def test_recall_at_k_on_a_small_matrix():
+    sim = np.array([[0.9, 0.1, 0.0], [0.5, 0.4, 0.3], [0.2, 0.8, 0.1]])
+    assert recall_at_k(sim, 1) == pytest.approx(1 / 3)
+    assert recall_at_k(sim, 2) == pytest.approx(2 / 3)
+    assert recall_at_k(sim, 3) == 1.0
+
+
+def test_hit_at_1_counts_the_first_candidate_winning():
+    assert hit_at_1([np.array([0.9, 0.1]), np.array([0.2, 0.3, 0.1]), np.array([0.5, 0.4])]) == pytest.approx(2 / 3)
+
+
+def test_synthetic_mmvp_has_every_pattern_with_distinct_images_and_statements():
+    pairs = mmvp_pairs(pairs_per_pattern=4, seed=1, size=56)
+    assert [p.pattern for p in pairs] == [p for p in MMVP_PATTERNS for _ in range(4)]
+    for pair in pairs:
+        assert pair.statements[0] != pair.statements[1], pair
+        assert not np.array_equal(*pair.images), pair.pattern
+
+
+def test_pairs_differ_only_in_their_pattern():
+    pairs = {p.pattern: p for p in mmvp_pairs(pairs_per_pattern=1, seed=2, size=56)}
+    a, b = (set(s.split()) for s in pairs["orientation"].statements)
+    assert a ^ b <= {"up", "down", "left", "right"}
+    a, b = (set(s.replace(".", "").split()) for s in pairs["colour"].statements)
+    assert len(a ^ b) == 2
+    first, mirrored = pairs["viewpoint"].images
+    assert np.array_equal(mirrored, first[:, ::-1])
+
+
+def test_synthetic_benchmarks_are_deterministic_per_seed_and_differ_across_seeds():
+    assert mmvp_pairs(2, seed=3, size=56)[0].statements == mmvp_pairs(2, seed=3, size=56)[0].statements
+    assert mmvp_pairs(2, seed=3, size=56)[0].statements != mmvp_pairs(2, seed=4, size=56)[0].statements
+    _, captions = global_retrieval_set(64, seed=0, size=56)
+    assert len(set(captions)) == 64
+
+
+@pytest.fixture()
+def mmvp_folder(tmp_path):
+    rows = ["Question ID,Type,Statement"]
+    for kind, first_id in (("Orientation and Direction", 1), ("Color and Appearance", 3)):
+        folder = tmp_path / "MLLM_VLM Images" / kind
+        folder.mkdir(parents=True)
+        for i, colour in zip((first_id, first_id + 1), ("red", "blue"), strict=True):
+            Image.new("RGB", (40, 40), colour).save(folder / f"{i}.jpg")
+            rows.append(f"{i},{kind},the square is {colour}")
+    (tmp_path / "Questions.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_mmvp_vlm_loader_pairs_consecutive_rows(mmvp_folder):
+    pairs = load_mmvp_vlm(mmvp_folder)
+    assert [p.pattern for p in pairs] == ["Orientation and Direction", "Color and Appearance"]
+    assert pairs[1].statements == ("a photo of the square is red", "a photo of the square is blue")
+    assert pairs[1].images[0] == mmvp_folder / "MLLM_VLM Images" / "Color and Appearance" / "3.jpg"
+
+
+def test_mmvp_vlm_loader_names_a_missing_image(mmvp_folder):
+    (mmvp_folder / "MLLM_VLM Images" / "Color and Appearance" / "4.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="4.jpg not found"):
+        load_mmvp_vlm(mmvp_folder)
+
+
+def test_mmvp_vlm_loader_rejects_rows_that_are_not_pairs(mmvp_folder):
+    lines = (mmvp_folder / "Questions.csv").read_text().splitlines()
+    (mmvp_folder / "Questions.csv").write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")
+    with pytest.raises(ValueError, match="do not form a pair"):
+        load_mmvp_vlm(mmvp_folder)
+
+
+def test_mmvp_vlm_loader_needs_questions_csv(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Questions.csv not found"):
+        load_mmvp_vlm(tmp_path)
+
+
+@pytest.fixture()
+def mmeb_folder(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for colour in ("red", "green", "blue"):
+        Image.new("RGB", (40, 40), colour).save(images / f"{colour}.jpg")
+    cls = tmp_path / "ImageNet-1K"
+    cls.mkdir()
+    rows = [
+        {"qry_text": "<|image_1|> Represent the given image for classification", "qry_img_path": "images/red.jpg",
+         "tgt_text": ["red", "green", "blue"], "tgt_img_path": ["", "", ""]},
+        {"qry_text": "<|image_1|> Represent the given image for classification", "qry_img_path": "images/blue.jpg",
+         "tgt_text": ["blue", "red", "green"], "tgt_img_path": ["", "", ""]},
+    ]  # fmt: skip
+    (cls / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t2i = tmp_path / "MSCOCO_t2i"
+    t2i.mkdir()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "qry_text": "Find me an everyday image that matches the given caption: green",
+                    "qry_img_path": "",
+                    "tgt_text": ["", ""],
+                    "tgt_img_path": ["images/green.jpg", "images/red.jpg"],
+                }
+            ]  # fmt: skip
+        ),
+        t2i / "test.parquet",
+    )
+    return tmp_path
+
+
+def test_mmeb_loader_reads_jsonl_and_parquet_subsets(mmeb_folder):
+    subsets = load_mmeb(mmeb_folder)
+    assert set(subsets) == {"ImageNet-1K", "MSCOCO_t2i"}
+    item = subsets["ImageNet-1K"][0]
+    assert item.query == Side("Represent the given image for classification", mmeb_folder / "images/red.jpg")
+    assert [c.text for c in item.candidates] == ["red", "green", "blue"]
+    assert subsets["MSCOCO_t2i"][0].candidates[0].image == mmeb_folder / "images/green.jpg"
+    assert (meta_task("ImageNet-1K"), meta_task("MSCOCO_t2i"), meta_task("RefCOCO")) == (
+        "classification",
+        "retrieval",
+        "grounding",
+    )
+
+
+def test_mmeb_loader_names_what_is_wrong(mmeb_folder):
+    (mmeb_folder / "images" / "blue.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test.jsonl:2: image 'images/blue.jpg' not found"):
+        load_mmeb(mmeb_folder)
+    (mmeb_folder / "ImageNet-1K" / "test.jsonl").write_text('{"qry_text": "x"}\n')
+    with pytest.raises(ValueError, match=r"test.jsonl:1: missing field\(s\) qry_img_path, tgt_text, tgt_img_path"):
+        load_mmeb(mmeb_folder)
+
+
+class ColourModel:
+    """A stand-in embedder whose global embedding is the colour named or shown: hit@1 is known in advance."""
+
+    COLOURS = {"red": 0, "green": 1, "blue": 2}
+
+    def _vec(self, colour):
+        v = np.zeros((1, 3), np.float32)
+        v[0, self.COLOURS[colour]] = 1
+        return v
+
+    def embed_images(self, images, instructions=""):
+        return np.stack([self._vec(next(c for c in self.COLOURS if c in str(p))) for p in images])
+
+    def embed_texts(self, texts):
+        return np.stack([self._vec(next(c for c in self.COLOURS if c in t)) for t in texts])
+
+    def score(self, queries, candidates):
+        return queries[:, 0] @ candidates[:, 0].T
+
+
+def test_mmeb_items_score_text_queries_against_image_candidates_image_side_first(mmeb_folder):
+    subsets = load_mmeb(mmeb_folder)
+    model = ColourModel()
+    assert [int(np.argmax(_item_scores(model, i))) for i in subsets["ImageNet-1K"]] == [0, 0]
+    assert int(np.argmax(_item_scores(model, subsets["MSCOCO_t2i"][0]))) == 0
+    assert _item_scores(model, MMEBItem(Side("red", None), (Side("", mmeb_folder / "images/green.jpg"),))).shape == (1,)
+
+
+def test_evaluate_runs_every_benchmark_through_the_runtime(tiny_bundle, mmvp_folder, mmeb_folder):
+    mmvp = evaluate(tiny_bundle, "synthetic-mmvp", seed=1, pairs_per_pattern=3)
+    assert set(mmvp["per_pattern"]) == set(MMVP_PATTERNS) and mmvp["pairs"] == 27
+    glob = evaluate(tiny_bundle, "synthetic-global", seed=1)
+    assert 0 <= glob["image_to_text"]["R@1"] <= glob["image_to_text"]["R@5"] <= 1
+    real = evaluate(tiny_bundle, "mmvp-vlm", data=mmvp_folder)
+    assert set(real["per_pattern"]) == {"Orientation and Direction", "Color and Appearance"}
+    mmeb = evaluate(tiny_bundle, "mmeb", data=mmeb_folder)
+    assert set(mmeb["per_meta_task"]) == {"classification", "retrieval"} and 0 <= mmeb["overall"] <= 1
+
+
+def test_cli_prints_a_table_and_writes_json_and_a_chart(tiny_bundle, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "mmvp.json"
+    assert main([str(tiny_bundle), "--bench", "synthetic-mmvp", "--pairs-per-pattern", "2", "--json", str(out)]) == 0
+    assert "orientation" in capsys.readouterr().out
+    assert json.loads(out.read_text())["bench"] == "synthetic-mmvp"
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_real_benchmarks_need_their_folder(tiny_bundle, capsys):
+    assert main([str(tiny_bundle), "--bench", "mmeb"]) == 2
+    assert "--bench mmeb needs --data DIR" in capsys.readouterr().err
