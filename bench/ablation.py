@@ -111,8 +111,16 @@ def main() -> None:
     print(markdown(summary))
     runs_done = f"{args.seeds} seeds x {len(VARIANTS)} variants, {args.steps} steps"
     print(f"ablation wall time: {wall / 60:.1f} min ({runs_done})")
-    report = {"bench": "ablation", "steps": args.steps, "preset": args.preset, "alpha": args.alpha, "eval_seed": EVAL_SEED,
-              "wall_s": round(wall), "summary": summary, "runs": runs}  # fmt: skip
+    report = {
+        "bench": "ablation",
+        "steps": args.steps,
+        "preset": args.preset,
+        "alpha": args.alpha,
+        "eval_seed": EVAL_SEED,
+        "wall_s": round(wall),
+        "summary": summary,
+        "runs": runs,
+    }
     (args.out / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
     chart = {v: s["per_pattern"] for v, s in summary.items()}
     pattern_bar_chart(chart, args.out / "ablation.png", f"synthetic-mmvp pair accuracy, {args.seeds} seeds")
