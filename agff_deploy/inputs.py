@@ -51,6 +51,14 @@ class ItemEncoder:
         pixels = None if images is None else torch.from_numpy(self.pixels(images))
         return ModelInputs(torch.from_numpy(encoded.input_ids), torch.from_numpy(encoded.attention_mask), pixels)
 
+    def feeds(self, texts: Sequence[str], images: Sequence[ImageLike] | None = None) -> dict[str, np.ndarray]:
+        """The same inputs as numpy arrays named like the exported graphs' inputs."""
+        inputs = self.inputs(texts, images)
+        feeds = {"input_ids": inputs.input_ids.numpy(), "attention_mask": inputs.attention_mask.numpy()}
+        if inputs.pixel_values is not None:
+            feeds["pixel_values"] = inputs.pixel_values.numpy()
+        return feeds
+
     def embed_mixed(
         self,
         run: Callable[[ModelInputs], torch.Tensor],

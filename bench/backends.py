@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from export.graphs import ImageEncoderGraph, TextEncoderGraph, export_graph
 
-from .common import image_feeds, interleaved_medians, ort_session, random_model
+from .common import image_feeds, interleaved_medians, model_for, ort_session
 
 
 def main() -> None:
@@ -29,14 +28,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.ckpt:
-        model, tokenizer = load_checkpoint(args.ckpt)
-        encoder = item_encoder(model.config, tokenizer)
-    else:
-        model, encoder = random_model("demo")
+    model, encoder = model_for(args.ckpt)
     image = image_feeds(encoder, args.batch)
-    texts = encoder.inputs([f"a scene with {i} red circles at the left" for i in range(args.batch)])
-    text = {"input_ids": texts.input_ids.numpy(), "attention_mask": texts.attention_mask.numpy()}
+    text = encoder.feeds([f"a scene with {i} red circles at the left" for i in range(args.batch)])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, module, feeds, length_with_image in (

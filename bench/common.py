@@ -5,11 +5,12 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from agff_deploy.checkpoint import item_encoder
+from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.inputs import ItemEncoder
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.presets import PRESETS, preset_config
@@ -33,6 +34,14 @@ PRESETS.setdefault(
 )  # fmt: skip
 
 
+def model_for(ckpt: Path | None, preset: str = "demo") -> tuple[AGFFEmbedder, ItemEncoder]:
+    """A trained checkpoint when given, else a random-weight model at `preset` (speed does not depend on training)."""
+    if ckpt is None:
+        return random_model(preset)
+    model, tokenizer = load_checkpoint(ckpt)
+    return model, item_encoder(model.config, tokenizer)
+
+
 def random_model(preset: str, seed: int = 0, **overrides: Any) -> tuple[AGFFEmbedder, ItemEncoder]:
     tokenizer = train_bpe_tokenizer(vocabulary_corpus(), 512)
     torch.manual_seed(seed)
@@ -42,12 +51,8 @@ def random_model(preset: str, seed: int = 0, **overrides: Any) -> tuple[AGFFEmbe
 
 def image_feeds(encoder: ItemEncoder, batch: int, first: int = 0) -> dict:
     size = encoder.preprocessor.height
-    inputs = encoder.inputs([""] * batch, [make_scene(first + i).render(size) for i in range(batch)])
-    return {
-        "pixel_values": inputs.pixel_values.numpy(),
-        "input_ids": inputs.input_ids.numpy(),
-        "attention_mask": inputs.attention_mask.numpy(),
-    }
+    feeds = encoder.feeds([""] * batch, [make_scene(first + i).render(size) for i in range(batch)])
+    return {k: feeds[k] for k in ("pixel_values", "input_ids", "attention_mask")}
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int = 10, warmup: int = 2) -> dict[str, float]:

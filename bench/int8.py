@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.scenes import make_scene
 from export.calibration import calibration_feeds
 from export.check import compare, embed_in_chunks
 from export.graphs import ImageEncoderGraph, TextEncoderGraph, export_graph
 from export.precision import quantize_dynamic_int8, quantize_qdq
 
-from .common import image_feeds, interleaved_medians, ort_session, random_model
+from .common import image_feeds, interleaved_medians, model_for, ort_session, random_model
 
 VARIANTS = ("fp32", "int8-qdq", "int8-dynamic")
 
@@ -38,8 +37,7 @@ def export_variants(model, encoder, name: str, folder: Path) -> dict[str, Path]:
         feeds = image_feeds(encoder, 2)
         module = ImageEncoderGraph(model)
     else:
-        batch = encoder.inputs(["a red circle", "two small blue squares"])
-        feeds = {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy()}
+        feeds = encoder.feeds(["a red circle", "two small blue squares"])
         module = TextEncoderGraph(model)
     fp32 = folder / f"{name}-fp32.onnx"
     with contextlib.redirect_stdout(io.StringIO()):
@@ -92,11 +90,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.ckpt:
-        demo, tokenizer = load_checkpoint(args.ckpt)
-        demo_encoder = item_encoder(demo.config, tokenizer)
-    else:
-        demo, demo_encoder = random_model("demo")
+    demo, demo_encoder = model_for(args.ckpt)
     wide, wide_encoder = random_model("wide")
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,14 +20,6 @@ CALIBRATION_SEED = 500_000_000
 QUESTIONS = ("", "what colour is the object?", "how many objects are there?", "")
 
 
-def _feeds(encoder: ItemEncoder, texts: list[str], images: list | None) -> dict[str, np.ndarray]:
-    inputs = encoder.inputs(texts, images)
-    feeds = {"input_ids": inputs.input_ids.numpy(), "attention_mask": inputs.attention_mask.numpy()}
-    if inputs.pixel_values is not None:
-        feeds["pixel_values"] = inputs.pixel_values.numpy()
-    return feeds
-
-
 def _folder_images(folder: Path) -> list[Image.Image]:
     if not folder.is_dir():
         raise FileNotFoundError(f"--calib-dir {folder} is not a folder")
@@ -59,10 +51,10 @@ def calibration_feeds(
             texts = [t for t in texts_file.read_text().splitlines() if t.strip()]
         else:
             texts = [s.caption() for s in scenes]
-        return [_feeds(encoder, texts[i : i + batch_size], None) for i in range(0, len(texts), batch_size)]
+        return [encoder.feeds(texts[i : i + batch_size], None) for i in range(0, len(texts), batch_size)]
     images = _folder_images(Path(calib_dir)) if calib_dir else [s.render(size) for s in scenes]
     prompts = [QUESTIONS[i % len(QUESTIONS)] for i in range(len(images))]
     return [
-        _feeds(encoder, prompts[i : i + batch_size], images[i : i + batch_size])
+        encoder.feeds(prompts[i : i + batch_size], images[i : i + batch_size])
         for i in range(0, len(images), batch_size)
     ]

@@ -91,14 +91,6 @@ class GateReport:
         return "\n".join(lines)
 
 
-def _feeds(encoder: ItemEncoder, texts: list[str], images: list | None) -> dict[str, np.ndarray]:
-    inputs = encoder.inputs(texts, images)
-    feeds = {"input_ids": inputs.input_ids.numpy(), "attention_mask": inputs.attention_mask.numpy()}
-    if inputs.pixel_values is not None:
-        feeds["pixel_values"] = inputs.pixel_values.numpy()
-    return feeds
-
-
 def parity_input_sets(encoder: ItemEncoder) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """Two sets that differ in batch size, text length and padding (never the traced example)."""
     size = encoder.preprocessor.height
@@ -106,14 +98,14 @@ def parity_input_sets(encoder: ItemEncoder) -> dict[str, dict[str, dict[str, np.
     images = [s.render(size) for s in scenes]
     return {
         "A": {
-            "image_encoder": _feeds(encoder, ["", "what colour is the star?"], images[:2]),
-            "text_encoder": _feeds(encoder, [scenes[0].caption(), "a red circle", "snow"], None),
+            "image_encoder": encoder.feeds(["", "what colour is the star?"], images[:2]),
+            "text_encoder": encoder.feeds([scenes[0].caption(), "a red circle", "snow"], None),
         },
         "B": {
-            "image_encoder": _feeds(
-                encoder, ["how many circles are there in this picture?", "", "", "where is it?", ""], images[2:7]
+            "image_encoder": encoder.feeds(
+                ["how many circles are there in this picture?", "", "", "where is it?", ""], images[2:7]
             ),
-            "text_encoder": _feeds(encoder, ["x", scenes[3].caption(), scenes[4].global_caption(), "two stars"], None),
+            "text_encoder": encoder.feeds(["x", scenes[3].caption(), scenes[4].global_caption(), "two stars"], None),
         },
     }
 
@@ -154,7 +146,7 @@ def embed_in_chunks(run, encoder: ItemEncoder, texts: list[str], images: list | 
     """`run(feeds) -> embeddings` over `texts` (and `images`) in chunks, concatenated."""
     parts = []
     for i in range(0, len(texts), chunk):
-        parts.append(run(_feeds(encoder, texts[i : i + chunk], None if images is None else images[i : i + chunk])))
+        parts.append(run(encoder.feeds(texts[i : i + chunk], None if images is None else images[i : i + chunk])))
     return np.concatenate(parts)
 
 

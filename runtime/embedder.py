@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from agff_deploy.images import open_image
-from agff_deploy.manifest import MANIFEST_FILE, graph_entry, read_manifest
+from agff_deploy.manifest import MANIFEST_FILE, graph_entry
 
 from .runner import Runner
 from .scoring import fused_similarity
@@ -176,6 +176,3 @@ def precision_of_graph(manifest: dict[str, Any], bundle: Path, graph: Path) -> s
 def graph_file(manifest: dict[str, Any], bundle: Path, precision: str, name: str) -> tuple[Path, str]:
     entry = graph_entry(manifest, precision, name)
     return bundle / entry["file"], entry["sha256"]
-
-
-__all__ = ["BACKENDS", "Embedder", "read_manifest"]

@@ -34,6 +34,10 @@ class TorchRunner(Runner):
         return {graph: cls(model, graph) for graph in graphs}
 
     def activate(self) -> None:
+        if self.device.startswith("cuda"):
+            # True fp32 on the GPU: this runner is the parity reference, and TF32 convolutions drift by ~1e-3.
+            self.torch.backends.cudnn.allow_tf32 = False
+            self.torch.backends.cuda.matmul.allow_tf32 = False
         self.model.to(self.device).eval()
         super().activate()
 

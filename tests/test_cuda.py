@@ -53,3 +53,19 @@ def test_trainer_uses_cuda_with_bf16_autocast_and_learns(tmp_path):
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2
     trainer.save()
+
+
+def test_pytorch_runner_on_gpu_matches_onnxruntime_on_cpu(tiny_bundle, tiny_checkpoint):
+    from export.check import BARS, compare
+    from runtime.embedder import Embedder
+
+    images = scene_images(4, 56, 60)
+    texts = ["a red circle", "two blue squares at the left", "x"]
+    with Embedder.load(tiny_bundle) as onnx_model, Embedder.load(tiny_checkpoint) as torch_model:
+        assert torch_model.runners["image_encoder"].device == "cuda"
+        for ours, ref in (
+            (torch_model.embed_images(images), onnx_model.embed_images(images)),
+            (torch_model.embed_texts(texts), onnx_model.embed_texts(texts)),
+        ):
+            cos, err = compare(ours, ref)
+            assert cos >= BARS["fp32"].min_cosine and err <= BARS["fp32"].max_abs, (cos, err)

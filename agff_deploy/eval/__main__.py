@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .metrics import hit_at_1, mmvp_pair_correct, recall_at_k
 from .mmeb import MMEBItem, Side, load_mmeb, meta_task
 from .mmvp_vlm import load_mmvp_vlm
-from .synthetic import MMVP_PATTERNS, global_retrieval_set, mmvp_pairs
+from .synthetic import global_retrieval_set, mmvp_pairs
 
 BENCHES = ("synthetic-mmvp", "synthetic-global", "mmvp-vlm", "mmeb")
 
@@ -175,8 +175,6 @@ def _chart(variants: dict[str, dict[str, float]], path: Path, title: str) -> Non
     except ImportError as err:
         print(f"no chart: {err}", file=sys.stderr)
 
-
-__all__ = ["MMVP_PATTERNS", "evaluate", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,51 @@
+"""The README's main job, end to end: train the demo model, export and gate it, run agff-run (minutes: slow)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_trains_exports_and_runs(tmp_path):
+    trained = subprocess.run(
+        [sys.executable, "-m", "train.run", "--out", str(tmp_path / "ckpt")], capture_output=True, text=True, cwd=REPO
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    recall = float(re.search(r"R@1 among 256: ([0-9.]+)", trained.stdout).group(1))
+    assert recall >= 0.7, trained.stdout
+
+    exported = subprocess.run(
+        [sys.executable, "-m", "export.to_onnx", str(tmp_path / "ckpt"), "-o", str(tmp_path / "bundle")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert exported.returncode == 0, exported.stdout[-3000:] + exported.stderr[-2000:]
+    assert "parity gate passed" in exported.stdout
+
+    query = "a forest scene with two large red outlined circles at the top"
+    ran = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime.cli",
+            "--engine",
+            str(tmp_path / "bundle"),
+            "samples/",
+            "--query",
+            query,
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert ran.returncode == 0, ran.stderr
+    ranking = json.loads(ran.stdout.strip().splitlines()[-1])["ranking"]
+    assert ranking[0]["path"].endswith("two-red-circles.png")
