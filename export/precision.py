@@ -40,10 +40,20 @@ class _FeedReader:
 
 
 def _preprocessed(src: Path, folder: Path) -> Path:
+    """ORT's quantization pre-processing, on a copy without the exporter's `value_info`.
+
+    Stale intermediate shapes from some exporter versions make ONNX shape
+    inference refuse the graph ("inferred shape and existing shape differ");
+    without them it infers every shape afresh.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    bare = folder / "bare.onnx"
+    onnx.save(model, str(bare))
     out = folder / "pre.onnx"
-    quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    quant_pre_process(str(bare), str(out), skip_symbolic_shape=True)
     return out
 
 
