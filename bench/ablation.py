@@ -4,7 +4,8 @@
     agff          fused global + fine-grained prompts, no EGA             (--ega-alpha 0)
     agff+ega      fused prompts with EGA hard-negative amplification      (--ega-alpha ALPHA)
 
-Training seeds 0..S-1; evaluation on its own seed (never used to tune anything).
+Training seeds 0..S-1; evaluation on its own seed 7 (never used to tune anything: investigate with
+--eval-seed set to another seed).
 Prints the table (mean and spread over seeds), writes JSON and a per-pattern bar chart.
 Run: python -m bench.ablation [--steps 600] [--seeds 3] [--out ablation/]
 """
@@ -31,7 +32,7 @@ VARIANTS = {
 }
 
 
-def train(folder: Path, variant: str, seed: int, steps: int, preset: str, alpha: float) -> Path:
+def train(folder: Path, variant: str, seed: int, steps: int, preset: str, alpha: float, tasks: str) -> Path:
     out = folder / f"{variant}-seed{seed}"
     if (
         not (out / "trainer_state.json").is_file()
@@ -39,7 +40,7 @@ def train(folder: Path, variant: str, seed: int, steps: int, preset: str, alpha:
     ):
         extra = VARIANTS[variant] or ["--ega-alpha", str(alpha)]
         command = [sys.executable, "-m", "train.run", "--out", str(out), "--preset", preset, "--steps", str(steps),
-                   "--seed", str(seed), "--eval-pairs", "0", *extra]  # fmt: skip
+                   "--seed", str(seed), "--tasks", tasks, "--eval-pairs", "0", *extra]  # fmt: skip
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return out
 
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--alpha", type=float, default=1.0, help="EGA alpha of the agff+ega variant")
+    parser.add_argument("--tasks", default="i2t", help="training task mix, as for train.run")
+    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED)
     parser.add_argument("--pairs-per-pattern", type=int, default=150)
     parser.add_argument("--out", type=Path, default=Path("ablation"))
     args = parser.parse_args()
@@ -93,11 +96,11 @@ def main() -> None:
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for seed in range(args.seeds):
         for variant in VARIANTS:
-            ckpt = train(args.out, variant, seed, args.steps, args.preset, args.alpha)
+            ckpt = train(args.out, variant, seed, args.steps, args.preset, args.alpha, args.tasks)
             result = {
                 "seed": seed,
-                "mmvp": evaluate(ckpt, "synthetic-mmvp", EVAL_SEED, args.pairs_per_pattern),
-                "global": evaluate(ckpt, "synthetic-global", EVAL_SEED),
+                "mmvp": evaluate(ckpt, "synthetic-mmvp", args.eval_seed, args.pairs_per_pattern),
+                "global": evaluate(ckpt, "synthetic-global", args.eval_seed),
             }
             runs[variant].append(result)
             print(
@@ -116,7 +119,8 @@ def main() -> None:
         "steps": args.steps,
         "preset": args.preset,
         "alpha": args.alpha,
-        "eval_seed": EVAL_SEED,
+        "tasks": args.tasks,
+        "eval_seed": args.eval_seed,
         "wall_s": round(wall),
         "summary": summary,
         "runs": runs,

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from agff_deploy import __version__
@@ -80,7 +81,7 @@ class BundleBuilder:
 
     def _examples(self) -> dict[str, tuple[torch.Tensor, ...]]:
         size = self.encoder.preprocessor.height
-        image = self.encoder.inputs(["", "what is this?"], [torch.zeros(size, size, 3, dtype=torch.uint8).numpy()] * 2)
+        image = self.encoder.inputs(["", "what is this?"], [np.zeros((size, size, 3), np.uint8)] * 2)
         text = self.encoder.inputs(["a red circle", "two small blue filled squares at the left"])
         k, d = self.model.config.num_prompts, self.model.config.hidden_size
         return {

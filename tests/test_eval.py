@@ -62,6 +62,7 @@ def test_synthetic_benchmarks_are_deterministic_per_seed_and_differ_across_seeds
 
 @pytest.fixture()
 def mmvp_folder(tmp_path):
+    tmp_path = tmp_path / "MMVP_VLM"
     rows = ["Question ID,Type,Statement"]
     for kind, first_id in (("Orientation and Direction", 1), ("Color and Appearance", 3)):
         folder = tmp_path / "MLLM_VLM Images" / kind
@@ -100,8 +101,9 @@ def test_mmvp_vlm_loader_needs_questions_csv(tmp_path):
 
 @pytest.fixture()
 def mmeb_folder(tmp_path):
+    tmp_path = tmp_path / "MMEB"
     images = tmp_path / "images"
-    images.mkdir()
+    images.mkdir(parents=True)
     for colour in ("red", "green", "blue"):
         Image.new("RGB", (40, 40), colour).save(images / f"{colour}.jpg")
     cls = tmp_path / "ImageNet-1K"

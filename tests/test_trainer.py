@@ -100,3 +100,11 @@ def test_lora_training_saves_merged_weights_that_reproduce_the_adapted_model(tmp
         adapted = trainer.model.eval()(inputs.input_ids, inputs.attention_mask)
         merged = load_checkpoint(tmp_path)[0](inputs.input_ids, inputs.attention_mask)
     assert (adapted - merged).abs().max().item() < 1e-5
+
+
+def test_cli_resume_keeps_the_runs_own_step_count(tmp_path, capsys):
+    args = ["--preset", "tiny", "--batch-size", "8", "--eval-pairs", "0", "--out", str(tmp_path)]
+    assert main([*args, "--steps", "2"]) == 0
+    assert main(["--resume", "--out", str(tmp_path), "--eval-pairs", "0"]) == 0
+    assert json.loads((tmp_path / STATE_FILE).read_text())["step"] == 2
+    assert "trained to step 2" in capsys.readouterr().out

@@ -14,10 +14,10 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from agff_deploy.scenes import SCENES, make_scene
+from agff_deploy.scenes import ATTRIBUTES, HELD_OUT_COMBOS, SCENES, Scene, change_attribute, make_scene
 
 ImageRef = np.ndarray | Path | None
-TASKS = ("i2t", "vqa", "cls")
+TASKS = ("i2t", "i2t-contrast", "vqa", "cls")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,28 @@ def parse_task_mix(text: str) -> dict[str, float]:
     return mix
 
 
+def contrast_partner(scene: Scene, rng: random.Random) -> Scene | None:
+    """The scene with one attribute changed, staying inside the training combinations (None if none can)."""
+    for attribute in rng.sample(ATTRIBUTES, len(ATTRIBUTES)):
+        other = change_attribute(scene, attribute, rng)
+        if other is not None and not {(g.shape, g.colour) for g in other.groups} & HELD_OUT_COMBOS:
+            return other
+    return None
+
+
+def contrast_pairs(first: int, batch_size: int, image_size: int, rng: random.Random) -> list[Pair]:
+    """image->caption pairs in twins that differ in one attribute: in-batch hard negatives by construction."""
+    pairs: list[Pair] = []
+    seed = first
+    while len(pairs) < batch_size:
+        scene = make_scene(seed)
+        seed += 1
+        twin = contrast_partner(scene, rng)
+        for s in (scene, twin) if twin is not None else (scene,):
+            pairs.append(Pair("", s.render(image_size), s.caption()))
+    return pairs[:batch_size]
+
+
 class SyntheticPairs:
     """Fresh synthetic scenes every step; one task per step, drawn by weight."""
 
@@ -94,6 +116,8 @@ class SyntheticPairs:
         rng = random.Random(self.seed * 1_000_003 + step)
         task = rng.choices(list(self.tasks), weights=list(self.tasks.values()))[0]
         first = (self.seed * 100_000 + step) * self.batch_size
+        if task == "i2t-contrast":
+            return contrast_pairs(first, self.batch_size, self.image_size, rng)
         return [scene_pair(task, first + j, self.image_size) for j in range(self.batch_size)]
 
 

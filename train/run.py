@@ -21,7 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset", default=defaults.preset, choices=sorted(PRESETS), help="model size (default: %(default)s)"
     )
     p.add_argument("--base", help="local Qwen2-VL folder (save_pretrained layout) to start from instead of random init")
-    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument(
+        "--steps", type=int, help=f"training steps (default: {defaults.steps}; with --resume: the run's own)"
+    )
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--warmup", type=int, default=defaults.warmup)
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer.resume(args.out, steps=args.steps, threads=args.threads)
     else:
         names = {f.name for f in fields(TrainSettings)}
-        trainer = Trainer.create(TrainSettings(**{k: v for k, v in vars(args).items() if k in names}))
+        chosen = {k: v for k, v in vars(args).items() if k in names and v is not None}
+        trainer = Trainer.create(TrainSettings(**chosen))
     print(f"training {trainer.model.config.preset} model ({_millions(trainer.model)}M parameters) on {trainer.device}")
     trainer.run()
     print(f"trained to step {trainer.step} in {time.perf_counter() - started:.0f} s")
