@@ -22,7 +22,8 @@ class AGFFConfig:
 
     `base` holds the `Qwen2VLConfig` as a plain dict (`to_dict()` output), so a
     checkpoint is self-contained and a real Qwen2-VL folder's config drops in
-    unchanged.
+    unchanged. `extra` is free-form metadata a user wants carried with the
+    checkpoint (data source, notes); nothing in agff-deploy reads it.
     """
 
     base: dict[str, Any]

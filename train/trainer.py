@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -59,7 +59,6 @@ class TrainSettings:
     eval_pairs: int = 256
     lora_rank: int = 0
     threads: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def learning_rate(settings: TrainSettings, step: int) -> float:
