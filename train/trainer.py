@@ -51,7 +51,7 @@ class TrainSettings:
     ega_alpha: float | None = None
     num_fine: int | None = None
     prompt_length: int | None = None
-    tasks: str = "i2t"
+    tasks: str = "i2t:1,i2t-contrast:1"
     data: str | None = None
     image_root: str | None = None
     max_bad_fraction: float = 0.05
