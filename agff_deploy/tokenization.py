@@ -132,10 +132,6 @@ class ChatFormatter:
         fixed = len(self._head) + len(self._tail) + (len(self._image) if with_image else 0)
         return fixed, fixed + self.max_text_tokens
 
-    def chat_text(self, text: str, with_image: bool) -> str:
-        """The formatted string HF's processor would tokenize (image block unexpanded)."""
-        return USER_HEAD + (IMAGE_PLACEHOLDER if with_image else "") + text.strip() + USER_TAIL
-
     def encode(self, texts: Sequence[str], with_image: bool, names: Sequence[str] | None = None) -> EncodedBatch:
         """Tokenize a batch; a text over the budget is truncated with a warning naming it (`names[i]`)."""
         rows, truncated = [], []

@@ -128,9 +128,10 @@ class Embedder:
             return self._run(
                 "scorer", {"queries": queries.astype(np.float32), "candidates": candidates.astype(np.float32)}
             )
-        return fused_similarity(queries, candidates, self.spec.t_in, self.spec.t_f, self.spec.bias)
+        return self.numpy_score(queries, candidates)
 
     def numpy_score(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The same fusion in numpy (runtime/scoring.py), for artifacts without a scorer graph."""
         return fused_similarity(queries, candidates, self.spec.t_in, self.spec.t_f, self.spec.bias)
 
     def rank(self, text_query: np.ndarray, images: np.ndarray) -> np.ndarray:
