@@ -141,6 +141,8 @@ def change_attribute(scene: Scene, attribute: str, rng: random.Random) -> Scene 
     if not choices:
         return None
     changed = dataclasses.replace(first, **{attribute: rng.choice(choices)})
+    if attribute == "shape":
+        changed = dataclasses.replace(changed, direction=None)  # only triangles point somewhere
     return dataclasses.replace(scene, groups=(changed,) + scene.groups[1:])
 
 

@@ -7,24 +7,28 @@
 Training seeds 0..S-1; evaluation on its own seed 7 (never used to tune anything: investigate with
 --eval-seed set to another seed).
 Prints the table (mean and spread over seeds), writes JSON and a per-pattern bar chart.
-Run: python -m bench.ablation [--steps 600] [--seeds 3] [--out ablation/]
+Run: python -m bench.ablation [--steps 1000] [--seeds 3] [--jobs 2] [--out ablation/]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from agff_deploy.eval.__main__ import evaluate
 from agff_deploy.eval.plot import pattern_bar_chart
+from train.trainer import TrainSettings
 
 EVAL_SEED = 7
+DEMO = TrainSettings()
 VARIANTS = {
     "baseline": ["--num-fine", "0", "--ega-alpha", "0"],
     "agff": ["--ega-alpha", "0"],
@@ -32,16 +36,18 @@ VARIANTS = {
 }
 
 
-def train(folder: Path, variant: str, seed: int, steps: int, preset: str, alpha: float, tasks: str) -> Path:
+def train(folder: Path, variant: str, seed: int, args: argparse.Namespace, threads: int) -> Path:
+    """Train one run (skipped when its checkpoint already reached the steps), in a subprocess of its own."""
     out = folder / f"{variant}-seed{seed}"
-    if (
-        not (out / "trainer_state.json").is_file()
-        or json.loads((out / "trainer_state.json").read_text())["step"] < steps
-    ):
-        extra = VARIANTS[variant] or ["--ega-alpha", str(alpha)]
-        command = [sys.executable, "-m", "train.run", "--out", str(out), "--preset", preset, "--steps", str(steps),
-                   "--seed", str(seed), "--tasks", tasks, "--eval-pairs", "0", *extra]  # fmt: skip
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    state = out / "trainer_state.json"
+    if not state.is_file() or json.loads(state.read_text())["step"] < args.steps:
+        extra = VARIANTS[variant] or ["--ega-alpha", str(args.alpha)]
+        command = [sys.executable, "-m", "train.run", "--out", str(out), "--preset", args.preset,
+                   "--steps", str(args.steps), "--seed", str(seed), "--tasks", args.tasks, "--eval-pairs", "0",
+                   "--threads", str(threads), *extra]  # fmt: skip
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"training {out} failed:\n{done.stderr[-3000:]}")
     return out
 
 
@@ -82,21 +88,25 @@ def markdown(summary: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=DEMO.steps)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--alpha", type=float, default=1.0, help="EGA alpha of the agff+ega variant")
-    parser.add_argument("--tasks", default="i2t", help="training task mix, as for train.run")
+    parser.add_argument("--tasks", default=DEMO.tasks, help="training task mix, as for train.run")
     parser.add_argument("--eval-seed", type=int, default=EVAL_SEED)
     parser.add_argument("--pairs-per-pattern", type=int, default=150)
+    parser.add_argument("--jobs", type=int, default=2, help="trainings run side by side, sharing the CPU cores")
     parser.add_argument("--out", type=Path, default=Path("ablation"))
     args = parser.parse_args()
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for seed in range(args.seeds):
-        for variant in VARIANTS:
-            ckpt = train(args.out, variant, seed, args.steps, args.preset, args.alpha, args.tasks)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    jobs = [(seed, variant) for seed in range(args.seeds) for variant in VARIANTS]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        trained = [pool.submit(train, args.out, variant, seed, args, threads) for seed, variant in jobs]
+        for (seed, variant), future in zip(jobs, trained, strict=True):
+            ckpt = future.result()
             result = {
                 "seed": seed,
                 "mmvp": evaluate(ckpt, "synthetic-mmvp", args.eval_seed, args.pairs_per_pattern),
