@@ -25,7 +25,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                  "num_key_value_heads": 4, "mrope_section": [2, 3, 3]},
         "vision": {"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 2},
-        "agff": {"num_fine": 4, "prompt_length": 1, "image_size": (112, 112), "max_text_tokens": 64},
+        "agff": {"num_fine": 8, "prompt_length": 1, "image_size": (112, 112), "max_text_tokens": 64},
     },
 }  # fmt: skip
 
