@@ -1,4 +1,4 @@
-"""Shared prefix: the AGFF image graph (K = 4) against a single-prompt graph and a naive K+1-pass graph.
+"""Shared prefix: the AGFF image graph (the preset's K prompts) vs a single-prompt graph and a naive K+1-pass graph.
 
 All three are ONNX graphs of the same weights run by ONNX Runtime on the CPU;
 the naive graph repeats the whole sequence once per prompt, as K+1 separate
