@@ -44,7 +44,8 @@ def _preprocessed(src: Path, folder: Path) -> Path:
 
     Stale intermediate shapes from some exporter versions make ONNX shape
     inference refuse the graph ("inferred shape and existing shape differ");
-    without them it infers every shape afresh.
+    without them it infers every shape afresh. The copy goes to a file because
+    ORT's in-memory ModelProto route cannot read the exporter's external tensors.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
