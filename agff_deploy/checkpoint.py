@@ -3,11 +3,14 @@
     ckpt/
       agff_config.json        AGFFConfig, including the base Qwen2-VL config
       model.safetensors       every weight: backbone, prompts, fusion, temperature
+                              (past 2 GB: model-0000i-of-0000n.safetensors + index)
       tokenizer.json          + tokenizer_config.json (chat template)
       preprocessor_config.json
 
 Files are written to a temporary folder first and moved into place one by one
-with `os.replace`, so a reader never sees a half-written file.
+with `os.replace`, so a reader never sees a half-written file. Loading builds
+the model with empty parameters and assigns the stored tensors shard by shard,
+so a checkpoint is held in memory once, at the dtype asked for.
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from accelerate import init_empty_weights
 from tokenizers import Tokenizer
 
 from .config import CONFIG_FILE, AGFFConfig
@@ -28,12 +30,22 @@ from .inputs import ItemEncoder
 from .model import AGFFEmbedder
 from .preprocessing import ImagePreprocessor
 from .tokenization import TOKENIZER_FILE, ChatFormatter, write_tokenizer_files
+from .weights import INDEX_FILE, SINGLE_FILE, iter_weights, weight_files, write_weights
 
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = SINGLE_FILE
 
 
-def write_atomically(folder: str | Path, write: Callable[[Path], None], last: str | None = None) -> None:
-    """Let `write` fill a temporary folder, then move each file into `folder` (`last` moved last)."""
+WEIGHT_FILE_PATTERNS = (SINGLE_FILE, INDEX_FILE, "model-*-of-*.safetensors")
+
+
+def write_atomically(
+    folder: str | Path, write: Callable[[Path], None], last: str | None = None, replaces: Iterable[str] = ()
+) -> None:
+    """Let `write` fill a temporary folder, then move each file into `folder` (`last` moved last).
+
+    Files matching a `replaces` pattern that this write did not produce are left-overs of an
+    older layout (say, shards after a single file) and are removed before `last` lands.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as tmp:
@@ -43,25 +55,39 @@ def write_atomically(folder: str | Path, write: Callable[[Path], None], last: st
             names.remove(last)
             names.append(last)
         for name in names:
+            if name == last:
+                _remove_stale(folder, replaces, set(names))
             os.replace(Path(tmp) / name, folder / name)
+        if last not in names:
+            _remove_stale(folder, replaces, set(names))
 
 
-def weights_for_saving(model: AGFFEmbedder) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+def _remove_stale(folder: Path, patterns: Iterable[str], keep: set[str]) -> None:
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            if path.name not in keep:
+                path.unlink()
 
 
 def write_model_files(
-    folder: Path, model: AGFFEmbedder, tokenizer: Tokenizer, metadata: dict[str, str] | None = None
+    folder: Path,
+    model: AGFFEmbedder,
+    tokenizer: Tokenizer,
+    metadata: dict[str, str] | None = None,
+    weights: Iterable[tuple[str, torch.Tensor]] | None = None,
 ) -> None:
+    """The checkpoint files of `model`; `weights` replaces its state dict (e.g. LoRA merged tensor by tensor)."""
     config = model.config
     config.save(folder)
-    save_file(weights_for_saving(model), folder / WEIGHTS_FILE, metadata=metadata)
+    write_weights(folder, model.state_dict().items() if weights is None else weights, metadata)
     write_tokenizer_files(tokenizer, folder)
     ImagePreprocessor(*config.image_size).save(folder, config.patch_size, config.merge_size)
 
 
 def save_checkpoint(model: AGFFEmbedder, tokenizer: Tokenizer, folder: str | Path) -> Path:
-    write_atomically(folder, lambda tmp: write_model_files(tmp, model, tokenizer), last=WEIGHTS_FILE)
+    write_atomically(
+        folder, lambda tmp: write_model_files(tmp, model, tokenizer), last=CONFIG_FILE, replaces=WEIGHT_FILE_PATTERNS
+    )
     return Path(folder)
 
 
@@ -75,30 +101,32 @@ def _require(folder: Path, name: str) -> Path:
     return path
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path} is not a readable safetensors file ({err}); re-save the checkpoint") from err
-
-
-def load_checkpoint(folder: str | Path, image_size: tuple[int, int] | None = None) -> tuple[AGFFEmbedder, Tokenizer]:
-    """Model (eval mode, CPU) and tokenizer from a checkpoint folder, optionally at another image size."""
+def load_checkpoint(
+    folder: str | Path, image_size: tuple[int, int] | None = None, dtype: torch.dtype | None = None
+) -> tuple[AGFFEmbedder, Tokenizer]:
+    """Model (eval mode, CPU, optionally cast to `dtype`) and tokenizer, optionally at another image size."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
     config = AGFFConfig.load(folder)
     if image_size is not None:
         config = dataclasses.replace(config, image_size=tuple(image_size))
-    weights = load_weights(_require(folder, WEIGHTS_FILE))
+    weight_files(folder)
     tokenizer = Tokenizer.from_file(str(_require(folder, TOKENIZER_FILE)))
-    model = AGFFEmbedder(config)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
+    with init_empty_weights(include_buffers=False):
+        model = AGFFEmbedder(config)
+    expected = set(model.state_dict())
+    found: set[str] = set()
+    for shard in iter_weights(folder, dtype):
+        model.load_state_dict(shard, strict=False, assign=True)
+        found |= set(shard)
+    if found != expected:
         raise ValueError(
-            f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE}: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            f"the weights in {folder} do not match {folder / CONFIG_FILE}: "
+            f"missing {sorted(expected - found)[:5]}, unexpected {sorted(found - expected)[:5]}"
         )
+    if dtype is not None:
+        model.to(dtype)
     return model.eval(), tokenizer
 
 

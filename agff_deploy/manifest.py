@@ -66,3 +66,25 @@ def graph_entry(manifest: dict[str, Any], precision: str, name: str) -> dict[str
     if name not in graphs[precision]:
         raise KeyError(f"bundle's {precision} graphs lack {name}")
     return graphs[precision][name]
+
+
+def check_external_data(bundle: str | Path, entry: dict[str, Any]) -> None:
+    """Every external-data file a graph needs is there at its full size, or an error naming it and the graph.
+
+    Sizes, not hashes: a truncated copy is the common failure, and hashing
+    gigabytes at every start would cost seconds. The graph file's own sha256
+    is checked by the runner.
+    """
+    graph = Path(bundle) / entry["file"]
+    for data in entry.get("external_data", []):
+        path = Path(bundle) / data["file"]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: it holds the weights of {graph}; copy the whole bundle folder, "
+                ".onnx.data files included"
+            )
+        size = path.stat().st_size
+        if size != data["bytes"]:
+            raise ValueError(
+                f"{path} is {size} bytes but {graph} needs {data['bytes']}: a truncated or altered copy; copy it again"
+            )

@@ -23,6 +23,7 @@ from .mrope import image_grid_offsets, mrope_position_ids
 from .prompts import PrefixSharedPrompts
 from .similarity import FusedSimilarity
 from .vision import encode_images, vision_rotary_table
+from .weights import weight_files
 
 SUPPORTED_MODEL_TYPES = ("qwen2_vl",)
 
@@ -39,7 +40,11 @@ def build_base_model(base: dict) -> Qwen2VLModel:
 
 
 def load_base_folder(path: str | Path) -> Qwen2VLModel:
-    """The Qwen2-VL backbone of a local checkpoint folder (`save_pretrained` layout); no hub access."""
+    """The Qwen2-VL backbone of a local checkpoint folder (`save_pretrained` layout); no hub access.
+
+    The weight files are checked first, so a missing or truncated shard is named rather than
+    surfacing as a loader error deep inside transformers.
+    """
     folder = Path(path)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -52,6 +57,7 @@ def load_base_folder(path: str | Path) -> Qwen2VLModel:
             f"{config_path}: model_type {model_type!r} is not supported; AGFF-Embed builds on "
             f"{', '.join(SUPPORTED_MODEL_TYPES)} checkpoints"
         )
+    weight_files(folder)
     full = Qwen2VLForConditionalGeneration.from_pretrained(
         folder, attn_implementation=ATTENTION, local_files_only=True, dtype=torch.float32
     )
@@ -66,6 +72,7 @@ class AGFFEmbedder(nn.Module):
         self.config = config
         self.mllm = base if base is not None else build_base_model(config.base)
         self.image_token_id = int(self.mllm.config.image_token_id)
+        self.recompute_vision = False
         self.prompts = PrefixSharedPrompts(config.num_prompts, config.prompt_length, config.hidden_size)
         self.fusion = FusedSimilarity(config.t_in, config.t_f, config.pattern_bias)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)))
@@ -79,7 +86,12 @@ class AGFFEmbedder(nn.Module):
         self._init_prompts()
 
     def _init_prompts(self) -> None:
-        """Start prompts at the scale of real token embeddings so they matter from step one."""
+        """Start prompts at the scale of real token embeddings so they matter from step one.
+
+        Skipped when the model is built empty to receive a checkpoint's weights.
+        """
+        if self.prompts.vectors.is_meta:
+            return
         with torch.no_grad():
             std = self.mllm.language_model.embed_tokens.weight.std()
             self.prompts.vectors.normal_(0.0, float(std))
@@ -88,8 +100,22 @@ class AGFFEmbedder(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp().clamp(min=0.01)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute every vision and language block in backward instead of storing its activations.
+
+        At 2B parameters and 448 px the stored activations, not the weights, are what
+        outgrow memory; this trades one extra forward for them.
+        """
+        enable = getattr(self.mllm, "activation_checkpointing_enable", None)  # transformers >= 5.20
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.mllm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.recompute_vision = True
+
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.mllm.visual, pixel_values, self.vision_cos, self.vision_sin)
+        recompute = self.recompute_vision and self.training and torch.is_grad_enabled()
+        return encode_images(self.mllm.visual, pixel_values, self.vision_cos, self.vision_sin, recompute)
 
     def merge_image_tokens(self, embeds: torch.Tensor, input_ids: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Place image token k at the k-th `<|image_pad|>` (cumsum + gather + where)."""

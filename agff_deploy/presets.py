@@ -12,7 +12,10 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from .config import AGFFConfig
-from .tokenization import special_token_ids
+from .scenes import vocabulary_corpus
+from .tokenization import special_token_ids, train_bpe_tokenizer
+
+LOCAL_VOCAB_SIZE = 512
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -28,6 +31,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "agff": {"num_fine": 8, "prompt_length": 1, "image_size": (112, 112), "max_text_tokens": 64},
     },
 }  # fmt: skip
+
+
+def local_tokenizer() -> Tokenizer:
+    """The byte-level BPE tokenizer, with Qwen2-VL's special tokens, of every model built here (no hub)."""
+    return train_bpe_tokenizer(vocabulary_corpus(), LOCAL_VOCAB_SIZE)
 
 
 def base_config(preset: str, tokenizer: Tokenizer) -> dict[str, Any]:

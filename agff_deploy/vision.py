@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers.vision_utils import get_vision_position_ids
 
 
@@ -63,11 +64,20 @@ def _block_forward(block: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: to
     return x + block.mlp(_layer_norm_fp32(block.norm2, x))
 
 
-def encode_images(visual: nn.Module, pixel_values: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`[B, 3, H, W]` normalised pixels -> `[B, T, D]` LLM-ready image tokens."""
+def encode_images(
+    visual: nn.Module, pixel_values: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, recompute: bool = False
+) -> torch.Tensor:
+    """`[B, 3, H, W]` normalised pixels -> `[B, T, D]` LLM-ready image tokens.
+
+    `recompute` is gradient checkpointing: each block's activations are
+    recomputed in backward instead of stored (the trainer's memory saver).
+    """
     x = patch_tokens(visual, pixel_values)
     for block in visual.blocks:
-        x = _block_forward(block, x, cos, sin)
+        if recompute:
+            x = checkpoint(_block_forward, block, x, cos, sin, use_reentrant=False)
+        else:
+            x = _block_forward(block, x, cos, sin)
     b, n, e = x.shape
     merger = visual.merger
     normed = _layer_norm_fp32(merger.ln_q, x).reshape(b * n // visual.spatial_merge_size**2, merger.hidden_size)

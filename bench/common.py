@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
@@ -69,10 +72,61 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int = 10, 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def ort_session(path, threads: int):
+def ort_session(path: str | Path, threads: int) -> Any:
+    """A CPU session whose idle intra-op threads sleep instead of spinning.
+
+    A benchmark holds several sessions and runs them back to back, and each session has its own pool:
+    with spinning on, the pools of the sessions just run keep busy-waiting on the cores the next one
+    needs. On 2 cores that made every graph 2-4x slower than one thread, by an amount that changed from
+    one process to the next (and all the more when anything else ran on the machine).
+    """
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def session_medians(
+    paths: dict[str, Path], feeds: dict[str, np.ndarray], threads: int, repeat: int
+) -> dict[str, float]:
+    """Median seconds per run of each graph on `feeds`, timed interleaved in this process (one draw)."""
+    sessions = {name: ort_session(path, threads) for name, path in paths.items()}
+    return interleaved_medians({name: (lambda s=s: s.run(None, feeds)) for name, s in sessions.items()}, repeat)
+
+
+T = TypeVar("T")
+
+
+def in_fresh_processes(fn: Callable[..., T], *args: Any, processes: int) -> list[T]:
+    """`fn(*args)` run once in each of `processes` new processes, one after another.
+
+    How fast a session runs on a small CPU depends on the process it lives in (where its threads land,
+    what else ran or runs beside it), so a single process gives one draw of a spread, not a figure.
+    `fn` must be importable by name (spawned processes re-import its module; they share nothing else).
+    """
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return [pool.apply(fn, args) for _ in range(processes)]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and range of one figure over processes: the range is what any single run could have printed."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Spread:
+        values = list(values)
+        return cls(statistics.median(values), min(values), max(values))
+
+    def __format__(self, spec: str) -> str:
+        return f"{self.median:{spec}} [{self.low:{spec}}..{self.high:{spec}}]"
+
+    def to_json(self) -> dict[str, float]:
+        """For json.dumps(..., default=Spread.to_json)."""
+        return {k: round(v, 3) for k, v in vars(self).items()}

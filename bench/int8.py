@@ -4,7 +4,8 @@ Speed of the image encoder at batch 8, min cosine to fp32, and top-1
 agreement with fp32 when matching held-out synthetic images to their captions.
 Run at the demo preset (a trained --ckpt gives meaningful agreement) and at a
 realistic width (hidden 896, random weights: speed only means something there).
-Run: python -m bench.int8 [--ckpt ckpt/] [--batch 8] [--threads 2] [--pairs 256]
+Speeds are timed in --processes fresh processes (one draw each).
+Run: python -m bench.int8 [--ckpt ckpt/] [--batch 8] [--threads 2] [--pairs 256] [--processes 5]
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from export.check import compare, embed_in_chunks
 from export.graphs import ImageEncoderGraph, TextEncoderGraph, export_graph
 from export.precision import quantize_dynamic_int8, quantize_qdq
 
-from .common import image_feeds, interleaved_medians, model_for, ort_session, random_model
+from .common import (
+    Spread,
+    image_feeds,
+    in_fresh_processes,
+    model_for,
+    ort_session,
+    random_model,
+    session_medians,
+)
 
 VARIANTS = ("fp32", "int8-qdq", "int8-dynamic")
 
@@ -62,17 +71,18 @@ def agreement(model, encoder, image_sessions, text_sessions, pairs: int) -> dict
     return {v: float((top1[v] == top1["fp32"]).mean()) for v in VARIANTS[1:]}
 
 
-def measure(label: str, model, encoder, batch: int, threads: int, pairs: int, folder: Path) -> dict:
+def measure(label: str, model, encoder, batch: int, threads: int, pairs: int, processes: int, folder: Path) -> dict:
     image_paths = export_variants(model, encoder, "image_encoder", folder / label)
     sessions = {v: ort_session(p, threads) for v, p in image_paths.items()}
     feeds = image_feeds(encoder, batch, first=1234)
     outputs = {v: s.run(None, feeds)[0] for v, s in sessions.items()}
-    times = interleaved_medians({v: (lambda s=s: s.run(None, feeds)) for v, s in sessions.items()}, repeat=10)
+    draws = in_fresh_processes(session_medians, image_paths, feeds, threads, 10, processes=processes)
     result = {
         "label": label,
         "hidden_size": model.config.hidden_size,
-        "ms": {v: round(t * 1000, 2) for v, t in times.items()},
-        "speedup_vs_fp32": {v: round(times["fp32"] / times[v], 2) for v in VARIANTS[1:]},
+        "processes": processes,
+        "ms": {v: Spread.of(d[v] * 1000 for d in draws) for v in VARIANTS},
+        "speedup_vs_fp32": {v: Spread.of(d["fp32"] / d[v] for d in draws) for v in VARIANTS[1:]},
         "min_cosine_vs_fp32": {v: round(compare(outputs[v], outputs["fp32"])[0], 6) for v in VARIANTS[1:]},
     }
     if pairs:
@@ -88,6 +98,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--processes", type=int, default=5, help="fresh processes to time in (one draw each)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     demo, demo_encoder = model_for(args.ckpt)
@@ -99,11 +110,12 @@ def main() -> None:
             ("wide-896", wide, wide_encoder, 0),
         ):
             (Path(tmp) / label).mkdir()
-            r = measure(label, model, encoder, args.batch, args.threads, pairs, Path(tmp))
+            r = measure(label, model, encoder, args.batch, args.threads, pairs, args.processes, Path(tmp))
             results.append(r)
             ms, speed, cos = r["ms"], r["speedup_vs_fp32"], r["min_cosine_vs_fp32"]
             line = (
-                f"{label:<9} hidden {r['hidden_size']:>4}: fp32 {ms['fp32']:.1f} ms | Q/DQ {ms['int8-qdq']:.1f} ms "
+                f"{label:<9} hidden {r['hidden_size']:>4}, median [min..max] over {r['processes']} processes: "
+                f"fp32 {ms['fp32']:.1f} ms | Q/DQ {ms['int8-qdq']:.1f} ms "
                 f"({speed['int8-qdq']:.2f}x, cos {cos['int8-qdq']:.4f}) | dynamic {ms['int8-dynamic']:.1f} ms "
                 f"({speed['int8-dynamic']:.2f}x, cos {cos['int8-dynamic']:.4f})"
             )
@@ -111,7 +123,11 @@ def main() -> None:
                 agree = r["top1_agreement_vs_fp32"]
                 line += f" | top-1 agreement Q/DQ {agree['int8-qdq']:.1%}, dynamic {agree['int8-dynamic']:.1%}"
             print(line)
-    print(json.dumps({"bench": "int8", "batch": args.batch, "threads": args.threads, "results": results}))
+    print(
+        json.dumps(
+            {"bench": "int8", "batch": args.batch, "threads": args.threads, "results": results}, default=Spread.to_json
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 All three are ONNX graphs of the same weights run by ONNX Runtime on the CPU;
 the naive graph repeats the whole sequence once per prompt, as K+1 separate
-passes would. Run: python -m bench.shared_prefix [--batch 8] [--threads 2]
+passes would. Each graph is exported once, then timed in --processes fresh processes, since on a
+small CPU one process is one draw of a spread. Run:
+python -m bench.shared_prefix [--batch 8] [--threads 2] [--processes 5]
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from agff_deploy.model import AGFFEmbedder
 from agff_deploy.prompts import PrefixSharedPrompts
 from export.graphs import ImageEncoderGraph, export_graph
 
-from .common import image_feeds, interleaved_medians, ort_session, random_model
+from .common import Spread, image_feeds, in_fresh_processes, ort_session, random_model, session_medians
 
 
 class NaivePromptsGraph(nn.Module):
@@ -65,7 +67,8 @@ def single_prompt_model(model: AGFFEmbedder) -> AGFFEmbedder:
     return single
 
 
-def measure(preset: str, batch: int, threads: int, folder: Path) -> dict:
+def export_graphs(preset: str, batch: int, folder: Path) -> tuple[dict[str, Path], dict, AGFFEmbedder]:
+    """The agff, single and naive graphs of one random-weight model at `preset`, and a batch of image feeds."""
     model, encoder = random_model(preset)
     feeds = image_feeds(encoder, batch)
     dims = {"batch": (1, 64), "length": encoder.formatter.length_range(with_image=True)}
@@ -75,23 +78,32 @@ def measure(preset: str, batch: int, threads: int, folder: Path) -> dict:
         "single": ImageEncoderGraph(single_prompt_model(model)),
         "naive": NaivePromptsGraph(model),
     }
-    sessions = {}
+    paths = {}
     for name, module in graphs.items():
         with contextlib.redirect_stdout(io.StringIO()):
-            path = export_graph(module, "image_encoder", example, folder / f"{preset}-{name}.onnx", 18, dims)
-        sessions[name] = ort_session(path, threads)
-    agff_out = sessions["agff"].run(None, feeds)[0]
-    naive_out = sessions["naive"].run(None, feeds)[0]
-    times = interleaved_medians({name: (lambda s=s: s.run(None, feeds)) for name, s in sessions.items()}, repeat=15)
+            paths[name] = export_graph(module, "image_encoder", example, folder / f"{preset}-{name}.onnx", 18, dims)
+    return paths, feeds, model
+
+
+def measure(preset: str, batch: int, threads: int, processes: int, folder: Path) -> dict:
+    """Export once here, then time the three graphs in `processes` fresh processes (one draw each)."""
+    paths, feeds, model = export_graphs(preset, batch, folder)
+    agff_out = ort_session(paths["agff"], threads).run(None, feeds)[0]
+    naive_out = ort_session(paths["naive"], threads).run(None, feeds)[0]
+    draws = in_fresh_processes(session_medians, paths, feeds, threads, 15, processes=processes)
+    ms = {name: Spread.of(d[name] * 1000 for d in draws) for name in paths}
+    ratios = {
+        f"{a}_over_{b}": Spread.of(d[a] / d[b] for d in draws)
+        for a, b in (("agff", "single"), ("naive", "single"), ("naive", "agff"))
+    }
     return {
         "preset": preset,
         "image_tokens": model.config.num_image_tokens,
         "num_prompts": model.config.num_prompts,
         "batch": batch,
-        "ms": {k: round(v * 1000, 2) for k, v in times.items()},
-        "agff_over_single": round(times["agff"] / times["single"], 3),
-        "naive_over_single": round(times["naive"] / times["single"], 3),
-        "naive_over_agff": round(times["naive"] / times["agff"], 3),
+        "processes": processes,
+        "ms": ms,
+        **ratios,
         "agff_vs_naive_max_abs": float(np.abs(agff_out - naive_out).max()),
     }
 
@@ -100,20 +112,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=5, help="fresh processes to time in (one draw each)")
     parser.add_argument("--presets", nargs="+", default=["demo", "demo-448"])
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
-            r = measure(preset, args.batch, args.threads, Path(tmp))
+            r = measure(preset, args.batch, args.threads, args.processes, Path(tmp))
             results.append(r)
             print(
-                f"{preset:<9} {r['image_tokens']:>4} image tokens, K+1={r['num_prompts']}, batch {r['batch']}: "
-                f"single {r['ms']['single']:.1f} ms | AGFF {r['ms']['agff']:.1f} ms ({r['agff_over_single']:.2f}x) | "
+                f"{preset:<9} {r['image_tokens']:>4} image tokens, K+1={r['num_prompts']}, batch {r['batch']}, "
+                f"median [min..max] over {r['processes']} processes: single {r['ms']['single']:.1f} ms | "
+                f"AGFF {r['ms']['agff']:.1f} ms ({r['agff_over_single']:.2f}x) | "
                 f"naive {r['ms']['naive']:.1f} ms ({r['naive_over_single']:.2f}x); "
                 f"AGFF = naive to {r['agff_vs_naive_max_abs']:.1e}"
             )
-    print(json.dumps({"bench": "shared_prefix", "results": results}))
+    print(json.dumps({"bench": "shared_prefix", "results": results}, default=Spread.to_json))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,20 @@ bundle/
   manifest.json           everything the runtime needs (agff_deploy.manifest)
   tokenizer.json
   scorer.onnx             fused similarity, fp32, shared by every precision
-  fp32/image_encoder.onnx fp32/text_encoder.onnx
+  fp32/image_encoder.onnx fp32/text_encoder.onnx   (+ .onnx.data beside each past the external-data threshold)
   fp16/...  int8/...  int8-dynamic/...
+
+Memory at 2B parameters: the PyTorch reference numbers for the gate are
+computed first, the model is cast to fp16 in place for the fp16 graphs and
+then released, int8 variants are made from the fp32 files, and the gate opens
+one ONNX Runtime session at a time. The model is never held twice and never
+beside a session.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
@@ -23,7 +30,6 @@ import numpy as np
 import torch
 
 from agff_deploy import __version__
-from agff_deploy.checkpoint import WEIGHTS_FILE
 from agff_deploy.config import CONFIG_FILE
 from agff_deploy.inputs import ItemEncoder
 from agff_deploy.manifest import FORMAT, FORMAT_VERSION, TRT_PRECISIONS, sha256_file, write_manifest
@@ -31,14 +37,34 @@ from agff_deploy.model import AGFFEmbedder
 from agff_deploy.preprocessing import ImagePreprocessor
 from agff_deploy.similarity import PATTERNS
 from agff_deploy.tokenization import IMAGE_PLACEHOLDER, TOKENIZER_FILE, USER_HEAD, USER_TAIL
+from agff_deploy.weights import weights_sha256
 
 from .calibration import calibration_feeds
-from .check import GateReport, report_dict, run_gate
-from .graphs import SPECS, ImageEncoderGraph, ScorerGraph, TextEncoderGraph, export_graph
-from .precision import half_model, quantize_dynamic_int8, quantize_qdq
+from .check import (
+    ENCODERS,
+    GATE_IMAGES,
+    GateReference,
+    GateReport,
+    check_gate_images,
+    gate_reference,
+    report_dict,
+    run_gate,
+)
+from .graphs import (
+    EXTERNAL_DATA_BYTES,
+    SPECS,
+    ImageEncoderGraph,
+    ScorerGraph,
+    TextEncoderGraph,
+    export_graph,
+    external_data_files,
+)
+from .precision import quantize_dynamic_int8, quantize_qdq
 from .targets import Target
 
-ENCODERS = ("image_encoder", "text_encoder")
+
+class DiskFull(OSError):
+    """The bundle does not fit where it is written; nothing partial is left."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +73,10 @@ class ExportOptions:
     batch: tuple[int, int, int] = (1, 8, 64)
     opset: int = 18
     calib_dir: str | None = None
+    calib_samples: int = 128
     agreement_pairs: int = 256
+    gate_images: tuple[int, int] = GATE_IMAGES
+    external_data_bytes: int = EXTERNAL_DATA_BYTES
 
     def validate(self) -> None:
         lo, opt, hi = self.batch
@@ -57,10 +86,16 @@ class ExportOptions:
             raise ValueError(
                 f"--opset {self.opset}: choose 17..20 (LayerNormalization needs 17; TensorRT 10 reads up to 20)"
             )
+        check_gate_images(self.gate_images)
 
 
 class BundleBuilder:
-    """Writes one bundle for one model; `log` receives progress lines."""
+    """Writes one bundle for one model; `log` receives progress lines.
+
+    `build` consumes the model: its weights are cast to fp16 in place for the
+    fp16 graphs and then released (moved to the meta device), so a 2B model is
+    never held twice. Load it again to use it afterwards.
+    """
 
     def __init__(self, model: AGFFEmbedder, encoder: ItemEncoder, source: Path, options: ExportOptions, log=print):
         self.model = model.eval()
@@ -68,6 +103,13 @@ class BundleBuilder:
         self.source = source
         self.options = options
         self.log = log
+        self.fusion = {
+            "patterns": list(PATTERNS),
+            "t_in": model.fusion.t_in,
+            "t_f": float(model.fusion.t_f.detach()),
+            "pattern_bias": [float(b) for b in model.fusion.pattern_bias.detach()],
+            "temperature": float(model.temperature.detach()),
+        }
 
     def _dims(self) -> dict[str, dict[str, tuple[int, int]]]:
         lo, _, hi = self.options.batch
@@ -93,47 +135,64 @@ class BundleBuilder:
     def _export(self, module: torch.nn.Module, name: str, path: Path) -> Path:
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
-            export_graph(module, name, self._examples()[name], path, self.options.opset, self._dims()[name])
-        self.log(f"  {path.parent.name}/{path.name}: {time.perf_counter() - started:.1f} s")
+            export_graph(
+                module,
+                name,
+                self._examples()[name],
+                path,
+                self.options.opset,
+                self._dims()[name],
+                self.options.external_data_bytes,
+            )
+        self.log(f"  {self._label(path)}: {time.perf_counter() - started:.1f} s")
         return path
 
+    @staticmethod
+    def _label(path: Path) -> str:
+        """A graph's path inside the bundle, never the temporary folder's name."""
+        return path.name if path.parent.name.startswith(".") else f"{path.parent.name}/{path.name}"
+
     def write_graphs(self, folder: Path) -> dict[str, dict[str, Path]]:
-        files: dict[str, dict[str, Path]] = {}
+        """Scorer and fp32 graphs, then fp16 (model cast in place), then the model is released for int8."""
         scorer = self._export(ScorerGraph(self.model), "scorer", folder / "scorer.onnx")
-        fp32 = folder / "fp32"
-        fp32.mkdir()
-        files["fp32"] = {
-            "image_encoder": self._export(ImageEncoderGraph(self.model), "image_encoder", fp32 / "image_encoder.onnx"),
-            "text_encoder": self._export(TextEncoderGraph(self.model), "text_encoder", fp32 / "text_encoder.onnx"),
-        }
+        files = {"fp32": self._encoders(folder / "fp32")}
+        if "fp16" in self.options.precisions:
+            self.model.half()
+            files["fp16"] = self._encoders(folder / "fp16")
+        self.model.to("meta")
         for precision in self.options.precisions:
-            if precision == "fp32":
-                continue
-            (folder / precision).mkdir()
-            files[precision] = {name: self._variant(precision, name, files["fp32"][name], folder) for name in ENCODERS}
+            if precision.startswith("int8"):
+                (folder / precision).mkdir()
+                files[precision] = {name: self._quantized(precision, name, files["fp32"][name]) for name in ENCODERS}
         for graphs in files.values():
             graphs["scorer"] = scorer
-        return files
+        return {p: files[p] for p in self.options.precisions}
 
-    def _variant(self, precision: str, name: str, fp32_path: Path, folder: Path) -> Path:
-        path = folder / precision / f"{name}.onnx"
-        if precision == "fp16":
-            half = half_model(self.model)
-            module = ImageEncoderGraph(half) if name == "image_encoder" else TextEncoderGraph(half)
-            return self._export(module, name, path)
+    def _encoders(self, folder: Path) -> dict[str, Path]:
+        folder.mkdir()
+        return {
+            "image_encoder": self._export(
+                ImageEncoderGraph(self.model), "image_encoder", folder / "image_encoder.onnx"
+            ),
+            "text_encoder": self._export(TextEncoderGraph(self.model), "text_encoder", folder / "text_encoder.onnx"),
+        }
+
+    def _quantized(self, precision: str, name: str, fp32_path: Path) -> Path:
+        path = fp32_path.parent.parent / precision / f"{name}.onnx"
         started = time.perf_counter()
         if precision == "int8":
-            quantize_qdq(fp32_path, path, calibration_feeds(self.encoder, name, self.options.calib_dir))
-        elif precision == "int8-dynamic":
-            quantize_dynamic_int8(fp32_path, path)
+            quantize_qdq(
+                fp32_path,
+                path,
+                calibration_feeds(self.encoder, name, self.options.calib_dir, self.options.calib_samples),
+            )
         else:
-            raise ValueError(f"unknown precision {precision!r}")
-        self.log(f"  {precision}/{path.name}: {time.perf_counter() - started:.1f} s")
+            quantize_dynamic_int8(fp32_path, path)
+        self.log(f"  {self._label(path)}: {time.perf_counter() - started:.1f} s")
         return path
 
     def manifest(self, folder: Path, files: dict[str, dict[str, Path]]) -> dict:
         cfg = self.model.config
-        fusion = self.model.fusion
         pre: ImagePreprocessor = self.encoder.preprocessor
         formatter = self.encoder.formatter
         lo, opt, hi = self.options.batch
@@ -168,13 +227,7 @@ class BundleBuilder:
                 "image_token_id": formatter.image_id,
                 "chat": {"user_head": USER_HEAD, "user_tail": USER_TAIL, "image_placeholder": IMAGE_PLACEHOLDER},
             },
-            "fusion": {
-                "patterns": list(PATTERNS),
-                "t_in": fusion.t_in,
-                "t_f": float(fusion.t_f.detach()),
-                "pattern_bias": [float(b) for b in fusion.pattern_bias.detach()],
-                "temperature": float(self.model.temperature.detach()),
-            },
+            "fusion": self.fusion,
             "opset": self.options.opset,
             "dims": {
                 "batch": {"min": lo, "opt": opt, "max": hi},
@@ -187,7 +240,7 @@ class BundleBuilder:
             },
             "source": {
                 "checkpoint": str(self.source.resolve()),
-                "weights_sha256": sha256_file(self.source / WEIGHTS_FILE),
+                "weights_sha256": weights_sha256(self.source),
                 "config_sha256": sha256_file(self.source / CONFIG_FILE),
             },
         }
@@ -207,9 +260,13 @@ class BundleBuilder:
         }
         describe = lambda names: [{"name": n, "dtype": shapes[n][0], "shape": shapes[n][1]} for n in names]  # noqa: E731
         trt = name == "scorer" or precision in TRT_PRECISIONS
+        external = [
+            {"file": str(data.relative_to(folder)), "bytes": data.stat().st_size} for data in external_data_files(path)
+        ]
         return {
             "file": str(path.relative_to(folder)),
             "sha256": sha256_file(path),
+            "external_data": external,
             "inputs": describe(spec.inputs),
             "outputs": describe(spec.outputs),
             "backends": ["onnxruntime", "tensorrt"] if trt else ["onnxruntime"],
@@ -221,20 +278,76 @@ class BundleBuilder:
         out = Path(out)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        if "int8" in self.options.precisions:
+            _require_calibration_memory(self.weight_bytes())
+        needed = self.disk_bytes()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _require_free_space(out.parent, needed)
+        tmp.mkdir()
         try:
             shutil.copyfile(self.source / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+            self.log("PyTorch reference for the parity gate ...")
+            reference: GateReference = gate_reference(
+                self.model, self.encoder, self.options.agreement_pairs, self.options.gate_images
+            )
             files = self.write_graphs(tmp)
             manifest = self.manifest(tmp, files)
             write_manifest(tmp, manifest)
             self.log("parity gate ...")
-            report = run_gate(tmp, self.model, self.encoder, target, self.options.agreement_pairs)
+            report = run_gate(tmp, reference, target)
             if report.passed:
                 write_manifest(tmp, dict(manifest, parity=report_dict(report)))
                 _replace_folder(tmp, out)
             return report
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise DiskFull(
+                    errno.ENOSPC,
+                    f"disk full while writing {out}: building this bundle needs about "
+                    f"{needed / 2**30:.1f} GiB; free space there or write it elsewhere with -o",
+                ) from err
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def weight_bytes(self) -> int:
+        """The model's weights in fp32: what the fp32 image encoder graph holds."""
+        return sum(p.numel() * 4 for p in self.model.parameters())
+
+    def disk_bytes(self) -> int:
+        """Disk a build needs at its peak: fp32 encoders hold about two copies of the weights (image and
+        text), fp16 one, each int8 kind half of one, and quantisation pre-processing one fp32 copy at a time."""
+        weights = self.weight_bytes()
+        share = {"fp32": 2.0, "fp16": 1.0, "int8": 0.5, "int8-dynamic": 0.5}
+        total = sum(share[p] for p in self.options.precisions)
+        if any(p.startswith("int8") for p in self.options.precisions):
+            total += 1.0
+        return int(weights * total) + (64 << 20)
+
+
+def _require_calibration_memory(weight_bytes: int) -> None:
+    """Refuse int8 Q/DQ up front where ONNX Runtime's calibration cannot fit, not after the other precisions.
+
+    Its quantizer holds a graph about three times over (measured here: 3.4x for dynamic
+    quantisation; static quantisation of a 2B image encoder was killed at 24 GB).
+    """
+    needed, total = 3 * weight_bytes, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > total:
+        raise ValueError(
+            f"--precision int8: ONNX Runtime's int8 calibration holds the {weight_bytes / 2**30:.1f} GiB image encoder "
+            f"about three times ({needed / 2**30:.0f} GiB) and this machine has {total / 2**30:.0f} GiB: export int8 "
+            "on a machine with more memory, or choose fp16 (TensorRT) or int8-dynamic (ONNX Runtime on CPU) here"
+        )
+
+
+def _require_free_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DiskFull(
+            errno.ENOSPC,
+            f"{folder} has {free / 2**30:.1f} GiB free; building this bundle needs about "
+            f"{needed / 2**30:.1f} GiB; free space there or write it elsewhere with -o",
+        )
 
 
 def _replace_folder(src: Path, dst: Path) -> None:

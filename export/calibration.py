@@ -42,7 +42,7 @@ def calibration_feeds(
     samples: int = 128,
     batch_size: int = 8,
 ) -> list[dict[str, np.ndarray]]:
-    """Feed dicts for one encoder graph (`image_encoder` or `text_encoder`)."""
+    """Feed dicts for one encoder graph (`image_encoder` or `text_encoder`); `samples` scenes unless `calib_dir`."""
     size = encoder.preprocessor.height
     scenes = [make_scene(CALIBRATION_SEED + i) for i in range(samples)]
     texts_file = Path(calib_dir) / "texts.txt" if calib_dir else None

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from agff_deploy.checkpoint import WEIGHTS_FILE, item_encoder, load_checkpoint
+from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.inputs import ItemEncoder
-from agff_deploy.manifest import TRT_PRECISIONS, read_manifest, sha256_file
+from agff_deploy.manifest import TRT_PRECISIONS, read_manifest
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.scenes import make_scene
+from agff_deploy.weights import weights_sha256
 from runtime.onnxruntime_loader import import_onnxruntime
+from runtime.scoring import fused_similarity as numpy_fused_similarity
 
 from .targets import Target, get_target
 from .trt_lint import lint_file
 
 AGREEMENT_SEED = 700_000_000
+ENCODERS = ("image_encoder", "text_encoder")
 
 
 @dataclass(frozen=True)
@@ -91,21 +94,37 @@ class GateReport:
         return "\n".join(lines)
 
 
-def parity_input_sets(encoder: ItemEncoder) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """Two sets that differ in batch size, text length and padding (never the traced example)."""
+INSTRUCTIONS = ("", "what colour is the star?", "how many circles are there in this picture?", "", "where is it?")
+GATE_IMAGES = (2, 5)
+
+
+def check_gate_images(images: tuple[int, int]) -> tuple[int, int]:
+    a, b = images
+    if not 1 <= a < b:
+        raise ValueError(f"--gate-images {a} {b}: set B needs more images than set A, and A at least one")
+    return a, b
+
+
+def parity_input_sets(
+    encoder: ItemEncoder, images: tuple[int, int] = GATE_IMAGES
+) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Two sets that differ in batch size, text length and padding (never the traced example).
+
+    `images` is the image batch of set A and set B; a 2B model is gated on (1, 2) to save minutes.
+    """
+    a, b = check_gate_images(images)
     size = encoder.preprocessor.height
-    scenes = [make_scene(AGREEMENT_SEED - 100 + i) for i in range(9)]
-    images = [s.render(size) for s in scenes]
+    scenes = [make_scene(AGREEMENT_SEED - 100 + i) for i in range(a + b)]
+    pictures = [s.render(size) for s in scenes]
+    questions_b = [INSTRUCTIONS[(2 + i) % len(INSTRUCTIONS)] for i in range(b)]
     return {
         "A": {
-            "image_encoder": encoder.feeds(["", "what colour is the star?"], images[:2]),
+            "image_encoder": encoder.feeds([INSTRUCTIONS[i % 2] for i in range(a)], pictures[:a]),
             "text_encoder": encoder.feeds([scenes[0].caption(), "a red circle", "snow"], None),
         },
         "B": {
-            "image_encoder": encoder.feeds(
-                ["how many circles are there in this picture?", "", "", "where is it?", ""], images[2:7]
-            ),
-            "text_encoder": encoder.feeds(["x", scenes[3].caption(), scenes[4].global_caption(), "two stars"], None),
+            "image_encoder": encoder.feeds(questions_b, pictures[a:]),
+            "text_encoder": encoder.feeds(["x", scenes[1].caption(), scenes[2].global_caption(), "two stars"], None),
         },
     }
 
@@ -150,60 +169,87 @@ def embed_in_chunks(run, encoder: ItemEncoder, texts: list[str], images: list | 
     return np.concatenate(parts)
 
 
-def retrieval_agreement(model: AGFFEmbedder, encoder: ItemEncoder, image_sess, text_sess, pairs: int) -> float:
-    """Share of held-out images whose top-1 caption under the graphs equals PyTorch fp32's."""
-    scenes = [make_scene(AGREEMENT_SEED + i, held_out=True) for i in range(pairs)]
-    images = [s.render(encoder.preprocessor.height) for s in scenes]
-    queries, captions = [""] * pairs, [s.caption() for s in scenes]
+@dataclass
+class GateReference:
+    """What the gate compares graphs against, computed once by the PyTorch model.
 
-    def top1(image_run, text_run) -> torch.Tensor:
-        image_emb = embed_in_chunks(image_run, encoder, queries, images)
-        text_emb = embed_in_chunks(text_run, encoder, captions, None)
-        with torch.no_grad():
-            return model.similarity(torch.from_numpy(image_emb), torch.from_numpy(text_emb)).argmax(1)
+    Holding numbers instead of the model lets the exporter free the model's
+    weights before ONNX Runtime loads the graphs: at 2B parameters the two
+    together would not fit a 24 GB machine.
+    """
 
-    graphs = top1(lambda f: image_sess.run(None, f)[0], lambda f: text_sess.run(None, f)[0])
-    reference = top1(lambda f: torch_embeddings(model, f), lambda f: torch_embeddings(model, f))
-    return float((graphs == reference).float().mean())
+    feeds: dict[str, dict[str, dict[str, np.ndarray]]]
+    outputs: dict[str, dict[str, np.ndarray]]
+    scores: dict[str, np.ndarray]
+    fusion: tuple[float, float, np.ndarray]
+    agreement_feeds: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
+    agreement_top1: np.ndarray | None = None
+
+    def top1(self, images: np.ndarray, texts: np.ndarray) -> np.ndarray:
+        """Each image's best caption under the fused score (the model's own fusion parameters)."""
+        return numpy_fused_similarity(images, texts, *self.fusion).argmax(1)
 
 
-def check_precision(
-    bundle: Path,
-    manifest: dict,
-    precision: str,
-    model: AGFFEmbedder,
-    encoder: ItemEncoder,
-    agreement_pairs: int,
-) -> list[ParityRow]:
-    bar = BARS[precision]
-    graphs = manifest["graphs"][precision]
-    sessions = {name: session(bundle / graphs[name]["file"]) for name in ("image_encoder", "text_encoder")}
-    rows = []
-    for set_name, feeds in parity_input_sets(encoder).items():
-        for name, sess in sessions.items():
-            out = sess.run(None, feeds[name])[0]
-            rows.append(_row(precision, name, set_name, out, torch_embeddings(model, feeds[name]), bar))
-    if bar.top1 is not None and agreement_pairs > 0:
-        agreement = retrieval_agreement(
-            model, encoder, sessions["image_encoder"], sessions["text_encoder"], agreement_pairs
+def gate_reference(
+    model: AGFFEmbedder, encoder: ItemEncoder, agreement_pairs: int = 256, images: tuple[int, int] = GATE_IMAGES
+) -> GateReference:
+    feeds = parity_input_sets(encoder, images)
+    outputs = {s: {name: torch_embeddings(model, f) for name, f in graphs.items()} for s, graphs in feeds.items()}
+    with torch.no_grad():
+        scores = {
+            s: model.similarity(torch.from_numpy(o["image_encoder"]), torch.from_numpy(o["text_encoder"])).numpy()
+            for s, o in outputs.items()
+        }
+    fusion = model.fusion
+    reference = GateReference(
+        feeds, outputs, scores, (fusion.t_in, float(fusion.t_f.detach()), fusion.pattern_bias.detach().float().numpy())
+    )
+    if agreement_pairs > 0:
+        scenes = [make_scene(AGREEMENT_SEED + i, held_out=True) for i in range(agreement_pairs)]
+        pictures = [s.render(encoder.preprocessor.height) for s in scenes]
+        captions = [s.caption() for s in scenes]
+        chunks = [slice(i, i + 32) for i in range(0, agreement_pairs, 32)]
+        reference.agreement_feeds = {
+            "image_encoder": [encoder.feeds([""] * len(pictures[c]), pictures[c]) for c in chunks],
+            "text_encoder": [encoder.feeds(captions[c], None) for c in chunks],
+        }
+        reference.agreement_top1 = reference.top1(
+            *(np.concatenate([torch_embeddings(model, f) for f in fs]) for fs in reference.agreement_feeds.values())
         )
-        passed = agreement >= bar.top1
+    return reference
+
+
+def check_precision(bundle: Path, manifest: dict, precision: str, reference: GateReference) -> list[ParityRow]:
+    """Both encoders of one precision, one ONNX Runtime session at a time."""
+    bar = BARS[precision]
+    rows, agreement_out = [], {}
+    for name in ENCODERS:
+        sess = session(bundle / manifest["graphs"][precision][name]["file"])
+        for set_name, feeds in reference.feeds.items():
+            out = sess.run(None, feeds[name])[0]
+            rows.append(_row(precision, name, set_name, out, reference.outputs[set_name][name], bar))
+        if bar.top1 is not None and reference.agreement_top1 is not None:
+            agreement_out[name] = np.concatenate([sess.run(None, f)[0] for f in reference.agreement_feeds[name]])
+        del sess
+    if agreement_out:
+        top1 = reference.top1(agreement_out["image_encoder"], agreement_out["text_encoder"])
+        agreement = float((top1 == reference.agreement_top1).mean())
+        pairs = str(len(top1))
         rows.append(
-            ParityRow(precision, "retrieval", str(agreement_pairs), None, None, bar.describe(), passed, agreement)
+            ParityRow(precision, "retrieval", pairs, None, None, bar.describe(), agreement >= bar.top1, agreement)
         )
     return rows
 
 
-def check_scorer(bundle: Path, manifest: dict, model: AGFFEmbedder, encoder: ItemEncoder) -> list[ParityRow]:
+def check_scorer(bundle: Path, manifest: dict, reference: GateReference) -> list[ParityRow]:
     sess = session(bundle / manifest["graphs"]["fp32"]["scorer"]["file"])
     rows = []
-    for set_name, feeds in parity_input_sets(encoder).items():
-        queries = torch_embeddings(model, feeds["image_encoder"])
-        candidates = torch_embeddings(model, feeds["text_encoder"])
-        out = sess.run(None, {"queries": queries, "candidates": candidates})[0]
-        with torch.no_grad():
-            ref = model.similarity(torch.from_numpy(queries), torch.from_numpy(candidates)).numpy()
-        rows.append(_row("fp32", "scorer", set_name, out.reshape(1, -1), ref.reshape(1, -1), SCORER_BAR))
+    for set_name, outputs in reference.outputs.items():
+        feeds = {"queries": outputs["image_encoder"], "candidates": outputs["text_encoder"]}
+        out = sess.run(None, feeds)[0]
+        rows.append(
+            _row("fp32", "scorer", set_name, out.reshape(1, -1), reference.scores[set_name].reshape(1, -1), SCORER_BAR)
+        )
     return rows
 
 
@@ -218,17 +264,12 @@ def lint_bundle(bundle: Path, manifest: dict, target: Target) -> dict[str, list[
     return {file: lint_file(bundle / file, target) for file in sorted(files)}
 
 
-def run_gate(
-    bundle: Path,
-    model: AGFFEmbedder,
-    encoder: ItemEncoder,
-    target: Target,
-    agreement_pairs: int = 256,
-) -> GateReport:
+def run_gate(bundle: Path, reference: GateReference, target: Target) -> GateReport:
+    """Every graph of `bundle` against the reference numbers, plus the TensorRT lint (no torch needed here)."""
     manifest = read_manifest(bundle)
-    rows = check_scorer(bundle, manifest, model, encoder)
+    rows = check_scorer(bundle, manifest, reference)
     for precision in manifest["graphs"]:
-        rows += check_precision(bundle, manifest, precision, model, encoder, agreement_pairs)
+        rows += check_precision(bundle, manifest, precision, reference)
     return GateReport(rows, lint_bundle(bundle, manifest, target))
 
 
@@ -238,11 +279,10 @@ def report_dict(report: GateReport) -> dict:
 
 def _source_checkpoint(bundle: Path, manifest: dict, override: str | None) -> Path:
     ckpt = Path(override or manifest["source"]["checkpoint"])
-    weights = ckpt / WEIGHTS_FILE
-    if not weights.is_file():
+    if not ckpt.is_dir():
         raise FileNotFoundError(f"source checkpoint {ckpt} not found; pass --ckpt with the folder the bundle came from")
-    if sha256_file(weights) != manifest["source"]["weights_sha256"]:
-        raise ValueError(f"{weights} is not the checkpoint {bundle} was exported from (hash differs); re-export")
+    if weights_sha256(ckpt) != manifest["source"]["weights_sha256"]:
+        raise ValueError(f"the weights in {ckpt} are not those {bundle} was exported from (hash differs); re-export")
     return ckpt
 
 
@@ -254,13 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--agreement-pairs", type=int, default=256, help="held-out pairs for int8 top-1 agreement (0 skips it)"
     )
+    parser.add_argument(
+        "--gate-images", type=int, nargs=2, default=GATE_IMAGES, metavar=("A", "B"), help="images in set A and set B"
+    )
     args = parser.parse_args(argv)
     manifest = read_manifest(args.bundle)
     ckpt = _source_checkpoint(args.bundle, manifest, args.ckpt)
     model, tokenizer = load_checkpoint(ckpt, image_size=tuple(manifest["image"]["size"]))
-    report = run_gate(
-        args.bundle, model, item_encoder(model.config, tokenizer), get_target(args.target), args.agreement_pairs
-    )
+    encoder = item_encoder(model.config, tokenizer)
+    reference = gate_reference(model, encoder, args.agreement_pairs, tuple(args.gate_images))
+    del model
+    report = run_gate(args.bundle, reference, get_target(args.target))
     print(report.table())
     print("parity gate: " + ("passed" if report.passed else "FAILED"))
     return 0 if report.passed else 1

@@ -8,15 +8,20 @@ prefix, last-token pooling, normalisation) with a dynamic batch axis.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.similarity import fused_similarity
+
+# torch.onnx logs a warning per torchvision op it cannot register; we export none of them.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 # Above this many parameter bytes a graph's weights go to external data (protobuf's 2 GB limit).
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -96,8 +101,13 @@ def export_graph(
     path: Path,
     opset: int,
     dims: dict[str, tuple[int, int]],
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> Path:
-    """`torch.onnx.export(dynamo=True)` with named dynamic dims; `dims` gives each dim's (min, max)."""
+    """`torch.onnx.export(dynamo=True)` with named dynamic dims; `dims` gives each dim's (min, max).
+
+    Past `external_data_bytes` of weights the tensors go to `<file>.onnx.data` beside the graph,
+    referenced by a relative path, so the pair can be copied anywhere and still load.
+    """
     spec = SPECS[name]
     torch_dims = {d: torch.export.Dim(d, min=lo, max=hi) for d, (lo, hi) in dims.items()}
     dynamic_shapes = {arg: {axis: torch_dims[d] for axis, d in axes.items()} for arg, axes in spec.dynamic.items()}
@@ -113,7 +123,20 @@ def export_graph(
             input_names=list(spec.inputs),
             output_names=list(spec.outputs),
             dynamic_shapes=dynamic_shapes,
-            external_data=weight_bytes > EXTERNAL_DATA_BYTES,
+            external_data=weight_bytes > external_data_bytes,
             verbose=False,
         )
     return path
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The external-data files a graph references, resolved beside it (its weights are not read)."""
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [path.parent / location for location in sorted(locations)]

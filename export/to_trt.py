@@ -3,7 +3,9 @@
 Strongly typed networks on TensorRT 10.x and 11.x: precision comes from the
 ONNX (fp32, mixed fp16, or int8 Q/DQ), never from builder flags (TensorRT 11
 removed them). One optimisation profile per dynamic input, a reusable timing
-cache, and the manifest records what each engine was built from and for.
+cache, and the manifest records what each engine was built from and for. On a
+board target (a Jetson) the engines' memory, estimated from the graphs
+(export.engine_memory), is checked before TensorRT starts.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-
-from agff_deploy.manifest import TRT_PRECISIONS, graph_entry, read_manifest, sha256_file, write_manifest
+from agff_deploy.manifest import (
+    TRT_PRECISIONS,
+    check_external_data,
+    graph_entry,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 
 from .targets import TARGETS, Target, get_target
 from .trt_lint import lint_file
@@ -90,29 +97,6 @@ def profile_shapes(manifest: dict[str, Any], graph: str, batch: tuple[int, int, 
     return shapes
 
 
-def weight_bytes(path: Path) -> int:
-    model = onnx.load(str(path), load_external_data=False)
-    total = 0
-    for tensor in model.graph.initializer:
-        count = 1
-        for dim in tensor.dims:
-            count *= dim
-        total += count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    return total
-
-
-def check_memory(paths: list[Path], workspace_bytes: int, available: int, where: str) -> str:
-    """Weights plus workspace against the device's memory: an error past 90%, a note otherwise."""
-    needed = sum(weight_bytes(p) for p in paths) + workspace_bytes
-    share = needed / available
-    message = (
-        f"engines need about {needed / 2**30:.2f} GiB (weights + workspace) of {available / 2**30:.1f} GiB on {where}"
-    )
-    if share > 0.9:
-        raise ValueError(message + ": too large; lower --workspace, --batch MAX or use --precision int8")
-    return message
-
-
 def build_engine(onnx_path: Path, profile: Profile, workspace_bytes: int, cache_path: Path | None) -> bytes:
     import tensorrt as trt
 
@@ -155,8 +139,36 @@ class BuildRequest:
     target: Target
 
 
+def check_memory(request: BuildRequest, manifest: dict[str, Any], usable: int) -> str:
+    """The engines' estimated device memory (export.engine_memory) against `usable`: a note when they fit, otherwise a
+    ValueError with the numbers and what of this bundle would fit, so nobody waits for a build that cannot load."""
+    from .engine_memory import BundleMemory, gib  # engine_memory reads this module's profile shapes
+
+    target, precision, (lo, opt, _) = request.target, request.precision, request.batch
+    memory = BundleMemory(request.bundle, manifest, int(request.workspace_gb * 2**30))
+    budget = memory.budget(precision, request.batch)
+    message = (
+        f"{precision} engines need about {budget.describe()}; {gib(usable)} GiB usable on {target.description}, "
+        f"{target.reserve_gb:g} GiB kept back for the system, CUDA and TensorRT"
+    )
+    if budget.total <= usable:
+        return message
+    others = [memory.budget(p, request.batch) for p in memory.precisions if p != precision and p in target.precisions]
+    fits = [f"--precision {b.precision} ({gib(b.total)} GiB)" for b in others if b.total <= usable]
+    largest = memory.largest_batch(precision, request.batch, usable)
+    if largest is not None:
+        smaller = memory.budget(precision, (lo, min(opt, largest), largest))
+        fits.append(f"--batch {lo} {min(opt, largest)} {largest} at {precision} ({gib(smaller.total)} GiB)")
+    advice = (
+        " or ".join(fits)
+        or f"nothing this bundle holds at --workspace {request.workspace_gb:g}; lower it or use a bigger board"
+    )
+    raise ValueError(f"too large: {message}. Would fit: {advice}")
+
+
 def preflight(request: BuildRequest, manifest: dict[str, Any]) -> list[Path]:
-    """Everything that can be checked without TensorRT: precision, opset, lint. Returns the graphs to build."""
+    """Everything that can be checked without TensorRT: precision, opset, lint, and memory on a target that fixes
+    its memory (a Jetson board). Returns the graphs to build."""
     target, precision = request.target, request.precision
     if precision not in TRT_PRECISIONS or precision not in target.precisions:
         raise ValueError(
@@ -169,11 +181,16 @@ def preflight(request: BuildRequest, manifest: dict[str, Any]) -> list[Path]:
             f"--batch {lo} {opt} {hi} must lie within the bundle's exported batch range "
             f"{bundle_batch['min']}..{bundle_batch['max']}; re-export with --batch to widen it"
         )
-    paths = [request.bundle / graph_entry(manifest, precision, name)["file"] for name in ENGINE_FILES]
+    entries = [graph_entry(manifest, precision, name) for name in ENGINE_FILES]
+    for entry in entries:
+        check_external_data(request.bundle, entry)
+    paths = [request.bundle / entry["file"] for entry in entries]
     for path in paths:
         problems = lint_file(path, target)
         if problems:
             raise ValueError(f"{path} will not build for {target.name}: {'; '.join(problems)}")
+    if target.memory_gb is not None:
+        print(check_memory(request, manifest, target.usable_bytes()))
     return paths
 
 
@@ -185,8 +202,8 @@ def build_bundle_engines(request: BuildRequest) -> dict[str, Any]:
         raise RuntimeError(f"TensorRT {version} is too old: strongly typed Q/DQ builds need TensorRT >= 10")
     device = query_device()
     workspace = int(request.workspace_gb * 2**30)
-    available = int(request.target.memory_gb * 2**30) if request.target.memory_gb else device.memory_bytes
-    print(check_memory(paths, workspace, available, request.target.description))
+    if request.target.memory_gb is None:
+        print(check_memory(request, manifest, request.target.usable_bytes(device.memory_bytes)))
     engines = {}
     for name, onnx_path in zip(ENGINE_FILES, paths, strict=True):
         profile = profile_shapes(manifest, name, request.batch)

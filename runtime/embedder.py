@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from agff_deploy.images import open_image
-from agff_deploy.manifest import MANIFEST_FILE, graph_entry
+from agff_deploy.manifest import MANIFEST_FILE, check_external_data, graph_entry
 
 from .runner import Runner
 from .scoring import fused_similarity
@@ -176,4 +176,5 @@ def precision_of_graph(manifest: dict[str, Any], bundle: Path, graph: Path) -> s
 
 def graph_file(manifest: dict[str, Any], bundle: Path, precision: str, name: str) -> tuple[Path, str]:
     entry = graph_entry(manifest, precision, name)
+    check_external_data(bundle, entry)
     return bundle / entry["file"], entry["sha256"]

@@ -12,7 +12,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from agff_deploy.manifest import MANIFEST_FILE, read_manifest, sha256_file
+from agff_deploy.manifest import MANIFEST_FILE, read_manifest
 
 from .embedder import BACKENDS, GRAPHS, Embedder, bundle_folder_of, graph_file, precision_of_graph
 from .ort_runner import OrtRunner
@@ -61,6 +61,8 @@ def _trt_runners(bundle: Path, manifest: dict[str, Any]) -> dict[str, Runner]:
 
 
 def _torch_embedder(cls: type[Embedder], checkpoint: Path, image_size: tuple[int, int] | None) -> Embedder:
+    from agff_deploy.weights import weights_sha256
+
     from .torch_runner import TorchRunner
 
     runners = TorchRunner.from_checkpoint(checkpoint, GRAPHS, image_size)
@@ -72,7 +74,7 @@ def _torch_embedder(cls: type[Embedder], checkpoint: Path, image_size: tuple[int
         "temperature": float(model.temperature.detach()),
     }
     spec = ModelSpec.from_checkpoint(checkpoint, fusion, image_size)
-    return cls(spec, dict(runners), "pytorch", checkpoint, sha256_file(checkpoint / "model.safetensors"))
+    return cls(spec, dict(runners), "pytorch", checkpoint, weights_sha256(checkpoint))
 
 
 def load_embedder(

@@ -48,15 +48,29 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint):
     """The tiny checkpoint exported at every precision (the int8 agreement check needs a trained model: skipped)."""
+    out = tiny_checkpoint.parent / "bundle"
+    report = export_bundle(
+        tiny_checkpoint, out, precisions=("fp32", "fp16", "int8", "int8-dynamic"), batch=(1, 4, 16), agreement_pairs=0
+    )
+    assert report.passed, report.table()
+    return out
+
+
+@pytest.fixture(scope="session")
+def reduced_base(tmp_path_factory):
+    """Qwen2-VL-2B at full width with two language and two vision blocks, in small shards."""
+    from agff_deploy.base import write_base
+
+    out = tmp_path_factory.mktemp("base") / "qwen2-vl-2b-reduced"
+    return write_base("qwen2-vl-2b", out, layers=2, vision_depth=2, shard_bytes=600 << 20)
+
+
+def export_bundle(ckpt, out, **options):
+    """A gated bundle of `ckpt` at `out` (the model is consumed by the build)."""
     from agff_deploy.checkpoint import item_encoder, load_checkpoint
     from export.bundle import BundleBuilder, ExportOptions
     from export.targets import get_target
 
-    model, tokenizer = load_checkpoint(tiny_checkpoint)
-    options = ExportOptions(precisions=("fp32", "fp16", "int8", "int8-dynamic"), batch=(1, 4, 16), agreement_pairs=0)
-    out = tiny_checkpoint.parent / "bundle"
-    report = BundleBuilder(
-        model, item_encoder(model.config, tokenizer), tiny_checkpoint, options, log=lambda _: None
-    ).build(out, get_target("generic"))
-    assert report.passed, report.table()
-    return out
+    model, tokenizer = load_checkpoint(ckpt)
+    builder = BundleBuilder(model, item_encoder(model.config, tokenizer), ckpt, ExportOptions(**options), log=print)
+    return builder.build(out, get_target("generic"))

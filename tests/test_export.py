@@ -12,7 +12,7 @@ from onnx.reference import ReferenceEvaluator
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.config import AGFFConfig
 from agff_deploy.manifest import MANIFEST_FILE, read_manifest, sha256_file
-from export.check import BARS, compare, parity_input_sets, run_gate, session, torch_embeddings
+from export.check import BARS, compare, gate_reference, parity_input_sets, run_gate, session, torch_embeddings
 from export.check import main as check_main
 from export.targets import get_target
 from export.to_onnx import main as to_onnx_main
@@ -112,7 +112,7 @@ def test_gate_fails_a_graph_whose_numbers_drift(tmp_path, tiny_bundle, model_and
     weight = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
     onnx.save(graph, str(path))
-    report = run_gate(broken, model, encoder, get_target("generic"), agreement_pairs=0)
+    report = run_gate(broken, gate_reference(model, encoder, agreement_pairs=0), get_target("generic"))
     failed = {(r.precision, r.graph) for r in report.rows if not r.passed}
     assert failed == {("fp32", "text_encoder")}
     assert not report.passed and "FAIL" in report.table()

@@ -75,11 +75,11 @@ def test_preflight_returns_the_graphs_to_build_for_a_jetson(tiny_bundle):
     assert [p.name for p in paths] == ["image_encoder.onnx", "text_encoder.onnx", "scorer.onnx"]
 
 
-def test_memory_estimate_refuses_what_cannot_fit(tiny_bundle):
-    paths = preflight(request(tiny_bundle), read_manifest(tiny_bundle))
-    assert "GiB (weights + workspace)" in check_memory(paths, 2**20, 2**30, "test device")
-    with pytest.raises(ValueError, match="too large"):
-        check_memory(paths, 2**30, 2**30, "test device")
+def test_memory_check_notes_a_build_that_fits_and_refuses_one_that_does_not(tiny_bundle):
+    manifest = read_manifest(tiny_bundle)
+    assert "GiB usable on any NVIDIA GPU" in check_memory(request(tiny_bundle), manifest, 8 * 2**30)
+    with pytest.raises(ValueError, match="too large: fp16 engines need about 1.0"):
+        check_memory(request(tiny_bundle), manifest, 2**30)
 
 
 @pytest.mark.tensorrt

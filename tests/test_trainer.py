@@ -108,3 +108,22 @@ def test_cli_resume_keeps_the_runs_own_step_count(tmp_path, capsys):
     assert main(["--resume", "--out", str(tmp_path), "--eval-pairs", "0"]) == 0
     assert json.loads((tmp_path / STATE_FILE).read_text())["step"] == 2
     assert "trained to step 2" in capsys.readouterr().out
+
+
+def test_gradient_checkpointing_gives_the_gradients_of_a_plain_step(tiny_model, encoder):
+    import copy
+
+    from tests.conftest import scene_images
+
+    inputs = encoder.inputs(["", "what colour?"], scene_images(2, 56, 5))
+    grads = []
+    for recompute in (False, True):
+        model = copy.deepcopy(tiny_model).train()
+        if recompute:
+            model.enable_gradient_checkpointing()
+        model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values).square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    plain, recomputed = grads
+    assert plain.keys() == recomputed.keys() and any("visual" in n for n in plain)
+    for name, grad in plain.items():
+        torch.testing.assert_close(recomputed[name], grad, rtol=1e-5, atol=1e-7, msg=name)

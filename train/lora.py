@@ -6,6 +6,8 @@ peft; only training does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -22,18 +24,20 @@ def add_lora(model: nn.Module, rank: int) -> None:
     inject_adapter_in_model(config, model.mllm.language_model)
 
 
-def lora_merged_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with every adapter folded into its base weight, under the original names."""
-    state = {}
+def lora_merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every weight under its original name with each adapter folded into its base weight.
+
+    A generator, so a 2B model's merged matrices are made one at a time as the
+    checkpoint writer asks for them, never all at once beside the live model.
+    """
     modules = dict(model.named_modules())
     for name, value in model.state_dict().items():
         if "lora_" in name:
             continue
         if ".base_layer." in name:
             owner = name.split(".base_layer.")[0]
-            layer = modules[owner]
             if name.endswith("weight"):
-                value = value + layer.get_delta_weight("default")
+                with torch.no_grad():
+                    value = value + modules[owner].get_delta_weight("default")
             name = name.replace(".base_layer.", ".")
-        state[name] = value.detach().clone()
-    return state
+        yield name, value.detach()

@@ -44,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--lora-rank", type=int, default=0, help="train LoRA adapters of this rank instead of the full backbone"
     )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute block activations in backward (the memory saver for 2B+ bases)",
+    )
+    p.add_argument("--image-size", type=int, help="square input resolution, a multiple of 28 (default: the preset's)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     return p.parse_args(argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,23 +20,27 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from agff_deploy.checkpoint import WEIGHTS_FILE, item_encoder, load_weights, write_atomically, write_model_files
-from agff_deploy.config import AGFFConfig
+from agff_deploy.checkpoint import (
+    WEIGHT_FILE_PATTERNS,
+    item_encoder,
+    load_checkpoint,
+    write_atomically,
+    write_model_files,
+)
 from agff_deploy.model import AGFFEmbedder, load_base_folder
-from agff_deploy.presets import preset_config
-from agff_deploy.scenes import vocabulary_corpus
-from agff_deploy.tokenization import TOKENIZER_FILE, train_bpe_tokenizer
+from agff_deploy.presets import local_tokenizer, preset_config
+from agff_deploy.tokenization import TOKENIZER_FILE
+from agff_deploy.weights import weights_metadata
 
 from .ega import ega_loss
 from .evaluate import HeldOutReport, evaluate_held_out
-from .lora import add_lora, lora_merged_state
+from .lora import add_lora, lora_merged_weights
 from .mmeb import read_mmeb
 from .pairs import BatchSource, ListPairs, Pair, SyntheticPairs, load_image, parse_task_mix
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 LOG_FILE = "train_log.jsonl"
-DEMO_VOCAB_SIZE = 512
 
 
 @dataclass
@@ -58,6 +63,8 @@ class TrainSettings:
     save_every: int = 200
     eval_pairs: int = 256
     lora_rank: int = 0
+    gradient_checkpointing: bool = False
+    image_size: int | None = None
     threads: int | None = None
 
 
@@ -85,6 +92,8 @@ class Trainer:
         self.source = self._source()
         if settings.lora_rank:
             add_lora(self.model, settings.lora_rank)
+        if settings.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.01)
 
@@ -98,6 +107,7 @@ class Trainer:
             "num_fine": settings.num_fine,
             "prompt_length": settings.prompt_length,
             "ega_alpha": settings.ega_alpha,
+            "image_size": (settings.image_size,) * 2 if settings.image_size else None,
         }
         if settings.base:
             base_model = load_base_folder(settings.base)
@@ -108,7 +118,7 @@ class Trainer:
             config.validate()
             model = AGFFEmbedder(config, base_model)
         else:
-            tokenizer = train_bpe_tokenizer(vocabulary_corpus(), DEMO_VOCAB_SIZE)
+            tokenizer = local_tokenizer()
             model = AGFFEmbedder(preset_config(settings.preset, tokenizer, **overrides))
         return cls(settings, model, tokenizer)
 
@@ -129,14 +139,15 @@ class Trainer:
             )
         if threads:
             torch.set_num_threads(threads)
-        weights_path = folder / WEIGHTS_FILE
-        _check_step(weights_path, state["step"])
-        _check_step(folder / OPTIMIZER_FILE, state["step"])
-        model = AGFFEmbedder(AGFFConfig.load(folder))
-        model.load_state_dict(load_weights(weights_path))
-        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        _check_step(folder, weights_metadata(folder), state["step"])
+        optimizer_path = folder / OPTIMIZER_FILE
+        if not optimizer_path.is_file():
+            raise FileNotFoundError(f"--resume: {optimizer_path} is missing")
+        with safe_open(optimizer_path, "pt") as f:
+            _check_step(optimizer_path, f.metadata() or {}, state["step"])
+        model, tokenizer = load_checkpoint(folder)
         trainer = cls(settings, model, tokenizer, start_step=state["step"])
-        trainer._load_optimizer(folder / OPTIMIZER_FILE)
+        trainer._load_optimizer(optimizer_path)
         return trainer
 
     def _source(self) -> BatchSource:
@@ -208,19 +219,18 @@ class Trainer:
         metadata = {"step": str(self.step)}
 
         def write(tmp: Path) -> None:
-            write_model_files(tmp, self._export_model(), self.tokenizer, metadata)
+            write_model_files(tmp, self.model, self.tokenizer, metadata, self._saved_weights())
             save_file(self._optimizer_tensors(), tmp / OPTIMIZER_FILE, metadata=metadata)
             state = {"step": self.step, "settings": asdict(self.settings)}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
-        write_atomically(self.out, write, last=STATE_FILE)
+        write_atomically(self.out, write, last=STATE_FILE, replaces=WEIGHT_FILE_PATTERNS)
 
-    def _export_model(self) -> AGFFEmbedder:
-        if not self.settings.lora_rank:
-            return self.model
-        clean = AGFFEmbedder(self.model.config)
-        clean.load_state_dict(lora_merged_state(self.model))
-        return clean
+    def _saved_weights(self) -> Iterable[tuple[str, torch.Tensor]]:
+        """Plain weights: LoRA adapters are merged as they are written, so export and runtime never need peft."""
+        if self.settings.lora_rank:
+            return lora_merged_weights(self.model)
+        return self.model.state_dict().items()
 
     def _optimizer_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {}
@@ -240,12 +250,9 @@ class Trainer:
         return evaluate_held_out(self.model, self.encoder, self.settings.eval_pairs, seed=self.settings.seed)
 
 
-def _check_step(path: Path, step: int) -> None:
+def _check_step(path: Path, metadata: dict[str, str], step: int) -> None:
     """A checkpoint whose files disagree on the step was cut off mid-write: refuse it."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: {path} is missing")
-    with safe_open(path, "pt") as f:
-        found = (f.metadata() or {}).get("step")
+    found = metadata.get("step")
     if found != str(step):
         raise ValueError(
             f"--resume: {path} is from step {found}, {STATE_FILE} says {step}; the checkpoint is inconsistent"

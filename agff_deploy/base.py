@@ -1,0 +1,182 @@
+"""`python -m agff_deploy.base qwen2-vl-2b OUT`: a full-size Qwen2-VL base folder, randomly initialised, no hub.
+
+Users bring real Qwen2-VL-2B folders; this machine cannot download one. This
+writes a folder with the published architecture (Qwen2-VL-2B-Instruct's
+config.json dimensions) in the `save_pretrained` layout: config.json, bf16
+safetensors shards with an index, the tokenizer files and
+preprocessor_config.json. `python -m train.run --base OUT` then loads it through
+exactly the code path a downloaded folder takes. `--layers` / `--vision-depth`
+keep every width and cut the block count, for tests.
+
+Weights are drawn one tensor at a time (transformers' init: normal(0, 0.02)
+for matrices and embeddings, ones for norm scales, zeros for biases) and
+written shard by shard, so peak memory is one shard, not the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+from .checkpoint import write_atomically
+from .preprocessing import ImagePreprocessor
+from .presets import local_tokenizer
+from .tokenization import special_token_ids, write_tokenizer_files
+from .weights import DEFAULT_SHARD_BYTES, write_weights
+
+# 448 px: 32 x 32 patches of 14 px, merged 2 x 2 into 256 image tokens.
+BASE_IMAGE_SIZE = (448, 448)
+
+# Qwen2-VL-2B-Instruct's published config.json (text and vision dimensions).
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "qwen2-vl-2b": {
+        "text": {
+            "hidden_size": 1536,
+            "intermediate_size": 8960,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 12,
+            "num_key_value_heads": 2,
+            "vocab_size": 151936,
+            "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-6,
+            "hidden_act": "silu",
+            "initializer_range": 0.02,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        },
+        "vision": {
+            "depth": 32,
+            "embed_dim": 1280,
+            "mlp_ratio": 4,
+            "num_heads": 16,
+            "hidden_size": 1536,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_channels": 3,
+        },
+        "tie_word_embeddings": True,
+    },
+}
+
+
+def architecture_config(name: str, layers: int | None = None, vision_depth: int | None = None) -> Qwen2VLConfig:
+    """The published config of `name` (optionally with fewer blocks), with the local tokenizer's token ids."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    arch = ARCHITECTURES[name]
+    text, vision = dict(arch["text"]), dict(arch["vision"])
+    if layers is not None:
+        text.update(num_hidden_layers=layers, max_window_layers=layers)
+    if vision_depth is not None:
+        vision["depth"] = vision_depth
+    ids = special_token_ids(local_tokenizer())
+    text.update(bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
+    token_ids = {
+        k: ids[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    }
+    config = Qwen2VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=arch["tie_word_embeddings"], **token_ids
+    )
+    config.architectures = ["Qwen2VLForConditionalGeneration"]
+    config.dtype = "bfloat16"
+    return config
+
+
+def _saved_name(name: str) -> str:
+    """transformers' in-memory names -> the names `save_pretrained` writes (the published checkpoint's)."""
+    for live, saved in (("model.language_model.", "model."), ("model.visual.", "visual.")):
+        if name.startswith(live):
+            return saved + name[len(live) :]
+    return name
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+
+
+def _parameters(config: Qwen2VLConfig) -> list[tuple[str, nn.Module, str, torch.Size]]:
+    """(module name, module, parameter name, shape) of every saved weight, from a skeleton on the meta device."""
+    with torch.device("meta"):
+        skeleton = Qwen2VLForConditionalGeneration(config)
+    seen: set[int] = set()
+    found = []
+    for module_name, module in skeleton.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if id(param) not in seen:  # a tied lm_head is saved once, as the embedding
+                seen.add(id(param))
+                found.append((module_name, module, param_name, param.shape))
+    return found
+
+
+def random_weights(
+    config: Qwen2VLConfig, seed: int, dtype: torch.dtype = torch.bfloat16
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every saved weight of a randomly initialised model, drawn one tensor at a time."""
+    generator = torch.Generator().manual_seed(seed)
+    std = config.text_config.initializer_range
+    for module_name, module, param_name, shape in _parameters(config):
+        if _is_norm(module):
+            value = torch.ones(shape) if param_name == "weight" else torch.zeros(shape)
+        elif param_name == "bias":
+            value = torch.zeros(shape)
+        else:
+            value = torch.empty(shape).normal_(0.0, std, generator=generator)
+        yield _saved_name(f"{module_name}.{param_name}"), value.to(dtype)
+
+
+def write_base(
+    name: str,
+    out: str | Path,
+    layers: int | None = None,
+    vision_depth: int | None = None,
+    seed: int = 0,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Path:
+    """Write the base folder; files appear in `out` only once complete (config.json last)."""
+    config = architecture_config(name, layers, vision_depth)
+    tokenizer = local_tokenizer()
+    vision = config.vision_config
+
+    def write(tmp: Path) -> None:
+        total = len(_parameters(config))
+        weights = tqdm(random_weights(config, seed), total=total, desc="weights", unit="tensor", dynamic_ncols=True)
+        write_weights(tmp, weights, metadata={"format": "pt"}, shard_bytes=shard_bytes)
+        write_tokenizer_files(tokenizer, tmp)
+        ImagePreprocessor(*BASE_IMAGE_SIZE).save(tmp, vision.patch_size, vision.spatial_merge_size)
+        config.save_pretrained(tmp)
+
+    write_atomically(out, write, last="config.json")
+    return Path(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agff_deploy.base", description=__doc__.split("\n\n")[0])
+    p.add_argument("architecture", choices=sorted(ARCHITECTURES))
+    p.add_argument("out", type=Path, help="folder to write (save_pretrained layout)")
+    p.add_argument("--layers", type=int, help="language-model blocks (default: the published count)")
+    p.add_argument("--vision-depth", type=int, help="vision blocks (default: the published count)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 2**30, help="shard size (default: 2)")
+    args = p.parse_args(argv)
+    for flag in ("layers", "vision_depth"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            print(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    started = time.perf_counter()
+    write_base(args.architecture, args.out, args.layers, args.vision_depth, args.seed, int(args.shard_gb * 2**30))
+    print(f"wrote {args.architecture} base to {args.out.resolve()} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""A real-size model through export, gate and runtime on this machine, measured side by side in one run.
+
+    python -m bench.scale --ckpt CKPT --work DIR        # e.g. a checkpoint trained from a qwen2-vl-2b base
+
+Prints, and writes to DIR/scale.json:
+- export: seconds and peak RSS per stage (load, PyTorch gate reference, each precision's graphs, the
+  ONNX Runtime gate), sampled from the exporter's own process;
+- the bundle's size per precision (graphs plus external data);
+- runtime, per precision, each in a fresh process: load time, peak RSS, latency per image (448 px at
+  the checkpoint's size) and per text at batch 1 and 8, through the torch-free `Embedder`;
+- fp32 vs int8-dynamic: latency ratio, min cosine and top-1 agreement of image->caption and
+  caption->image retrieval;
+- the model's FLOPs per image (counted from the config) and the fp32 image encoder's achieved GFLOP/s
+  as a share of this machine's fp32 GEMM peak, measured in the same run with a large MatMul in ONNX
+  Runtime, the library the graphs run on.
+
+`--reuse` keeps an export already in DIR (its timings too), so the runtime half can be rerun alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agff_deploy.config import AGFFConfig
+from agff_deploy.manifest import read_manifest
+from agff_deploy.scenes import make_scene
+from runtime.scoring import fused_similarity
+
+from .common import in_fresh_processes, ort_session
+
+SCENE_SEED = 900_000_000
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float = 0.0
+    peak_rss: int = 0
+
+
+@dataclass
+class ExportRun:
+    seconds: float
+    peak_rss: int
+    stages: list[Stage] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+
+def _stage_of(line: str) -> str | None:
+    """The stage a log line of `export.to_onnx` closes (the exporter prints each step when it ends)."""
+    text = line.strip()
+    if text.startswith("exporting "):
+        return "load checkpoint"
+    if text.startswith("scorer.onnx"):
+        return "PyTorch gate reference + scorer"
+    for precision in PRECISIONS:
+        if text.startswith(f"{precision}/"):
+            return f"{precision} graphs"
+    if text.startswith("parity gate passed") or text.startswith("parity gate FAILED"):
+        return "ONNX Runtime gate"
+    return None
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_export(command: list[str], period: float = 0.5) -> ExportRun:
+    """Run the exporter, sampling its resident memory; each sample goes to the stage whose line comes next."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    events: list[tuple[float, str]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            events.append((time.perf_counter(), line.rstrip("\n")))
+            print(f"    | {line}", end="", flush=True)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    samples: list[tuple[float, int]] = []
+    while proc.poll() is None:
+        samples.append((time.perf_counter(), _rss(proc.pid)))
+        time.sleep(period)
+    reader.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {proc.returncode}); its output is above")
+    stages: dict[str, Stage] = {}
+    previous = started
+    for when, line in events:
+        name = _stage_of(line)
+        if name is None:
+            continue
+        stage = stages.setdefault(name, Stage(name))
+        stage.seconds += when - previous
+        stage.peak_rss = max([stage.peak_rss] + [rss for t, rss in samples if previous <= t <= when])
+        previous = when
+    peak = max(rss for _, rss in samples) if samples else 0
+    log = [f"{when - started:8.1f} {line}" for when, line in events]
+    return ExportRun(time.perf_counter() - started, peak, list(stages.values()), log)
+
+
+def bundle_sizes(bundle: Path) -> dict[str, int]:
+    """Bytes per precision: its two encoder graphs and their external data (the shared scorer apart)."""
+    manifest = read_manifest(bundle)
+    sizes = {}
+    for precision, graphs in manifest["graphs"].items():
+        total = 0
+        for name in ("image_encoder", "text_encoder"):
+            entry = graphs[name]
+            total += (bundle / entry["file"]).stat().st_size + sum(d["bytes"] for d in entry.get("external_data", []))
+        sizes[precision] = total
+    return sizes
+
+
+def _scenes(count: int, size: int) -> tuple[list[np.ndarray], list[str]]:
+    scenes = [make_scene(SCENE_SEED + i, held_out=True) for i in range(count)]
+    return [s.render(size) for s in scenes], [s.caption() for s in scenes]
+
+
+def measure_runtime(bundle: str, precision: str, threads: int, images: int, texts: int) -> dict[str, Any]:
+    """One precision in this (fresh) process: load, latencies at batch 1 and `images`, and its embeddings."""
+    from runtime.embedder import Embedder
+
+    started = time.perf_counter()
+    model = Embedder.load(bundle, precision=precision, threads=threads)
+    model.__enter__()
+    load_seconds = time.perf_counter() - started
+    size = model.preprocessor.height
+    pictures, captions = _scenes(max(images, texts), size)
+    pixels = model.pixels(pictures[:images])
+    model.batch_size = max(images, texts)
+
+    def timed(fn) -> tuple[float, Any]:
+        t = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t, out
+
+    model.embed_pixels(pixels[:1])  # first run: graph initialisation, not latency
+    image_1, _ = timed(lambda: model.embed_pixels(pixels[:1]))
+    image_n, image_emb = timed(lambda: model.embed_pixels(pixels))
+    model.embed_texts(captions[:1])
+    text_1, _ = timed(lambda: model.embed_texts(captions[:1]))
+    text_n, text_emb = timed(lambda: model.embed_texts(captions[:texts]))
+    model.close()
+    return {
+        "precision": precision,
+        "load_s": load_seconds,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "image_ms": {"1": image_1 * 1000, str(images): image_n * 1000 / images},
+        "text_ms": {"1": text_1 * 1000, str(texts): text_n * 1000 / texts},
+        "image_embeddings": image_emb,
+        "text_embeddings": text_emb,
+    }
+
+
+def gemm_peak_gflops(threads: int, n: int = 2048, repeat: int = 10) -> float:
+    """fp32 GEMM throughput of ONNX Runtime's MatMul on this machine: the ceiling for the encoders."""
+    import tempfile
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])
+    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", [a, b], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gemm.onnx"
+        onnx.save(model, str(path))
+        session = ort_session(path, threads)
+        feeds = {"a": np.random.rand(n, n).astype(np.float32), "b": np.random.rand(n, n).astype(np.float32)}
+        session.run(None, feeds)
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            session.run(None, feeds)
+            best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def image_gflop(config: AGFFConfig, instruction_tokens: int = 0) -> float:
+    """Multiply-adds x 2 of one image item through the image encoder: vision tower, merger, language model."""
+    vision, text = config.base["vision_config"], config.base["text_config"]
+    patches = (config.image_size[0] // config.patch_size) * (config.image_size[1] // config.patch_size)
+    e, m = vision["embed_dim"], vision["embed_dim"] * vision["mlp_ratio"]
+    block = 4 * e * e + 2 * e * m
+    macs = patches * (3 * config.patch_size**2 * e + vision["depth"] * block)
+    macs += vision["depth"] * 2 * patches * patches * e  # attention scores and weighted sum
+    merged = patches // config.merge_size**2
+    wide = e * config.merge_size**2
+    macs += merged * (wide * wide + wide * config.hidden_size)
+    d, inter = config.hidden_size, text["intermediate_size"]
+    kv = d // text["num_attention_heads"] * text["num_key_value_heads"]
+    tokens = config.num_image_tokens + 8 + instruction_tokens + config.num_prompts * config.prompt_length
+    layer = 2 * d * d + 2 * d * kv + 3 * d * inter
+    macs += text["num_hidden_layers"] * (tokens * layer + 2 * tokens * tokens * d)
+    return 2 * macs / 1e9
+
+
+def agreement(reference: dict[str, Any], other: dict[str, Any], fusion: tuple[float, float, np.ndarray]) -> dict:
+    """Min cosine of every embedding vector, and how often both pick the same top-1 in each direction."""
+    cosines = []
+    for key in ("image_embeddings", "text_embeddings"):
+        a = reference[key].reshape(-1, reference[key].shape[-1]).astype(np.float64)
+        b = other[key].reshape(-1, other[key].shape[-1]).astype(np.float64)
+        cosines.append((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)))
+    ref_scores = fused_similarity(reference["image_embeddings"], reference["text_embeddings"], *fusion)
+    scores = fused_similarity(other["image_embeddings"], other["text_embeddings"], *fusion)
+    i2t = ref_scores.argmax(1) == scores.argmax(1)
+    t2i = ref_scores.argmax(0) == scores.argmax(0)
+    return {
+        "min_cosine": float(np.concatenate(cosines).min()),
+        "top1_agreement": float(np.concatenate([i2t, t2i]).mean()),
+        "decisions": int(i2t.size + t2i.size),
+    }
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder (e.g. trained from a 2B base)")
+    p.add_argument("--work", type=Path, required=True, help="folder for the bundle and scale.json")
+    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    p.add_argument("--runtime-precisions", nargs="+", default=["fp32", "fp16", "int8-dynamic"], choices=PRECISIONS)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--images", type=int, default=8, help="image batch for latency and agreement (default: 8)")
+    p.add_argument("--texts", type=int, default=64, help="captions for latency and agreement (default: 64)")
+    p.add_argument("--calib-samples", type=int, default=16, help="int8 calibration scenes (default: 16)")
+    p.add_argument("--agreement-pairs", type=int, default=0, help="the gate's retrieval check (default: off)")
+    p.add_argument("--reuse", action="store_true", help="keep an export already in --work")
+    args = p.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    bundle = args.work / "bundle"
+    export_file = args.work / "export.json"
+    if args.reuse and export_file.is_file() and bundle.is_dir():
+        export = json.loads(export_file.read_text())
+    else:
+        command = [sys.executable, "-m", "export.to_onnx", str(args.ckpt), "-o", str(bundle), "--precision"]
+        command += [*args.precision, "--gate-images", "1", "2", "--calib-samples", str(args.calib_samples)]
+        command += ["--agreement-pairs", str(args.agreement_pairs)]
+        print("export:", " ".join(command[1:]))
+        run = run_export(command)
+        export = {
+            "seconds": run.seconds,
+            "peak_rss": run.peak_rss,
+            "stages": [vars(s) for s in run.stages],
+            "log": run.log,
+        }
+        export_file.write_text(json.dumps(export, indent=2) + "\n")
+    print(f"\nexport + gate: {export['seconds']:.0f} s, peak RSS {_gib(export['peak_rss'])}")
+    for stage in export["stages"]:
+        print(f"  {stage['name']:<34} {stage['seconds']:>7.0f} s   peak RSS {_gib(stage['peak_rss'])}")
+    sizes = bundle_sizes(bundle)
+    print("bundle size: " + ", ".join(f"{k} {_gib(v)}" for k, v in sizes.items()))
+
+    results = {}
+    for precision in args.runtime_precisions:
+        print(f"runtime {precision} ...", flush=True)
+        job = (str(bundle), precision, args.threads, args.images, args.texts)
+        results[precision] = in_fresh_processes(measure_runtime, *job, processes=1)[0]
+    manifest = read_manifest(bundle)
+    fusion = (manifest["fusion"]["t_in"], manifest["fusion"]["t_f"], np.asarray(manifest["fusion"]["pattern_bias"]))
+    config = AGFFConfig.load(args.ckpt)
+    gflop = image_gflop(config)
+    peak = gemm_peak_gflops(args.threads)
+    n = str(args.images)
+    print(f"\n{'precision':<13}{'load s':>8}{'peak RSS':>11}{'image ms b1':>13}{'image ms b' + n:>13}"
+          f"{'text ms b1':>12}{'text ms b' + str(args.texts):>13}")  # fmt: skip
+    for precision, r in results.items():
+        print(
+            f"{precision:<13}{r['load_s']:>8.1f}{_gib(r['peak_rss']):>11}{r['image_ms']['1']:>13.0f}"
+            f"{r['image_ms'][n]:>13.0f}{r['text_ms']['1']:>12.0f}{r['text_ms'][str(args.texts)]:>13.0f}"
+        )
+    summary: dict[str, Any] = {"export": export, "bundle_bytes": sizes, "gflop_per_image": gflop, "gemm_gflops": peak}
+    fp32 = results.get("fp32")
+    if fp32:
+        achieved = gflop / (fp32["image_ms"][n] / 1000)
+        summary["fp32_image_gflops"] = achieved
+        print(f"\nimage encoder: {gflop:.0f} GFLOP per image; fp32 at batch {n}: {achieved:.1f} GFLOP/s")
+        print(f"GEMM peak (ONNX Runtime MatMul 2048^3, {args.threads} threads): {peak:.1f} GFLOP/s -> "
+              f"{achieved / peak:.0%} of peak")  # fmt: skip
+    if fp32 and "int8-dynamic" in results:
+        dyn = results["int8-dynamic"]
+        match = agreement(fp32, dyn, fusion)
+        speedup = {k: fp32["image_ms"][k] / dyn["image_ms"][k] for k in fp32["image_ms"]}
+        speedup_text = {k: fp32["text_ms"][k] / dyn["text_ms"][k] for k in fp32["text_ms"]}
+        summary["int8_dynamic_vs_fp32"] = dict(match, image_speedup=speedup, text_speedup=speedup_text)
+        print(
+            f"int8-dynamic vs fp32: image {speedup['1']:.2f}x (batch 1), {speedup[n]:.2f}x (batch {n}); text "
+            f"{speedup_text['1']:.2f}x / {speedup_text[str(args.texts)]:.2f}x; min cosine {match['min_cosine']:.4f}; "
+            f"top-1 agreement {match['top1_agreement']:.1%} over {match['decisions']} retrievals"
+        )
+    summary["runtime"] = {k: {m: v for m, v in r.items() if not m.endswith("embeddings")} for k, r in results.items()}
+    (args.work / "scale.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({"bench": "scale", **{k: v for k, v in summary.items() if k != "export"}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
