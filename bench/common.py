@@ -16,9 +16,8 @@ import torch
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.inputs import ItemEncoder
 from agff_deploy.model import AGFFEmbedder
-from agff_deploy.presets import PRESETS, preset_config
-from agff_deploy.scenes import make_scene, vocabulary_corpus
-from agff_deploy.tokenization import train_bpe_tokenizer
+from agff_deploy.presets import PRESETS, local_tokenizer, preset_config
+from agff_deploy.scenes import make_scene
 from runtime.onnxruntime_loader import import_onnxruntime
 
 # Sizes that only benchmarks use: >= 256 image tokens, and a Qwen2-VL-0.5B-like width for int8.
@@ -46,7 +45,7 @@ def model_for(ckpt: Path | None, preset: str = "demo") -> tuple[AGFFEmbedder, It
 
 
 def random_model(preset: str, seed: int = 0, **overrides: Any) -> tuple[AGFFEmbedder, ItemEncoder]:
-    tokenizer = train_bpe_tokenizer(vocabulary_corpus(), 512)
+    tokenizer = local_tokenizer()
     torch.manual_seed(seed)
     model = AGFFEmbedder(preset_config(preset, tokenizer, **overrides)).eval()
     return model, item_encoder(model.config, tokenizer)

@@ -316,12 +316,10 @@ class BundleBuilder:
 
     def disk_bytes(self) -> int:
         """Disk a build needs at its peak: fp32 encoders hold about two copies of the weights (image and
-        text), fp16 one, each int8 kind half of one, and quantisation pre-processing one fp32 copy at a time."""
+        text), fp16 one, each int8 kind half of one, and int8 calibration an augmented fp32 copy at a time."""
         weights = self.weight_bytes()
-        share = {"fp32": 2.0, "fp16": 1.0, "int8": 0.5, "int8-dynamic": 0.5}
+        share = {"fp32": 2.0, "fp16": 1.0, "int8": 1.5, "int8-dynamic": 0.5}
         total = sum(share[p] for p in self.options.precisions)
-        if any(p.startswith("int8") for p in self.options.precisions):
-            total += 1.0
         return int(weights * total) + (64 << 20)
 
 

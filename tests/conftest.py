@@ -5,9 +5,8 @@ from tokenizers import Tokenizer
 
 from agff_deploy.checkpoint import item_encoder
 from agff_deploy.model import AGFFEmbedder
-from agff_deploy.presets import preset_config
-from agff_deploy.scenes import make_scene, vocabulary_corpus
-from agff_deploy.tokenization import train_bpe_tokenizer
+from agff_deploy.presets import local_tokenizer, preset_config
+from agff_deploy.scenes import make_scene
 
 
 def pytest_configure(config):
@@ -16,7 +15,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tokenizer() -> Tokenizer:
-    return train_bpe_tokenizer(vocabulary_corpus(), 512)
+    return local_tokenizer()
 
 
 @pytest.fixture(scope="session")
