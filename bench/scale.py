@@ -283,8 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint folder (e.g. trained from a 2B base)")
     p.add_argument("--work", type=Path, required=True, help="folder for the bundle and scale.json")
-    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
-    p.add_argument("--runtime-precisions", nargs="+", default=["fp32", "fp16", "int8-dynamic"], choices=PRECISIONS)
+    p.add_argument(
+        "--precision", nargs="+", default=["fp32", "fp16"], choices=PRECISIONS, help="exported (default: %(default)s)"
+    )
+    p.add_argument(
+        "--runtime-precisions",
+        nargs="+",
+        default=["fp32", "fp16"],
+        choices=PRECISIONS,
+        help="timed (default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--images", type=int, default=8, help="image batch for latency and agreement (default: 8)")
     p.add_argument("--texts", type=int, default=64, help="captions for latency and agreement (default: 64)")
