@@ -141,7 +141,7 @@ def add_ungated_int8_dynamic(bundle: Path) -> None:
     the 0.98 cosine bar by 0.0002 here). The manifest marks the entries `"ungated": true`.
     """
     from agff_deploy.manifest import sha256_file, write_manifest
-    from export.graphs import external_data_files
+    from export.graphs import external_data_entries
     from export.precision import quantize_dynamic_int8
 
     manifest = read_manifest(bundle)
@@ -150,12 +150,11 @@ def add_ungated_int8_dynamic(bundle: Path) -> None:
     entries = {"scorer": manifest["graphs"]["fp32"]["scorer"]}
     for name in ("image_encoder", "text_encoder"):
         path = quantize_dynamic_int8(bundle / manifest["graphs"]["fp32"][name]["file"], folder / f"{name}.onnx")
-        data = [{"file": str(d.relative_to(bundle)), "bytes": d.stat().st_size} for d in external_data_files(path)]
         entries[name] = dict(
             manifest["graphs"]["fp32"][name],
             file=str(path.relative_to(bundle)),
             sha256=sha256_file(path),
-            external_data=data,
+            external_data=external_data_entries(bundle, path),
             backends=["onnxruntime"],
             ungated=True,
         )

@@ -57,7 +57,7 @@ from .graphs import (
     ScorerGraph,
     TextEncoderGraph,
     export_graph,
-    external_data_files,
+    external_data_entries,
 )
 from .precision import quantize_dynamic_int8, quantize_qdq
 from .targets import Target
@@ -260,13 +260,10 @@ class BundleBuilder:
         }
         describe = lambda names: [{"name": n, "dtype": shapes[n][0], "shape": shapes[n][1]} for n in names]  # noqa: E731
         trt = name == "scorer" or precision in TRT_PRECISIONS
-        external = [
-            {"file": str(data.relative_to(folder)), "bytes": data.stat().st_size} for data in external_data_files(path)
-        ]
         return {
             "file": str(path.relative_to(folder)),
             "sha256": sha256_file(path),
-            "external_data": external,
+            "external_data": external_data_entries(folder, path),
             "inputs": describe(spec.inputs),
             "outputs": describe(spec.outputs),
             "backends": ["onnxruntime", "tensorrt"] if trt else ["onnxruntime"],

@@ -129,6 +129,11 @@ def export_graph(
     return path
 
 
+def external_data_entries(bundle: Path, path: Path) -> list[dict[str, str | int]]:
+    """The manifest's record of a graph's external-data files: path inside the bundle and size."""
+    return [{"file": str(data.relative_to(bundle)), "bytes": data.stat().st_size} for data in external_data_files(path)]
+
+
 def external_data_files(path: Path) -> list[Path]:
     """The external-data files a graph references, resolved beside it (its weights are not read)."""
     model = onnx.load(str(path), load_external_data=False)
