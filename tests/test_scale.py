@@ -1,7 +1,7 @@
 """The real-size path on Qwen2-VL-2B widths: base -> LoRA training with checkpointing -> split export -> runtime.
 
 The fast test runs it with two language and two vision blocks; the `scale` test runs the full 28 + 32
-blocks (tens of minutes on 2 cores; not in CI, `pytest -m scale`).
+blocks (about 12 minutes on 2 cores; not in CI: `pytest -m scale`).
 """
 
 import json
