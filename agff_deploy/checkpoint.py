@@ -126,7 +126,7 @@ def load_checkpoint(
             f"missing {sorted(expected - found)[:5]}, unexpected {sorted(found - expected)[:5]}"
         )
     if dtype is not None:
-        model.to(dtype)
+        model.to(dtype)  # the buffers computed at construction (rotary tables), not only the loaded weights
     return model.eval(), tokenizer
 
 

@@ -171,27 +171,23 @@ def measure_runtime(bundle: str, precision: str, threads: int, images: int, text
     """One precision in this (fresh) process: load, latencies at batch 1 and `images`, and its embeddings."""
     from runtime.embedder import Embedder
 
-    started = time.perf_counter()
-    model = Embedder.load(bundle, precision=precision, threads=threads)
-    model.__enter__()
-    load_seconds = time.perf_counter() - started
-    size = model.preprocessor.height
-    pictures, captions = _scenes(max(images, texts), size)
-    pixels = model.pixels(pictures[:images])
-    model.batch_size = max(images, texts)
-
     def timed(fn) -> tuple[float, Any]:
         t = time.perf_counter()
         out = fn()
         return time.perf_counter() - t, out
 
-    model.embed_pixels(pixels[:1])  # first run: graph initialisation, not latency
-    image_1, _ = timed(lambda: model.embed_pixels(pixels[:1]))
-    image_n, image_emb = timed(lambda: model.embed_pixels(pixels))
-    model.embed_texts(captions[:1])
-    text_1, _ = timed(lambda: model.embed_texts(captions[:1]))
-    text_n, text_emb = timed(lambda: model.embed_texts(captions[:texts]))
-    model.close()
+    started = time.perf_counter()
+    with Embedder.load(bundle, precision=precision, threads=threads) as model:
+        load_seconds = time.perf_counter() - started
+        pictures, captions = _scenes(max(images, texts), model.preprocessor.height)
+        pixels = model.pixels(pictures[:images])
+        model.batch_size = max(images, texts)
+        model.embed_pixels(pixels[:1])  # first run: graph initialisation, not latency
+        image_1, _ = timed(lambda: model.embed_pixels(pixels[:1]))
+        image_n, image_emb = timed(lambda: model.embed_pixels(pixels))
+        model.embed_texts(captions[:1])
+        text_1, _ = timed(lambda: model.embed_texts(captions[:1]))
+        text_n, text_emb = timed(lambda: model.embed_texts(captions[:texts]))
     return {
         "precision": precision,
         "load_s": load_seconds,
