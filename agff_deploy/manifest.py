@@ -60,12 +60,18 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 def graph_entry(manifest: dict[str, Any], precision: str, name: str) -> dict[str, Any]:
     graphs = manifest["graphs"]
     if precision not in graphs:
-        raise KeyError(
-            f"bundle has no {precision} graphs (it has {', '.join(graphs)}); export with --precision {precision}"
-        )
+        raise KeyError(f"bundle has no {precision} graphs (it has {', '.join(graphs)}); {_advice(precision, graphs)}")
     if name not in graphs[precision]:
         raise KeyError(f"bundle's {precision} graphs lack {name}")
     return graphs[precision][name]
+
+
+def _advice(precision: str, graphs: dict[str, Any]) -> str:
+    """What to do instead, in flags `python -m export.to_onnx` and `agff-run` both accept."""
+    if precision in PRECISIONS:
+        return f"export with --precision {precision}"
+    choices = " or ".join(f"--precision {p}" for p in graphs)
+    return f"{precision} is not a precision bundles hold ({', '.join(PRECISIONS)}): choose {choices}"
 
 
 def check_external_data(bundle: str | Path, entry: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """Built-in model presets: Qwen2-VL architecture at sizes that train on a laptop CPU.
 
 `tiny` is for tests (seconds); `demo` is the default and learns the built-in
-scenes in a few minutes on two cores (sizes from DESIGN.md section 9: larger
-models and 224 px learned more slowly on the same time budget).
+scenes in a few minutes on two cores (measured: larger models and 224 px
+learned more slowly on the same time budget).
 """
 
 from __future__ import annotations

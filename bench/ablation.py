@@ -37,14 +37,15 @@ VARIANTS = {
 
 
 def train(folder: Path, variant: str, seed: int, args: argparse.Namespace, threads: int) -> Path:
-    """Train one run (skipped when its checkpoint already reached the steps), in a subprocess of its own."""
+    """Train one run (skipped when its checkpoint already reached the steps; a shorter one is trained afresh),
+    in a subprocess of its own."""
     out = folder / f"{variant}-seed{seed}"
     state = out / "trainer_state.json"
     if not state.is_file() or json.loads(state.read_text())["step"] < args.steps:
         extra = VARIANTS[variant] or ["--ega-alpha", str(args.alpha)]
         command = [sys.executable, "-m", "train.run", "--out", str(out), "--preset", args.preset,
                    "--steps", str(args.steps), "--seed", str(seed), "--tasks", args.tasks, "--eval-pairs", "0",
-                   "--threads", str(threads), *extra]  # fmt: skip
+                   "--threads", str(threads), "--overwrite", *extra]  # fmt: skip
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"training {out} failed:\n{done.stderr[-3000:]}")

@@ -1,4 +1,7 @@
-"""Checkpoint -> ONNX bundle folder, built in a temporary folder and moved into place only after the gate passes.
+"""Checkpoint -> ONNX bundle folder, built in a temporary folder and moved into place only after the gate.
+
+The precisions that pass their bars are moved into place; one that fails is
+left out. If fp32 fails, the graphs do not reproduce the model and nothing is.
 
 bundle/
   manifest.json           everything the runtime needs (agff_deploy.manifest)
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import io
 import os
 import shutil
@@ -270,13 +274,19 @@ class BundleBuilder:
         }
 
     def build(self, out: Path, target: Target) -> GateReport:
-        """Export, gate, and only then move the bundle to `out` (replacing an older one)."""
+        """Export, gate, and only then move the precisions that passed to `out` (replacing an older bundle).
+
+        The report covers every precision built; `report.trusted` says whether anything was moved.
+        """
         self.options.validate()
         out = Path(out)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        _remove_leftovers(out)
         shutil.rmtree(tmp, ignore_errors=True)
         if "int8" in self.options.precisions:
-            _require_calibration_memory(self.weight_bytes())
+            _require_calibration_memory(
+                self.weight_bytes(), streamed=self.weight_bytes() > self.options.external_data_bytes
+            )
         needed = self.disk_bytes()
         out.parent.mkdir(parents=True, exist_ok=True)
         _require_free_space(out.parent, needed)
@@ -292,8 +302,8 @@ class BundleBuilder:
             write_manifest(tmp, manifest)
             self.log("parity gate ...")
             report = run_gate(tmp, reference, target)
-            if report.passed:
-                write_manifest(tmp, dict(manifest, parity=report_dict(report)))
+            if report.trusted:
+                _leave_out_failed(tmp, manifest, report)
                 _replace_folder(tmp, out)
             return report
         except OSError as err:
@@ -320,17 +330,20 @@ class BundleBuilder:
         return int(weights * total) + (64 << 20)
 
 
-def _require_calibration_memory(weight_bytes: int) -> None:
-    """Refuse int8 Q/DQ up front where ONNX Runtime's calibration cannot fit, not after the other precisions.
+def _require_calibration_memory(weight_bytes: int, streamed: bool) -> None:
+    """Refuse int8 Q/DQ up front where its calibration cannot fit, not after the other precisions.
 
-    Its quantizer holds a graph about three times over (measured here: 3.4x for dynamic
-    quantisation; static quantisation of a 2B image encoder was killed at 24 GB).
+    ONNX Runtime's quantizer holds a graph about three times over (measured here: 3.4x for
+    dynamic quantisation; static quantisation of a 2B image encoder was killed at 24 GB); a
+    graph with external weights is calibrated by `stream_qdq` in one session, which holds
+    the weights once plus activations (counted as a quarter more).
     """
-    needed, total = 3 * weight_bytes, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    needed = int(weight_bytes * (1.25 if streamed else 3))
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > total:
         raise ValueError(
-            f"--precision int8: ONNX Runtime's int8 calibration holds the {weight_bytes / 2**30:.1f} GiB image encoder "
-            f"about three times ({needed / 2**30:.0f} GiB) and this machine has {total / 2**30:.0f} GiB: export int8 "
+            f"--precision int8: calibrating the {weight_bytes / 2**30:.1f} GiB image encoder needs about "
+            f"{needed / 2**30:.0f} GiB and this machine has {total / 2**30:.0f} GiB: export int8 "
             "on a machine with more memory, or choose fp16 (TensorRT) or int8-dynamic (ONNX Runtime on CPU) here"
         )
 
@@ -343,6 +356,38 @@ def _require_free_space(folder: Path, needed: int) -> None:
             f"{folder} has {free / 2**30:.1f} GiB free; building this bundle needs about "
             f"{needed / 2**30:.1f} GiB; free space there or write it elsewhere with -o",
         )
+
+
+def _leave_out_failed(folder: Path, manifest: dict, report: GateReport) -> None:
+    """Drop the precisions that missed their bars; the manifest lists the rest and says why the others are gone."""
+    failed = report.failed_precisions()
+    for precision in failed:
+        shutil.rmtree(folder / precision)
+    parity = dict(report_dict(report.without(failed)), left_out={p: report.failures(p) for p in failed})
+    graphs = {p: g for p, g in manifest["graphs"].items() if p not in failed}
+    write_manifest(folder, dict(manifest, graphs=graphs, parity=parity))
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temporary and replaced bundles of exports that were killed: nothing else would ever free their disk.
+
+    A folder whose process still runs belongs to a concurrent export to the same path and is left alone.
+    """
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        stem, _, pid = path.name.rpartition("-")
+        ours = stem in (f".{out.name}.tmp", f".{out.name}.old") and pid.isdigit()
+        if ours and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, and another user's
+    return True
 
 
 def _replace_folder(src: Path, dst: Path) -> None:

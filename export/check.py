@@ -2,7 +2,7 @@
 
 `python -m export.check BUNDLE` runs it on demand; `export.to_onnx` runs it
 before a bundle is moved into place. Two input sets with different batch
-sizes, text lengths and padding; bars from DESIGN.md section 6.
+sizes, text lengths and padding; bars and their reasons in docs/parity.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.inputs import ItemEncoder
-from agff_deploy.manifest import TRT_PRECISIONS, read_manifest
+from agff_deploy.manifest import PRECISIONS, TRT_PRECISIONS, read_manifest
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.scenes import make_scene
 from agff_deploy.weights import weights_sha256
@@ -76,6 +76,34 @@ class GateReport:
     def passed(self) -> bool:
         return all(r.passed for r in self.rows) and not any(self.lint.values())
 
+    @property
+    def trusted(self) -> bool:
+        """fp32 and the scorer pass: the graphs reproduce the model, so every precision that passes can ship."""
+        return "fp32" not in self.failed_precisions()
+
+    def failed_precisions(self) -> list[str]:
+        """Precisions with a row under its bar or a graph the TensorRT lint flags (the shared scorer counts as fp32)."""
+        failed = {r.precision for r in self.rows if not r.passed}
+        failed |= {_lint_precision(file) for file, problems in self.lint.items() if problems}
+        return [p for p in PRECISIONS if p in failed]
+
+    def failures(self, precision: str) -> list[str]:
+        """What failed at `precision`, each with its numbers and the bar they missed."""
+        rows = [_describe_failure(r) for r in self.rows if r.precision == precision and not r.passed]
+        lint = [
+            f"TensorRT lint {file}: {'; '.join(problems)}"
+            for file, problems in self.lint.items()
+            if problems and _lint_precision(file) == precision
+        ]
+        return rows + lint
+
+    def without(self, precisions: list[str]) -> GateReport:
+        """The report of the graphs that remain once `precisions` are left out of the bundle."""
+        return GateReport(
+            [r for r in self.rows if r.precision not in precisions],
+            {file: problems for file, problems in self.lint.items() if _lint_precision(file) not in precisions},
+        )
+
     def table(self) -> str:
         head = (
             f"{'precision':<13}{'graph':<15}{'inputs':<8}{'min cos':>11}{'max abs':>11}{'top-1':>8}  {'bar':<26}result"
@@ -92,6 +120,18 @@ class GateReport:
         for name, problems in self.lint.items():
             lines.append(f"TensorRT lint {name}: " + ("clean" if not problems else "; ".join(problems)))
         return "\n".join(lines)
+
+
+def _lint_precision(file: str) -> str:
+    """The precision a linted bundle file belongs to: its folder, or fp32 for the shared scorer."""
+    return Path(file).parent.name or "fp32"
+
+
+def _describe_failure(row: ParityRow) -> str:
+    if row.top1 is not None:
+        return f"retrieval top-1 agreement {row.top1:.1%} over {row.inputs} held-out pairs (bar {row.bar})"
+    numbers = f"min cos {row.min_cosine:.5f}, max abs {row.max_abs:.2e}"
+    return f"{row.graph} on input set {row.inputs}: {numbers} (bar {row.bar})"
 
 
 INSTRUCTIONS = ("", "what colour is the star?", "how many circles are there in this picture?", "", "where is it?")

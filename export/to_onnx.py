@@ -11,9 +11,19 @@ from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.manifest import PRECISIONS
 
 from .bundle import BundleBuilder, DiskFull, ExportOptions, parse_precisions
-from .check import GATE_IMAGES
+from .check import GATE_IMAGES, GateReport
 from .graphs import EXTERNAL_DATA_BYTES
 from .targets import TARGETS, get_target
+
+ADVICE = {
+    "fp32": "the fp32 graphs do not reproduce the PyTorch model, so no precision can be trusted",
+    "fp16": "left out; use fp32, or int8-dynamic for ONNX Runtime on CPU",
+    "int8": (
+        "left out; try --calib-dir with a folder of your own images (the built-in scenes may not look like them), "
+        "int8-dynamic for ONNX Runtime on CPU, or fp16 for TensorRT; a briefly trained model often misses int8's bars"
+    ),
+    "int8-dynamic": "left out; try fp16, or int8 with --calib-dir and a folder of your own images",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,11 +104,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report.table())
     elapsed = time.perf_counter() - started
-    if not report.passed:
+    if report.passed:
+        print(f"parity gate passed; bundle: {out.resolve()} ({elapsed:.0f} s)")
+        return 0
+    for precision in report.failed_precisions():
+        print(_failure_line(report, precision), file=sys.stderr)
+    if not report.trusted:
         print(f"parity gate FAILED after {elapsed:.0f} s: no bundle written", file=sys.stderr)
-        return 1
-    print(f"parity gate passed; bundle: {out.resolve()} ({elapsed:.0f} s)")
-    return 0
+    else:
+        kept = [p for p in options.precisions if p not in report.failed_precisions()]
+        print(f"bundle written with {', '.join(kept)} only: {out.resolve()} ({elapsed:.0f} s)", file=sys.stderr)
+    return 1
+
+
+def _failure_line(report: GateReport, precision: str) -> str:
+    what = "; ".join(report.failures(precision))
+    return f"error: parity gate FAILED for {precision}: {what}; {ADVICE[precision]}"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`agff-run`: embed, classify, rank and search with any AGFF artifact (no torch needed).
 
-    agff-run --engine model.plan img.jpg                 embed one image, print a JSON summary
+    agff-run --engine model.plan img.jpg                 embed one image, print a summary
     agff-run --engine bundle/ photos/ "*.png" --out e.npy   many inputs, batched, written atomically
     agff-run --engine bundle/ --text "a red circle"      embed texts
     agff-run --engine bundle/ img.jpg --labels cat dog   zero-shot classification
@@ -8,9 +8,15 @@
     agff-run index photos/ --engine bundle/ --index idx/ build or update a persistent index
     agff-run search "a dog" --engine bundle/ --index idx/
 
-Bad inputs (missing, empty, truncated, not an image, decompression bombs) get
-one line each on stderr and the batch goes on; the exit status is 1 when any
-input failed, 2 when the command itself could not run.
+On a terminal the summary is for people: counts, speed, where the output went,
+the errors and, for --query, --labels and search, a table of the best matches.
+Piped, redirected or with --json it is one JSON line for programs.
+
+Bad inputs (missing, empty, truncated, not an image, decompression bombs,
+dangling symlinks) get one `error:` line each on stderr and the batch goes on;
+files in folders without an image file name are counted as skipped (--verbose
+names them). The exit status is 1 when any input failed, 2 when the command
+itself could not run.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -33,9 +41,42 @@ from tqdm import tqdm
 from agff_deploy.images import DEFAULT_MAX_PIXELS, ImageLoadError, open_image
 
 from .embedder import BACKENDS, Embedder
-from .index import EmbeddingIndex
+from .index import EmbeddingIndex, write_atomically
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+TABLE_ROWS = 5  # rows of a ranked table a person sees; --json lists all
+ERROR_LINES = 3  # errors repeated in a person's summary (each is also on stderr)
+SCORE_SCALE = "fused score (higher = closer)"
+
+
+def say(line: str) -> None:
+    """One line on stderr, written through the progress bar so it never lands in the middle of the bar's line."""
+    tqdm.write(line, file=sys.stderr)
+
+
+@contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Python warnings (a truncated text or instruction, a library's notice) become `warning:` lines through the
+    progress bar, each distinct message once: a per-batch warning would otherwise repeat for every batch."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(message) not in seen:
+            seen.add(str(message))
+            say(f"warning: {message}")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def for_people(stream: TextIO, as_json: bool) -> bool:
+    """A terminal gets a short human summary; pipes, files and `--json` get the one-line JSON summary."""
+    return not as_json and stream.isatty()
+
+
+def report(summary: dict, as_json: bool, human: Callable[[], list[str]]) -> None:
+    print("\n".join(human()) if for_people(sys.stdout, as_json) else json.dumps(summary))
 
 
 @dataclass
@@ -52,21 +93,51 @@ class Outcome:
         return np.concatenate(self.embeddings) if self.embeddings else np.zeros((0, 0, 0), np.float32)
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (recursive, image files) and globs -> paths; patterns matching nothing are errors."""
-    paths, errors = [], []
+@dataclass
+class Inputs:
+    """What the command line's files, folders and globs come to: every entry found is counted somewhere."""
+
+    paths: list[Path] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # files in folders whose names are not image names
+
+
+def expand_inputs(inputs: list[str]) -> Inputs:
+    """Files, folders (recursive, image file names) and globs -> paths; patterns matching nothing and dangling
+    symlinks are errors (the user meant those files to be embedded)."""
+    found = Inputs()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            for entry in sorted(path.rglob("*")):
+                _classify_entry(entry, found, images_only=True)
         elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
-            paths += matches
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            for entry in matches:
+                _classify_entry(entry, found, images_only=False)
             if not matches:
-                errors.append(f"{item}: no files match")
+                found.errors.append(f"{item}: no files match")
         else:
-            paths.append(path)
-    return paths, errors
+            found.paths.append(path)
+    return found
+
+
+def _classify_entry(entry: Path, found: Inputs, images_only: bool) -> None:
+    """One folder entry or glob match into paths, errors or skipped; folders themselves are walked, not counted."""
+    if images_only and entry.suffix.lower() not in IMAGE_SUFFIXES:
+        if entry.is_file() or (entry.is_symlink() and not entry.exists()):
+            found.skipped.append(entry)
+    elif entry.is_symlink() and not entry.exists():
+        found.errors.append(f"{entry}: dangling symlink to {os.readlink(entry)}")
+    elif entry.is_file():
+        found.paths.append(entry)
+
+
+def _report_inputs(found: Inputs, verbose: bool) -> None:
+    for line in found.errors:
+        say(f"error: {line}")
+    for path in found.skipped if verbose else []:
+        say(f"skipped: {path}: not an image file name ({path.suffix or 'no suffix'})")
 
 
 def _prepare(embedder: Embedder, paths: list[Path], max_pixels: int):
@@ -97,9 +168,9 @@ def embed_files(
     ):
         for ok, pixels, errors, notes in _ahead(pool, batches, lambda b: _prepare(embedder, b, max_pixels)):
             for line in errors:
-                tqdm.write(f"error: {line}", file=sys.stderr)
+                say(f"error: {line}")
             for line in notes:
-                tqdm.write(f"warning: {line}", file=sys.stderr)
+                say(f"warning: {line}")
             outcome.errors += errors
             if pixels is not None:
                 t0 = time.perf_counter()
@@ -121,18 +192,6 @@ def _ahead(pool: ThreadPoolExecutor, items: list, fn, depth: int = 2) -> Iterato
         yield result
 
 
-def write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_output(out: Path, names: list[str], embeddings: np.ndarray, key: str) -> None:
     if out.suffix == ".npy":
         write_atomically(out, lambda f: np.save(f, embeddings.astype(np.float32)))
@@ -145,12 +204,7 @@ def write_output(out: Path, names: list[str], embeddings: np.ndarray, key: str) 
 
 
 def _embed_texts(embedder: Embedder, texts: list[str]) -> np.ndarray:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        embeddings = embedder.embed_texts(texts, names=[f"text {t[:40]!r}" for t in texts])
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    return embeddings
+    return embedder.embed_texts(texts, names=[f"text {t[:40]!r}" for t in texts])
 
 
 def _summary_items(names: list[str], embeddings: np.ndarray, key: str, limit: int = 20) -> list[dict]:
@@ -165,79 +219,150 @@ def _summary_items(names: list[str], embeddings: np.ndarray, key: str, limit: in
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    paths, errors = expand_inputs(args.inputs)
-    for line in errors:
-        print(f"error: {line}", file=sys.stderr)
-    if not paths and not args.text:
-        print("error: no inputs: give image files, folders or globs, or --text", file=sys.stderr)
+    found = expand_inputs(args.inputs)
+    _report_inputs(found, args.verbose)
+    if not found.paths and not args.text:
+        say("error: no inputs: give image files, folders or globs, or --text")
         return 2
     with Embedder.load(args.engine, args.backend, args.precision, args.threads) as embedder:
         if args.batch_size:
             embedder.batch_size = args.batch_size
-        summary: dict = {"backend": embedder.backend, "engine": str(args.engine)}
-        outcome = Outcome(errors=errors)
-        if paths:
-            done = embed_files(embedder, paths, args.instruction, args.max_pixels, progress=not args.quiet)
-            outcome.paths, outcome.embeddings, outcome.errors = done.paths, done.embeddings, errors + done.errors
-            outcome.inference_s, outcome.wall_s = done.inference_s, done.wall_s
-        images = outcome.stacked()
-        texts = _embed_texts(embedder, args.text) if args.text else None
-        summary.update(
-            inputs=len(paths) + len(errors) + len(args.text or []),
-            embedded=len(outcome.paths) + len(args.text or []),
-            failed=len(outcome.errors),
-        )
-        if len(outcome.paths):
-            summary["images_per_s"] = round(len(outcome.paths) / max(outcome.wall_s, 1e-9), 1)
-            summary["time_outside_inference"] = round(1 - outcome.inference_s / max(outcome.wall_s, 1e-9), 3)
-            summary["image_items"] = _summary_items(outcome.paths, images, "path")
-        if texts is not None:
-            summary["text_items"] = _summary_items(args.text, texts, "text")
-        if args.labels and len(images):
-            results = embedder.classify(images, args.labels, args.label_template)
-            summary["labels"] = [
-                {"path": p, "label": r["label"], "probability": round(r["probability"], 4)}
-                for p, r in zip(outcome.paths, results, strict=True)
-            ]
-        if args.query and len(images):
-            scores = embedder.rank(_embed_texts(embedder, [args.query])[0], images)
-            order = np.argsort(-scores)
-            summary["ranking"] = [{"path": outcome.paths[i], "score": round(float(scores[i]), 5)} for i in order]
-        if texts is not None and len(images):
-            summary["scores"] = np.round(embedder.score(images, texts), 5).tolist()
-        if args.out:
-            names, data, key = (outcome.paths, images, "path") if len(images) else (args.text, texts, "text")
-            write_output(Path(args.out), names, data, key)
-            summary["out"] = str(args.out)
-    print(json.dumps(summary))
+        outcome = Outcome()
+        if found.paths:
+            outcome = embed_files(embedder, found.paths, args.instruction, args.max_pixels, not args.quiet)
+        outcome.errors[:0] = found.errors
+        summary = _embed_summary(embedder, args, found, outcome)
+    report(summary, args.json, lambda: _embed_lines(summary, outcome.errors, args))
     return 1 if outcome.errors else 0
 
 
+def _embed_summary(embedder: Embedder, args: argparse.Namespace, found: Inputs, outcome: Outcome) -> dict:
+    """The JSON summary, with rankings and scores as asked for; writes --out (it needs the same arrays)."""
+    images = outcome.stacked()
+    texts = _embed_texts(embedder, args.text) if args.text else None
+    summary: dict = {
+        "backend": embedder.backend,
+        "engine": str(args.engine),
+        "inputs": len(found.paths) + len(found.errors) + len(args.text or []),
+        "embedded": len(outcome.paths) + len(args.text or []),
+        "failed": len(outcome.errors),
+        "skipped_unsupported": len(found.skipped),
+    }
+    if len(outcome.paths):
+        summary["images_per_s"] = round(len(outcome.paths) / max(outcome.wall_s, 1e-9), 1)
+        summary["time_outside_inference"] = round(1 - outcome.inference_s / max(outcome.wall_s, 1e-9), 3)
+        summary["image_items"] = _summary_items(outcome.paths, images, "path")
+    if texts is not None:
+        summary["text_items"] = _summary_items(args.text, texts, "text")
+    if len(images):
+        summary.update(_image_rankings(embedder, args, outcome.paths, images, texts))
+    if args.out:
+        names, data, key = (
+            (outcome.paths, images, "path") if texts is None or len(images) else (args.text, texts, "text")
+        )
+        write_output(Path(args.out), names, data, key)
+        summary["out"] = str(args.out)
+    return summary
+
+
+def _image_rankings(
+    embedder: Embedder, args: argparse.Namespace, paths: list[str], images: np.ndarray, texts: np.ndarray | None
+) -> dict:
+    """Labels, the ranking for --query and image-text scores, as far as asked for."""
+    found: dict = {}
+    if args.labels:
+        results = embedder.classify(images, args.labels, args.label_template)
+        found["labels"] = [
+            {"path": p, "label": r["label"], "probability": round(r["probability"], 4)}
+            for p, r in zip(paths, results, strict=True)
+        ]
+    if args.query:
+        scores = embedder.rank(_embed_texts(embedder, [args.query])[0], images)
+        found["ranking"] = [{"path": paths[i], "score": round(float(scores[i]), 5)} for i in np.argsort(-scores)]
+    if texts is not None:
+        found["scores"] = np.round(embedder.score(images, texts), 5).tolist()
+    return found
+
+
+def _embed_lines(summary: dict, errors: list[str], args: argparse.Namespace) -> list[str]:
+    """At most about 15 lines whatever the number of inputs: counts, speed, output, errors, ranked tables."""
+    lines = [f"embedded {summary['embedded']} of {summary['inputs']} inputs with {summary['backend']}"]
+    lines[0] += _failed_and_skipped(summary["failed"], summary["skipped_unsupported"], args.verbose)
+    if "images_per_s" in summary:
+        outside = summary["time_outside_inference"]
+        lines.append(f"{summary['images_per_s']} images/s, {outside:.0%} of the time outside inference")
+    lines.append(_where_output_went(summary.get("out")))
+    lines += _error_lines(errors)
+    if "ranking" in summary:
+        rows = [f"  {i:>3}  {r['score']:7.4f}  {r['path']}" for i, r in enumerate(summary["ranking"], 1)]
+        lines += _table(f"ranked by {SCORE_SCALE} for {args.query!r}:", rows)
+    if "labels" in summary:
+        width = max(len(label) for label in args.labels)
+        labels = sorted(summary["labels"], key=lambda r: -r["probability"])
+        rows = [f"  {r['probability']:6.1%}  {r['label']:<{width}}  {r['path']}" for r in labels]
+        lines += _table("zero-shot labels, most confident first:", rows)
+    if "scores" in summary:
+        lines.append(f"{SCORE_SCALE} of each image with each text: --json prints them")
+    return lines
+
+
+def _failed_and_skipped(failed: int, skipped: int, verbose: bool) -> str:
+    parts = [f"{failed} failed"] if failed else []
+    if skipped:
+        parts.append(f"{skipped} skipped (not image file names{'' if verbose else '; --verbose names them'})")
+    return "".join(f"; {part}" for part in parts)
+
+
+def _where_output_went(out: str | None) -> str:
+    if not out:
+        return "embeddings not kept: --out FILE.npy or FILE.jsonl writes them"
+    return f"embeddings written to {out}" + (f" and {out}.paths.txt" if out.endswith(".npy") else "")
+
+
+def _error_lines(errors: list[str]) -> list[str]:
+    if not errors:
+        return []
+    more = [f"  ... and {len(errors) - ERROR_LINES} more on stderr"] if len(errors) > ERROR_LINES else []
+    return ["errors (also on stderr):", *(f"  {line}" for line in errors[:ERROR_LINES]), *more]
+
+
+def _table(title: str, rows: list[str]) -> list[str]:
+    more = [f"  ... and {len(rows) - TABLE_ROWS} more (--json lists all)"] if len(rows) > TABLE_ROWS else []
+    return [title, *rows[:TABLE_ROWS], *more]
+
+
 def run_index(args: argparse.Namespace) -> int:
-    paths, errors = expand_inputs(args.inputs)
-    for line in errors:
-        print(f"error: {line}", file=sys.stderr)
+    found = expand_inputs(args.inputs)
+    _report_inputs(found, args.verbose)
     with Embedder.load(args.engine, args.backend, args.precision, args.threads) as embedder:
         index = EmbeddingIndex.open_or_create(args.index, embedder.model_id)
-        existing = [p for p in paths if p.is_file()]
-        todo = index.stale(existing) + [p for p in paths if not p.is_file()]
+        existing = [p for p in found.paths if p.is_file()]
+        todo = index.stale(existing) + [p for p in found.paths if not p.is_file()]
         done = embed_files(embedder, todo, "", args.max_pixels, progress=not args.quiet)
         if done.paths:
             index.add([Path(p) for p in done.paths], done.stacked())
-        index.save(args.index)
-    failed = errors + done.errors
-    print(
-        json.dumps(
-            {
-                "index": str(args.index),
-                "items": len(index),
-                "added": len(done.paths),
-                "skipped_unchanged": len(paths) - len(todo),
-                "failed": len(failed),
-            }
-        )
-    )
+        if done.paths or index.embeddings_file is None:  # nothing new: no rewrite of a large index
+            index.save(args.index)
+    failed = found.errors + done.errors
+    summary = {
+        "index": str(args.index),
+        "items": len(index),
+        "added": len(done.paths),
+        "skipped_unchanged": len(found.paths) - len(todo),
+        "skipped_unsupported": len(found.skipped),
+        "failed": len(failed),
+    }
+    report(summary, args.json, lambda: _index_lines(summary, failed, args.verbose))
     return 1 if failed else 0
+
+
+def _index_lines(summary: dict, errors: list[str], verbose: bool) -> list[str]:
+    counts = (
+        f"index {summary['index']}: {summary['items']} items; {summary['added']} added, "
+        f"{summary['skipped_unchanged']} unchanged"
+    )
+    counts += _failed_and_skipped(summary["failed"], summary["skipped_unsupported"], verbose)
+    return [counts, *_error_lines(errors)]
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -251,18 +376,19 @@ def run_search(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         hits = index.search(query, embedder.score, is_text, args.top_k, args.shortlist)
         elapsed = time.perf_counter() - started
-    results = [{"path": p, "score": round(s, 5)} for p, s in hits]
-    print(
-        json.dumps(
-            {
-                "query": args.image or args.query,
-                "items": len(index),
-                "search_ms": round(elapsed * 1000, 2),
-                "results": results,
-            }
-        )
-    )
+    summary = {
+        "query": args.image or args.query,
+        "items": len(index),
+        "search_ms": round(elapsed * 1000, 2),
+        "results": [{"path": p, "score": round(s, 5)} for p, s in hits],
+    }
+    report(summary, args.json, lambda: _search_lines(summary))
     return 0
+
+
+def _search_lines(summary: dict) -> list[str]:
+    title = f"{summary['items']} items searched in {summary['search_ms']} ms; {SCORE_SCALE} for {summary['query']!r}:"
+    return [title, *(f"  {i:>3}  {r['score']:7.4f}  {r['path']}" for i, r in enumerate(summary["results"], 1))]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -274,6 +400,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="the one-line JSON summary even on a terminal")
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="name each file skipped for not having an image name")
 
 
 def parser_for(command: str) -> argparse.ArgumentParser:
@@ -283,6 +414,7 @@ def parser_for(command: str) -> argparse.ArgumentParser:
         )
         p.add_argument("inputs", nargs="+")
         p.add_argument("--index", required=True, type=Path)
+        _input_options(p)
     elif command == "search":
         p = argparse.ArgumentParser(
             prog="agff-run search", description="Query an index: global shortlist, fused re-rank."
@@ -307,6 +439,7 @@ def parser_for(command: str) -> argparse.ArgumentParser:
         p.add_argument("--query", help="rank the images by fused score against this text")
         p.add_argument("--out", help="write embeddings to a .npy (plus .paths.txt) or .jsonl file")
         p.add_argument("--batch-size", type=int, help="default: the bundle's optimal batch")
+        _input_options(p)
     _common(p)
     return p
 
@@ -316,13 +449,14 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0] if argv and argv[0] in ("index", "search") else "embed"
     args = parser_for(command).parse_args(argv[1:] if command != "embed" else argv)
     if command == "search" and not (args.query or args.image):
-        print("error: give a text query or --image", file=sys.stderr)
+        say("error: give a text query or --image")
         return 2
-    try:
-        return {"embed": run_embed, "index": run_index, "search": run_search}[command](args)
-    except (FileNotFoundError, ValueError, KeyError, ImportError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with warnings_as_lines():
+        try:
+            return {"embed": run_embed, "index": run_index, "search": run_search}[command](args)
+        except (OSError, ValueError, KeyError, ImportError, RuntimeError) as err:
+            say(f"error: {err}")
+            return 2
 
 
 if __name__ == "__main__":

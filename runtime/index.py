@@ -1,31 +1,89 @@
 """A persistent multi-embedding index with two-stage search.
 
     index/
-      embeddings.npy   [N, K+1, D] float32
-      items.json       paths with size and mtime, and the model the embeddings came from
+      embeddings-<pid>-<token>.npy   [N, K+1, D] float32
+      items.json                     the model, the embeddings file's name, and each item's path (as given and
+                                     resolved) with size and mtime
 
 Search takes a shortlist by global embedding (one matrix-vector product), then
-re-ranks it with the full AGFF fused score. Files are written to temporary
-names and renamed, items.json last, so a killed update leaves the old index.
+re-ranks it with the full AGFF fused score.
+
+Every file is written to a temporary name and renamed. A save writes a new
+embeddings file, then renames items.json over the old one: that rename is the
+commit, so a writer killed at any moment leaves the previous index or the new
+one, never embeddings of one with items of the other. The next writer removes
+what a killed one left behind (temporary files, an uncommitted embeddings file).
+One writer at a time: files whose writer is still running are kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.json"
+LEGACY_EMBEDDINGS_FILE = "embeddings.npy"  # version-1 indexes
+_WRITER_PID = re.compile(r"^embeddings-(\d+)-|\.tmp-(\d+)$")
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible (power loss)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def file_key(path: Path) -> dict[str, Any]:
+    """What identifies an indexed file wherever the index is used from: its resolved path, size and mtime."""
     stat = path.stat()
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def shown_path(item: dict[str, Any]) -> str:
+    """The path as given at index time (as `agff-run` prints embedded paths) while it still names the indexed file
+    from the current folder, else the absolute path."""
+    given = item.get("given")
+    if given and str(Path(given).resolve()) == item["path"]:
+        return given
+    return item["path"]
+
+
+def _is_running(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # os.kill would terminate the process on Windows: assume it is a live writer
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _remove_leftovers(folder: Path, committed: str | None) -> None:
+    """Delete temporary and uncommitted files of writers no longer running (killed mid-save)."""
+    for path in folder.iterdir():
+        match = _WRITER_PID.search(path.name)
+        if path.name == committed or not match:
+            continue
+        pid = int(match.group(1) or match.group(2))
+        if pid == os.getpid() or not _is_running(pid):
+            path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -33,6 +91,7 @@ class EmbeddingIndex:
     model_id: str
     items: list[dict[str, Any]] = field(default_factory=list)
     embeddings: np.ndarray | None = None
+    embeddings_file: str | None = None  # the file items.json names, once saved or loaded
 
     @classmethod
     def load(cls, folder: str | Path) -> EmbeddingIndex:
@@ -43,20 +102,25 @@ class EmbeddingIndex:
                 f"{items_path} not found: build an index with `agff-run index FOLDER --index {folder}`"
             )
         meta = json.loads(items_path.read_text())
-        embeddings = np.load(folder / EMBEDDINGS_FILE, allow_pickle=False)
+        name = meta.get("embeddings", LEGACY_EMBEDDINGS_FILE)
+        embeddings = np.load(folder / name, allow_pickle=False)
         if len(embeddings) != len(meta["items"]):
             raise ValueError(
                 f"{folder}: {len(embeddings)} embeddings for {len(meta['items'])} items; rebuild the index"
             )
-        return cls(meta["model_id"], meta["items"], embeddings)
+        return cls(meta["model_id"], meta["items"], embeddings, name)
 
     @classmethod
     def open_or_create(cls, folder: str | Path, model_id: str) -> EmbeddingIndex:
+        """The index to update, after removing what killed writers left in its folder."""
         folder = Path(folder)
         if not (folder / ITEMS_FILE).is_file():
-            return cls(model_id)
-        index = cls.load(folder)
-        index.require_model(model_id)
+            index = cls(model_id)
+        else:
+            index = cls.load(folder)
+            index.require_model(model_id)
+        if folder.is_dir():
+            _remove_leftovers(folder, index.embeddings_file)
         return index
 
     def require_model(self, model_id: str) -> None:
@@ -76,7 +140,7 @@ class EmbeddingIndex:
 
     def add(self, paths: list[Path], embeddings: np.ndarray) -> None:
         """Add (or replace) items; replaced paths drop their old rows."""
-        keys = [file_key(p) for p in paths]
+        keys = [{**file_key(p), "given": str(p)} for p in paths]
         replaced = {k["path"] for k in keys}
         keep = [i for i, item in enumerate(self.items) if item["path"] not in replaced]
         old = self.embeddings[keep] if self.embeddings is not None and keep else None
@@ -85,18 +149,20 @@ class EmbeddingIndex:
         self.embeddings = new if old is None else np.concatenate([old, new])
 
     def save(self, folder: str | Path) -> None:
+        """A new embeddings file, then items.json naming it (the commit), then the old embeddings file goes."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp_embeddings = folder / f".{EMBEDDINGS_FILE}.tmp-{os.getpid()}"
-        with open(tmp_embeddings, "wb") as f:
-            np.save(f, self.embeddings if self.embeddings is not None else np.zeros((0, 0, 0), np.float32))
-        tmp_items = folder / f".{ITEMS_FILE}.tmp-{os.getpid()}"
-        tmp_items.write_text(json.dumps({"version": 1, "model_id": self.model_id, "items": self.items}))
-        os.replace(tmp_embeddings, folder / EMBEDDINGS_FILE)
-        os.replace(tmp_items, folder / ITEMS_FILE)
+        previous = self.embeddings_file
+        name = f"embeddings-{os.getpid()}-{secrets.token_hex(4)}.npy"
+        embeddings = self.embeddings if self.embeddings is not None else np.zeros((0, 0, 0), np.float32)
+        write_atomically(folder / name, lambda f: np.save(f, embeddings))
+        meta = {"version": 2, "model_id": self.model_id, "embeddings": name, "items": self.items}
+        write_atomically(folder / ITEMS_FILE, lambda f: f.write(json.dumps(meta).encode()))
+        self.embeddings_file = name
+        if previous:
+            (folder / previous).unlink(missing_ok=True)
 
     def search(self, query: np.ndarray, score, query_is_text: bool, top_k: int = 10, shortlist: int = 100):
-        """Top `top_k` (path, fused score) for one query `[K+1, D]`.
+        """Top `top_k` (path to show, fused score) for one query `[K+1, D]`.
 
         `score(a, b)` is the fused similarity; index items are images, so a text
         query is scored as (image, text), the pairing the model was trained on.
@@ -109,4 +175,4 @@ class EmbeddingIndex:
         shortlisted = self.embeddings[candidates]
         fine = score(shortlisted, query[None])[:, 0] if query_is_text else score(query[None], shortlisted)[0]
         order = np.argsort(-fine)[:top_k]
-        return [(self.items[candidates[i]]["path"], float(fine[i])) for i in order]
+        return [(shown_path(self.items[candidates[i]]), float(fine[i])) for i in order]

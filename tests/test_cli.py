@@ -1,6 +1,11 @@
 """agff-run end to end, as a subprocess, on real photos with the tiny ONNX bundle."""
 
+import io
 import json
+import os
+import pty
+import re
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +14,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from runtime.cli import write_output
+from runtime.cli import for_people, write_output
 
 
 def agff_run(*args, cwd=None):
@@ -18,6 +23,31 @@ def agff_run(*args, cwd=None):
     )
     summary = json.loads(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else None
     return result.returncode, summary, result.stderr
+
+
+def agff_run_on_a_terminal(*args, cwd=None):
+    """agff-run with its stdout on a pseudo-terminal, as when a person runs it: (status, what it showed)."""
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", *map(str, args)], stdout=follower, stderr=subprocess.DEVNULL, cwd=cwd
+    ) as process:
+        os.close(follower)
+        shown = read_until_closed(leader)
+    return process.returncode, shown.replace("\r\n", "\n")
+
+
+def read_until_closed(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the program exited and the terminal closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode()
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +152,14 @@ def test_index_then_search_and_only_new_files_are_embedded(tiny_bundle, photos, 
     extra.mkdir()
     Image.fromarray(data.rocket()).save(extra / "rocket.jpg")
     code, summary, _ = agff_run("index", photos, extra, "--engine", tiny_bundle, "--index", index, "--quiet")
-    assert summary == {"index": str(index), "items": 5, "added": 1, "skipped_unchanged": 4, "failed": 0}
+    assert summary == {
+        "index": str(index),
+        "items": 5,
+        "added": 1,
+        "skipped_unchanged": 4,
+        "skipped_unsupported": 0,
+        "failed": 0,
+    }
     code, summary, _ = agff_run("search", "a red circle", "--engine", tiny_bundle, "--index", index, "--top-k", "3")
     assert code == 0 and summary["items"] == 5 and len(summary["results"]) == 3
     scores = [r["score"] for r in summary["results"]]
@@ -154,3 +191,129 @@ def test_a_failed_write_leaves_the_previous_output_intact(tmp_path):
         write_output(out, ["a", "b"], embeddings, "path")
     assert out.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir()] == ["emb.jsonl"]
+
+
+def test_a_dangling_symlink_with_an_image_name_is_an_error_naming_it(tiny_bundle, photos, tmp_path):
+    shutil.copy(photos / "coffee.png", tmp_path / "coffee.png")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    code, summary, err = agff_run("--engine", tiny_bundle, tmp_path, "--quiet")
+    assert code == 1 and summary["embedded"] == 1 and summary["failed"] == 1
+    assert f"error: {tmp_path / 'gone.jpg'}: dangling symlink to {tmp_path / 'deleted.jpg'}" in err.splitlines()
+
+
+def test_files_in_a_folder_that_are_not_images_are_counted_as_skipped(tiny_bundle, photos, tmp_path):
+    shutil.copy(photos / "coffee.png", tmp_path / "coffee.png")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    (tmp_path / "README").write_text("no suffix")
+    code, summary, err = agff_run("--engine", tiny_bundle, tmp_path, "--quiet")
+    assert code == 0 and summary["embedded"] == 1 and summary["skipped_unsupported"] == 2
+    assert err == ""
+
+
+def test_verbose_names_each_skipped_file(tiny_bundle, photos, tmp_path):
+    shutil.copy(photos / "coffee.png", tmp_path / "coffee.png")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    _, _, err = agff_run("--engine", tiny_bundle, tmp_path, "--quiet", "--verbose")
+    assert err.splitlines() == [f"skipped: {tmp_path / 'notes.txt'}: not an image file name (.txt)"]
+
+
+def test_index_counts_the_files_it_skipped(tiny_bundle, photos, tmp_path):
+    shutil.copy(photos / "coffee.png", tmp_path / "coffee.png")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    code, summary, _ = agff_run("index", tmp_path, "--engine", tiny_bundle, "--index", tmp_path / "idx", "--quiet")
+    assert code == 0 and summary["added"] == 1 and summary["skipped_unsupported"] == 1
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize(
+    ("stream", "json_flag", "expected"),
+    [(Terminal(), False, True), (Terminal(), True, False), (io.StringIO(), False, False)],
+    ids=["terminal", "terminal with --json", "pipe"],
+)
+def test_only_a_terminal_without_json_gets_the_human_summary(stream, json_flag, expected):
+    assert for_people(stream, json_flag) is expected
+
+
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory, photos):
+    """32 small photos and two bad files: more than any summary table shows."""
+    folder = tmp_path_factory.mktemp("many")
+    for i, photo in enumerate(sorted(photos.iterdir()) * 8):
+        Image.open(photo).convert("RGB").resize((48, 48)).save(folder / f"{i:02d}.jpg")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is not an image")
+    return folder
+
+
+def test_a_terminal_gets_a_short_summary_and_a_ranked_table(tiny_bundle, many_photos):
+    code, shown = agff_run_on_a_terminal("--engine", tiny_bundle, many_photos, "--query", "a red circle")
+    lines = shown.splitlines()
+    assert code == 1 and 8 <= len(lines) <= 15
+    assert lines[0] == "embedded 32 of 34 inputs with onnxruntime; 2 failed"
+    assert f"  {many_photos / 'empty.jpg'}: empty file" in lines
+    assert "ranked by fused score (higher = closer) for 'a red circle':" in lines
+    assert lines[-1] == "  ... and 27 more (--json lists all)"
+    scores = [float(line.split()[1]) for line in lines if re.match(r"\s+\d+\s+-?\d\.\d{4}\s", line)]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+
+
+def test_labels_on_a_terminal_are_a_table_most_confident_first(tiny_bundle, many_photos):
+    _, shown = agff_run_on_a_terminal("--engine", tiny_bundle, many_photos, "--labels", "cat", "coffee")
+    lines = shown.splitlines()
+    start = lines.index("zero-shot labels, most confident first:")
+    rows = lines[start + 1 : start + 6]
+    probabilities = [float(row.split()[0].rstrip("%")) for row in rows]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(row.split()[1] in ("cat", "coffee") for row in rows)
+    assert lines[start + 6] == "  ... and 27 more (--json lists all)"
+
+
+def test_json_flag_gives_the_json_summary_on_a_terminal(tiny_bundle, photos):
+    _, shown = agff_run_on_a_terminal("--engine", tiny_bundle, photos / "coffee.png", "--json", "--quiet")
+    assert json.loads(shown)["embedded"] == 1
+
+
+def test_search_on_a_terminal_is_a_table_of_paths_and_scores(tiny_bundle, photos, tmp_path):
+    shutil.copytree(photos, tmp_path / "photos")
+    agff_run("index", "photos", "--engine", tiny_bundle, "--index", "idx", "--quiet", cwd=tmp_path)
+    code, shown = agff_run_on_a_terminal(
+        "search", "a red circle", "--engine", tiny_bundle, "--index", "idx", "--top-k", "2", cwd=tmp_path
+    )
+    lines = shown.splitlines()
+    assert code == 0 and len(lines) == 3
+    assert re.fullmatch(
+        r"4 items searched in \d+\.\d+ ms; fused score \(higher = closer\) for 'a red circle':", lines[0]
+    )
+    assert all(re.fullmatch(r"\s+\d+\s+-?\d\.\d{4}\s+photos/\w+\.(jpg|png)", line) for line in lines[1:])
+
+
+def test_warnings_and_errors_start_their_own_line_under_the_progress_bar(tiny_bundle, photos, bad_inputs):
+    long = " ".join(["find the red circle and the blue square"] * 20)
+    args = ["--engine", tiny_bundle, photos, bad_inputs / "empty.jpg", "--instruction", long, "--batch-size", "1"]
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], capture_output=True)
+    err = result.stderr.decode()
+    assert "embed: 100%" in err  # the progress bar was drawn
+    messages = list(re.finditer(r"(error|warning): ", err))
+    assert len(messages) == 2 and all(m.start() == 0 or err[m.start() - 1] in "\r\n" for m in messages)
+    assert err.count("warning: instruction: longer than 48 tokens, truncated\n") == 1
+
+
+def test_search_prints_paths_as_given_at_index_time_like_embed(tiny_bundle, photos, tmp_path):
+    shutil.copytree(photos, tmp_path / "photos")
+    agff_run("index", "photos", "--engine", tiny_bundle, "--index", "idx", "--quiet", cwd=tmp_path)
+    _, embedded, _ = agff_run("--engine", tiny_bundle, "photos", "--quiet", cwd=tmp_path)
+    _, found, _ = agff_run("search", "a red circle", "--engine", tiny_bundle, "--index", "idx", cwd=tmp_path)
+    shown = sorted(r["path"] for r in found["results"])
+    assert shown == sorted(i["path"] for i in embedded["image_items"])
+    assert shown == ["photos/astronaut.jpg", "photos/camera.png", "photos/chelsea.jpg", "photos/coffee.png"]
+
+
+def test_an_output_path_that_cannot_be_written_is_an_error_not_a_traceback(tiny_bundle, photos, tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    code, _, err = agff_run("--engine", tiny_bundle, photos / "coffee.png", "--out", tmp_path / "file" / "e.npy")
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("error: ") and str(tmp_path / "file") in err

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agff_deploy.eval.__main__ import _item_scores, evaluate, main
+from agff_deploy.eval.__main__ import _item_scores, evaluate, main, mmeb, table
 from agff_deploy.eval.metrics import hit_at_1, mmvp_pair_correct, recall_at_k
-from agff_deploy.eval.mmeb import MMEBItem, Side, load_mmeb, meta_task
+from agff_deploy.eval.mmeb import META_TASKS, MMEBItem, Side, load_mmeb, meta_task
 from agff_deploy.eval.mmvp_vlm import load_mmvp_vlm
 from agff_deploy.eval.synthetic import MMVP_PATTERNS, global_retrieval_set, mmvp_pairs
+from train.evaluate import evaluate_held_out
 
 
 def test_a_pair_counts_only_when_both_statements_choose_their_own_image():
@@ -99,6 +100,34 @@ def test_mmvp_vlm_loader_needs_questions_csv(tmp_path):
         load_mmvp_vlm(tmp_path)
 
 
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_mmvp_vlm_loader_names_a_questions_file_that_is_not_utf8(mmvp_folder, encoding):
+    questions = mmvp_folder / "Questions.csv"
+    questions.write_bytes(questions.read_text().replace("red", "rouge foncé").encode(encoding))
+    with pytest.raises(ValueError, match=r"MMVP_VLM/Questions.csv is not UTF-8 text .*save it as UTF-8 CSV"):
+        load_mmvp_vlm(mmvp_folder)
+
+
+def test_mmvp_vlm_loader_says_when_the_header_line_is_missing(mmvp_folder):
+    questions = mmvp_folder / "Questions.csv"
+    questions.write_text("\n".join(questions.read_text().splitlines()[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"Questions.csv: the header line 'Question ID,Type,Statement' is missing"):
+        load_mmvp_vlm(mmvp_folder)
+
+
+def test_mmvp_vlm_loader_refuses_a_questions_file_without_statements(mmvp_folder):
+    (mmvp_folder / "Questions.csv").write_text("Question ID,Type,Statement\n")
+    with pytest.raises(ValueError, match="Questions.csv holds the header line but no statements"):
+        load_mmvp_vlm(mmvp_folder)
+
+
+def test_mmvp_table_sizes_the_pattern_column_to_the_longest_name():
+    result = {"per_pattern": {"Structural Character": 0.5, "Color and Appearance": 0.25, "State": 1.0}, "mean": 0.5}
+    lines = table("mmvp-vlm", result).splitlines()
+    assert lines[1] == "Structural Character        50.0"
+    assert {len(line) for line in lines} == {len(lines[1])}
+
+
 @pytest.fixture()
 def mmeb_folder(tmp_path):
     tmp_path = tmp_path / "MMEB"
@@ -185,6 +214,75 @@ def test_mmeb_items_score_text_queries_against_image_candidates_image_side_first
     assert [int(np.argmax(_item_scores(model, i))) for i in subsets["ImageNet-1K"]] == [0, 0]
     assert int(np.argmax(_item_scores(model, subsets["MSCOCO_t2i"][0]))) == 0
     assert _item_scores(model, MMEBItem(Side("red", None), (Side("", mmeb_folder / "images/green.jpg"),))).shape == (1,)
+
+
+def test_mmeb_loader_skips_what_the_hub_cli_git_and_jupyter_leave_in_the_folder(mmeb_folder):
+    (mmeb_folder / ".cache" / "huggingface" / "download").mkdir(parents=True)
+    (mmeb_folder / ".git").mkdir()
+    (mmeb_folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (mmeb_folder / ".ipynb_checkpoints").mkdir()
+    (mmeb_folder / ".ipynb_checkpoints" / "test-checkpoint.jsonl").write_text("{}\n")
+    assert set(load_mmeb(mmeb_folder)) == {"ImageNet-1K", "MSCOCO_t2i"}
+
+
+def test_mmeb_loader_accepts_an_image_root_unzipped_inside_the_data_folder(mmeb_folder):
+    root = mmeb_folder / "eval_images"
+    root.mkdir()
+    (mmeb_folder / "images").rename(root / "images")
+    subsets = load_mmeb(mmeb_folder, root)
+    assert set(subsets) == {"ImageNet-1K", "MSCOCO_t2i"}
+    assert subsets["ImageNet-1K"][0].query.image == root / "images/red.jpg"
+
+
+def test_mmeb_scores_are_vlm2vecs_36_subsets_in_four_meta_tasks():
+    assert {task: len(names) for task, names in META_TASKS.items()} == {
+        "classification": 10,
+        "vqa": 10,
+        "retrieval": 12,
+        "grounding": 4,
+    }
+    assert len({name for names in META_TASKS.values() for name in names}) == 36
+    assert meta_task("CIFAR-100") is None
+
+
+def _add_subset(folder, name, rows):
+    (folder / name).mkdir()
+    (folder / name / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+WRONG_RED = {"qry_text": "<|image_1|> classify", "qry_img_path": "images/red.jpg", "tgt_text": ["green", "red"],
+             "tgt_img_path": ["", ""]}  # fmt: skip
+
+
+def test_mmeb_overall_leaves_out_subsets_outside_mmebs_score(mmeb_folder):
+    _add_subset(mmeb_folder, "CIFAR-100", [WRONG_RED])
+    result = mmeb(ColourModel(), mmeb_folder, None)
+    assert result["per_subset"] == {"ImageNet-1K": 1.0, "MSCOCO_t2i": 1.0}
+    assert result["outside_score"] == {"CIFAR-100": 0.0}
+    assert result["per_meta_task"] == {"classification": 1.0, "retrieval": 1.0}
+    assert result["overall"] == 1.0 and result["scored_subsets"] == 2
+
+
+def test_mmeb_table_labels_subsets_outside_the_score(mmeb_folder):
+    _add_subset(mmeb_folder, "CIFAR-100", [WRONG_RED])
+    lines = table("mmeb", mmeb(ColourModel(), mmeb_folder, None)).splitlines()
+    assert lines[-2].split() == ["overall", "(2", "of", "36", "MMEB", "subsets)", "100.0"]
+    assert lines[-1].split() == ["CIFAR-100", "(outside", "MMEB's", "score)", "0.0"]
+
+
+def test_an_mmeb_subset_without_rows_is_skipped_with_a_warning(mmeb_folder, capsys):
+    _add_subset(mmeb_folder, "VOC2007", [])
+    result = mmeb(ColourModel(), mmeb_folder, None)
+    assert "VOC2007" not in result["per_subset"] and result["per_meta_task"]["classification"] == 1.0
+    assert f"warning: MMEB subset {mmeb_folder / 'VOC2007'} has no rows; skipped" in capsys.readouterr().err
+    json.dumps(result, allow_nan=False)
+
+
+def test_training_reports_pair_accuracy_under_the_benchmarks_pattern_names(tiny_model, encoder):
+    report = evaluate_held_out(tiny_model, encoder, num_pairs=32)
+    assert {"orientation", "quantity", "text"} <= set(report.attribute_accuracy)
+    assert set(report.attribute_accuracy) - set(MMVP_PATTERNS) == {"scene", "size"}
+    assert any(line.split()[0] == "orientation" for line in report.lines())
 
 
 def test_evaluate_runs_every_benchmark_through_the_runtime(tiny_bundle, mmvp_folder, mmeb_folder):

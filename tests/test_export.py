@@ -1,7 +1,11 @@
 """The ONNX bundle: graphs, manifest, precisions, the parity gate and bad inputs."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,6 +20,9 @@ from export.check import BARS, compare, gate_reference, parity_input_sets, run_g
 from export.check import main as check_main
 from export.targets import get_target
 from export.to_onnx import main as to_onnx_main
+
+REPO = Path(__file__).resolve().parents[1]
+FP32_ONLY = ["--precision", "fp32", "--agreement-pairs", "0", "--gate-images", "1", "2", "--batch", "1", "2", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -124,32 +131,120 @@ def test_check_command_passes_a_good_bundle_and_prints_the_table(tiny_bundle, ca
     assert "min cos" in out and "parity gate: passed" in out
 
 
-def test_export_that_fails_the_gate_leaves_no_bundle(tmp_path, tiny_checkpoint, tiny_bundle, monkeypatch, capsys):
+def copied_graphs(source, precisions, negate_fp32_image=False):
+    """A stand-in for `BundleBuilder.write_graphs`: `source`'s graphs at `precisions` (fp32 image output negated)."""
     import export.bundle as bundle
 
-    def drifted_graphs(self, folder):
-        """The fixture bundle's graphs, with the fp32 image encoder's output flipped in sign."""
+    def write_graphs(self, folder):
+        shutil.copyfile(source / "scorer.onnx", folder / "scorer.onnx")
         files = {}
-        for precision in ("fp32",):
-            shutil.copytree(tiny_bundle / precision, folder / precision)
+        for precision in precisions:
+            shutil.copytree(source / precision, folder / precision)
             files[precision] = {name: folder / precision / f"{name}.onnx" for name in bundle.ENCODERS}
-        shutil.copyfile(tiny_bundle / "scorer.onnx", folder / "scorer.onnx")
-        path = files["fp32"]["image_encoder"]
-        graph = onnx.load(str(path))
-        output = graph.graph.output[0].name
-        for node in graph.graph.node:
-            node.output[:] = [o + "_raw" if o == output else o for o in node.output]
-        graph.graph.node.append(onnx.helper.make_node("Neg", [output + "_raw"], [output]))
-        onnx.save(graph, str(path))
-        files["fp32"]["scorer"] = folder / "scorer.onnx"
+            files[precision]["scorer"] = folder / "scorer.onnx"
+        if negate_fp32_image:
+            negate_output(files["fp32"]["image_encoder"])
         return files
 
-    monkeypatch.setattr(bundle.BundleBuilder, "write_graphs", drifted_graphs)
+    return write_graphs
+
+
+def negate_output(path):
+    graph = onnx.load(str(path))
+    output = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = [o + "_raw" if o == output else o for o in node.output]
+    graph.graph.node.append(onnx.helper.make_node("Neg", [output + "_raw"], [output]))
+    onnx.save(graph, str(path))
+
+
+def export_with_int8_out_of_reach(ckpt, out, tiny_bundle, monkeypatch) -> int:
+    """Export fp32, fp16 and int8 (the fixture bundle's graphs) under an int8 bar no int8 graph can meet."""
+    import export.bundle as bundle
+    import export.check as check
+
+    monkeypatch.setattr(bundle.BundleBuilder, "write_graphs", copied_graphs(tiny_bundle, ("fp32", "fp16", "int8")))
+    monkeypatch.setitem(check.BARS, "int8", check.Bar(0.99999999))
+    return to_onnx_main([str(ckpt), "-o", str(out), "--precision", "fp16", "int8", "--agreement-pairs", "0"])
+
+
+def test_a_precision_that_fails_the_gate_is_left_out_of_the_bundle(tmp_path, tiny_checkpoint, tiny_bundle, monkeypatch):
     out = tmp_path / "bundle"
-    code = to_onnx_main([str(tiny_checkpoint), "-o", str(out), "--precision", "fp32", "--agreement-pairs", "0"])
+    assert export_with_int8_out_of_reach(tiny_checkpoint, out, tiny_bundle, monkeypatch) == 1
+    manifest = read_manifest(out)
+    assert set(manifest["graphs"]) == {"fp32", "fp16"}
+    assert sorted(p.name for p in out.iterdir()) == ["fp16", "fp32", "manifest.json", "scorer.onnx", "tokenizer.json"]
+    assert manifest["parity"]["passed"] is True
+    assert {row["precision"] for row in manifest["parity"]["rows"]} == {"fp32", "fp16"}
+    assert list(manifest["parity"]["left_out"]) == ["int8"]
+    assert not list(tmp_path.glob(".bundle*"))
+
+
+def test_a_left_out_precision_is_named_with_its_numbers_its_bar_and_what_to_try(
+    tmp_path, tiny_checkpoint, tiny_bundle, monkeypatch, capsys
+):
+    out = tmp_path / "bundle"
+    export_with_int8_out_of_reach(tiny_checkpoint, out, tiny_bundle, monkeypatch)
+    failure, written = capsys.readouterr().err.strip().splitlines()[-2:]
+    assert failure.startswith("error: parity gate FAILED for int8: image_encoder on input set A: min cos 0.9")
+    assert "(bar cos>=0.99999999)" in failure
+    assert "--calib-dir" in failure and "int8-dynamic" in failure and "fp16" in failure
+    assert written.startswith(f"bundle written with fp32, fp16 only: {out.resolve()}")
+
+
+def test_export_whose_fp32_fails_writes_no_bundle_even_where_others_pass(
+    tmp_path, tiny_checkpoint, tiny_bundle, monkeypatch, capsys
+):
+    import export.bundle as bundle
+
+    graphs = copied_graphs(tiny_bundle, ("fp32", "fp16"), negate_fp32_image=True)
+    monkeypatch.setattr(bundle.BundleBuilder, "write_graphs", graphs)
+    out = tmp_path / "bundle"
+    code = to_onnx_main([str(tiny_checkpoint), "-o", str(out), "--precision", "fp16", "--agreement-pairs", "0"])
     assert code == 1
     assert not out.exists() and not list(tmp_path.glob(".bundle*"))
-    assert "no bundle written" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: parity gate FAILED for fp32: image_encoder on input set A: min cos -1.00000" in err
+    assert "no bundle written" in err
+
+
+def test_export_removes_the_leftovers_of_killed_exports_and_keeps_those_of_running_ones(
+    tmp_path, tiny_checkpoint, tiny_bundle, monkeypatch
+):
+    import export.bundle as bundle
+
+    dead = _pid_of_finished_process()
+    leftovers = [tmp_path / f".bundle.tmp-{dead}", tmp_path / f".bundle.old-{dead}"]
+    running = tmp_path / f".bundle.tmp-{os.getppid()}"
+    for folder in [*leftovers, running]:
+        (folder / "fp32").mkdir(parents=True)
+    monkeypatch.setattr(bundle.BundleBuilder, "write_graphs", copied_graphs(tiny_bundle, ("fp32",)))
+    assert to_onnx_main([str(tiny_checkpoint), "-o", str(tmp_path / "bundle"), *FP32_ONLY]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "bundle"]
+
+
+def _pid_of_finished_process() -> int:
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture(scope="module")
+def fp32_export_run(tiny_checkpoint, tmp_path_factory) -> subprocess.CompletedProcess:
+    """`python -m export.to_onnx` as a user runs it (fp32 only), with everything it printed."""
+    out = tmp_path_factory.mktemp("fp32") / "bundle"
+    command = [sys.executable, "-m", "export.to_onnx", str(tiny_checkpoint), "-o", str(out), *FP32_ONLY]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True)
+
+
+def test_export_prints_no_torchvision_warnings(fp32_export_run):
+    assert "torchvision" not in fp32_export_run.stdout + fp32_export_run.stderr
+
+
+def test_export_timing_lines_name_graphs_inside_the_bundle_never_the_temporary_folder(fp32_export_run):
+    timed = [line.split(":")[0].strip() for line in fp32_export_run.stdout.splitlines() if line.endswith(" s")]
+    assert timed == ["scorer.onnx", "fp32/image_encoder.onnx", "fp32/text_encoder.onnx"]
+    assert ".tmp-" not in fp32_export_run.stdout + fp32_export_run.stderr
 
 
 def test_missing_checkpoint_files_are_named(tmp_path, tiny_checkpoint, capsys):

@@ -1,4 +1,4 @@
-"""The one-sequence multi-prompt pass equals K+1 stock HF passes (DESIGN.md bar: max abs <= 1e-5)."""
+"""The one-sequence multi-prompt pass equals K+1 stock HF passes (bar: max abs <= 1e-5, docs/parity.md)."""
 
 import pytest
 import torch

@@ -56,7 +56,7 @@ def test_the_cli_trains_writes_a_log_and_reports_held_out_accuracy(tmp_path, cap
     out = tmp_path / "ckpt"
     assert main(["--preset", "tiny", "--steps", "3", "--batch-size", "8", "--eval-pairs", "16", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "held-out image->caption R@1 among 16:" in printed and "colour     pair accuracy" in printed
+    assert "held-out image->caption R@1 among 16:" in printed and "colour      pair accuracy" in printed
     rows = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     load_checkpoint(out)
@@ -127,3 +127,41 @@ def test_gradient_checkpointing_gives_the_gradients_of_a_plain_step(tiny_model, 
     assert plain.keys() == recomputed.keys() and any("visual" in n for n in plain)
     for name, grad in plain.items():
         torch.testing.assert_close(recomputed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_cli_refuses_to_train_over_an_existing_checkpoint_and_leaves_it_untouched(tmp_path, capsys):
+    args = ["--preset", "tiny", "--steps", "1", "--batch-size", "8", "--eval-pairs", "0", "--out", str(tmp_path)]
+    assert main(args) == 0
+    weights = (tmp_path / WEIGHTS_FILE).read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--steps", "2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --out {tmp_path} already holds files (an earlier run?); continue that run with --resume, "
+        "replace it with --overwrite, or choose another --out"
+    ]
+    assert (tmp_path / WEIGHTS_FILE).read_bytes() == weights
+    assert json.loads((tmp_path / STATE_FILE).read_text())["step"] == 1
+
+
+def test_cli_overwrite_replaces_the_earlier_run_with_a_fresh_one(tmp_path):
+    args = ["--preset", "tiny", "--batch-size", "8", "--eval-pairs", "0", "--out", str(tmp_path)]
+    assert main([*args, "--steps", "3"]) == 0
+    assert main([*args, "--steps", "2", "--overwrite"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert json.loads((tmp_path / STATE_FILE).read_text())["step"] == 2
+
+
+def test_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "ckpt").write_text("")
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "ckpt")]) == 2
+    assert capsys.readouterr().err == f"error: --out {tmp_path / 'ckpt'} is a file; choose a folder\n"
+
+
+def test_cli_resume_without_a_run_is_an_error_line_that_says_how_to_start_one(tmp_path, capsys):
+    (tmp_path / LOG_FILE).write_text("")
+    assert main(["--resume", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --resume: {tmp_path / STATE_FILE} not found; "
+        f"start a run with `python -m train.run --out {tmp_path} --overwrite`\n"
+    )

@@ -3,6 +3,8 @@
 R@1 of image->caption retrieval among held-out scenes (attribute combinations
 never trained on), and per-attribute pair accuracy: for a held-out image, does
 its true caption outscore the same caption with one attribute changed?
+Attributes are reported under the benchmark's pattern names (orientation,
+quantity, text), so training and `python -m agff_deploy.eval` agree.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agff_deploy.eval.synthetic import pattern_name
 from agff_deploy.inputs import ItemEncoder
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.scenes import ATTRIBUTES, change_attribute, make_scene
 
 EVAL_SEED_OFFSET = 900_000_000
+NAME_WIDTH = max(len(pattern_name(a)) for a in ATTRIBUTES)  # one column for every run, whichever names it reports
 
 
 @torch.no_grad()
@@ -46,7 +50,7 @@ class HeldOutReport:
 
     def lines(self) -> list[str]:
         rows = [f"held-out image->caption R@1 among {self.num_pairs}: {self.recall_at_1:.3f}"]
-        rows += [f"  {name:<10} pair accuracy {acc:.3f}" for name, acc in self.attribute_accuracy.items()]
+        rows += [f"  {name:<{NAME_WIDTH}} pair accuracy {acc:.3f}" for name, acc in self.attribute_accuracy.items()]
         return rows
 
 
@@ -72,6 +76,6 @@ def evaluate_held_out(model: AGFFEmbedder, encoder: ItemEncoder, num_pairs: int 
         wrong = embed(model, encoder, [changed.caption() for _, changed in rows])
         true_score = scores[index, index]
         wrong_score = model.similarity(image_emb[index], wrong).diagonal()
-        accuracy[attribute] = (true_score > wrong_score).float().mean().item()
+        accuracy[pattern_name(attribute)] = (true_score > wrong_score).float().mean().item()
     model.train(was_training)
     return HeldOutReport(recall, accuracy, num_pairs)

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 
 from agff_deploy.presets import PRESETS
 
@@ -52,19 +53,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--image-size", type=int, help="square input resolution, a multiple of 28 (default: the preset's)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    existing.add_argument("--overwrite", action="store_true", help="start afresh over the checkpoint in --out")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    if args.resume:
-        trainer = Trainer.resume(args.out, steps=args.steps, threads=args.threads)
-    else:
-        names = {f.name for f in fields(TrainSettings)}
-        chosen = {k: v for k, v in vars(args).items() if k in names and v is not None}
-        trainer = Trainer.create(TrainSettings(**chosen))
+    try:
+        trainer = _trainer(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"training {trainer.model.config.preset} model ({_millions(trainer.model)}M parameters) on {trainer.device}")
     trainer.run()
     print(f"trained to step {trainer.step} in {time.perf_counter() - started:.0f} s")
@@ -73,6 +75,26 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
     print(f"checkpoint: {trainer.out.resolve()}")
     return 0
+
+
+def _trainer(args: argparse.Namespace) -> Trainer:
+    if args.resume:
+        return Trainer.resume(args.out, steps=args.steps, threads=args.threads)
+    _check_out(Path(args.out), args.overwrite)
+    names = {f.name for f in fields(TrainSettings)}
+    chosen = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return Trainer.create(TrainSettings(**chosen))
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """A fresh run replaces the weights of whatever run is in `out`: never without the user saying so."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; choose a folder")
+    if not overwrite and any(out.glob("*")):
+        raise ValueError(
+            f"--out {out} already holds files (an earlier run?); continue that run with --resume, "
+            "replace it with --overwrite, or choose another --out"
+        )
 
 
 def _millions(model) -> str:

@@ -56,7 +56,7 @@ class TrainSettings:
     ega_alpha: float | None = None
     num_fine: int | None = None
     prompt_length: int | None = None
-    tasks: str = "i2t:1,i2t-contrast:1"
+    tasks: str = "i2t:1,i2t-contrast:1,cls:0.25"
     data: str | None = None
     image_root: str | None = None
     max_bad_fraction: float = 0.05
@@ -128,8 +128,9 @@ class Trainer:
         folder = Path(folder)
         state_path = folder / STATE_FILE
         if not state_path.is_file():
+            overwrite = " --overwrite" if folder.is_dir() and any(folder.iterdir()) else ""
             raise FileNotFoundError(
-                f"--resume: {state_path} not found; start a run with `python -m train.run --out {folder}`"
+                f"--resume: {state_path} not found; start a run with `python -m train.run --out {folder}{overwrite}`"
             )
         state = json.loads(state_path.read_text())
         settings = TrainSettings(**dict(state["settings"], out=str(folder), steps=steps or state["settings"]["steps"]))
@@ -189,6 +190,8 @@ class Trainer:
         """Train up to step `until` (default: all steps), checkpointing every `save_every` steps and at the end."""
         end = min(until or self.settings.steps, self.settings.steps)
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.step == 0:
+            self._forget_older_run()
         started, first = time.perf_counter(), self.step
         with (
             tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True) as bar,
@@ -203,6 +206,12 @@ class Trainer:
                 if self.step % self.settings.save_every == 0 or self.step == end:
                     log.flush()
                     self.save()
+
+    def _forget_older_run(self) -> None:
+        """A fresh run over an older one (`--overwrite`) starts its own log, and until its first save
+        nothing in the folder may pass for a resumable state of either run."""
+        (self.out / STATE_FILE).unlink(missing_ok=True)
+        (self.out / LOG_FILE).unlink(missing_ok=True)
 
     def _log_row(self, loss: float) -> dict:
         return {

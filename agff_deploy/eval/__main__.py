@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .metrics import hit_at_1, mmvp_pair_correct, recall_at_k
-from .mmeb import MMEBItem, Side, load_mmeb, meta_task
+from .mmeb import META_TASKS, SCORED_SUBSETS, MMEBItem, Side, load_mmeb, meta_task
 from .mmvp_vlm import load_mmvp_vlm
-from .synthetic import global_retrieval_set, mmvp_pairs
+from .synthetic import EVAL_SEED, global_retrieval_set, mmvp_pairs
 
 BENCHES = ("synthetic-mmvp", "synthetic-global", "mmvp-vlm", "mmeb")
 
@@ -81,25 +80,58 @@ def _item_scores(model, item: MMEBItem) -> np.ndarray:
 
 
 def mmeb(model, folder: Path, image_root: Path | None) -> dict[str, Any]:
-    subsets = load_mmeb(folder, image_root)
-    per_subset = {
-        name: hit_at_1([_item_scores(model, item) for item in tqdm(items, desc=name, leave=False)])
-        for name, items in subsets.items()
-    }
-    tasks: dict[str, list[float]] = defaultdict(list)
-    for name, hit in per_subset.items():
-        tasks[meta_task(name)].append(hit)
+    """hit@1 of every subset with rows; a subset without rows is skipped with a warning (its hit@1 is undefined)."""
+    hits = {}
+    for name, items in load_mmeb(folder, image_root).items():
+        if not items:
+            print(f"warning: MMEB subset {folder / name} has no rows; skipped", file=sys.stderr)
+            continue
+        hits[name] = hit_at_1([_item_scores(model, item) for item in tqdm(items, desc=name, leave=False)])
+    return mmeb_report(hits)
+
+
+def mmeb_report(hits: dict[str, float]) -> dict[str, Any]:
+    """Overall and meta-task scores are means over MMEB's 36 subsets only, as VLM2Vec reports them;
+    other subsets (CIFAR-100 ships in MMEB-eval) are kept apart so they cannot shift the score."""
+    scored = {name: hit for name, hit in hits.items() if meta_task(name)}
+    tasks = {task: [scored[name] for name in names if name in scored] for task, names in META_TASKS.items()}
     return {
-        "per_subset": per_subset,
-        "per_meta_task": {task: float(np.mean(hits)) for task, hits in tasks.items()},
-        "overall": float(np.mean(list(per_subset.values()))),
+        "per_subset": scored,
+        "per_meta_task": {task: float(np.mean(task_hits)) for task, task_hits in tasks.items() if task_hits},
+        "overall": float(np.mean(list(scored.values()))) if scored else None,
+        "scored_subsets": len(scored),
+        "outside_score": {name: hit for name, hit in hits.items() if not meta_task(name)},
     }
+
+
+def _percent(value: float | None) -> str:
+    return "   n/a" if value is None else f"{100 * value:6.1f}"
+
+
+def _aligned(header: tuple[str, str], rows: list[tuple[str, str]]) -> str:
+    """Two columns, the first as wide as its longest entry, so long names (`Structural Character`) keep it aligned."""
+    width = max(len(name) for name, _ in [header, *rows]) + 2
+    value_width = max(len(value) for _, value in [header, *rows])
+    return "\n".join(f"{name:<{width}}{value:>{value_width}}" for name, value in [header, *rows])
+
+
+def _mmvp_table(result: dict[str, Any]) -> str:
+    rows = [(pattern, _percent(acc)) for pattern, acc in result["per_pattern"].items()]
+    return _aligned(("pattern", "pair acc %"), [*rows, ("mean", _percent(result["mean"]))])
+
+
+def _mmeb_table(result: dict[str, Any]) -> str:
+    rows = [(name, _percent(hit)) for name, hit in result["per_subset"].items()]
+    rows += [(f"[{task}]", _percent(hit)) for task, hit in result["per_meta_task"].items()]
+    label = f"overall ({result['scored_subsets']} of {len(SCORED_SUBSETS)} MMEB subsets)"
+    rows.append((label, _percent(result["overall"])))
+    rows += [(f"{name} (outside MMEB's score)", _percent(hit)) for name, hit in result["outside_score"].items()]
+    return _aligned(("subset", "hit@1 %"), rows)
 
 
 def table(bench: str, result: dict[str, Any]) -> str:
     if bench in ("synthetic-mmvp", "mmvp-vlm"):
-        rows = [f"{p:<14}{100 * a:6.1f}" for p, a in result["per_pattern"].items()]
-        return "\n".join([f"{'pattern':<14}{'pair acc %':>6}", *rows, f"{'mean':<14}{100 * result['mean']:6.1f}"])
+        return _mmvp_table(result)
     if bench == "synthetic-global":
         i2t, t2i = result["image_to_text"], result["text_to_image"]
         return (
@@ -107,15 +139,13 @@ def table(bench: str, result: dict[str, Any]) -> str:
             f"{'image->text':<14}{100 * i2t['R@1']:7.1f}{100 * i2t['R@5']:7.1f}\n"
             f"{'text->image':<14}{100 * t2i['R@1']:7.1f}{100 * t2i['R@5']:7.1f}"
         )
-    rows = [f"{name:<22}{100 * hit:6.1f}" for name, hit in result["per_subset"].items()]
-    rows += [f"[{task}]".ljust(22) + f"{100 * hit:6.1f}" for task, hit in result["per_meta_task"].items()]
-    return "\n".join([f"{'subset':<22}{'hit@1':>6}", *rows, f"{'overall':<22}{100 * result['overall']:6.1f}"])
+    return _mmeb_table(result)
 
 
 def evaluate(
     source: str | Path,
     bench: str,
-    seed: int = 0,
+    seed: int = EVAL_SEED,
     pairs_per_pattern: int = 150,
     data: Path | None = None,
     image_root: Path | None = None,
@@ -141,19 +171,43 @@ def evaluate(
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m agff_deploy.eval", description=__doc__)
     p.add_argument("source", help="checkpoint folder, bundle folder, ONNX graph or TensorRT plan")
     p.add_argument("--bench", required=True, choices=BENCHES)
-    p.add_argument("--seed", type=int, default=0, help="evaluation seed for the synthetic benchmarks")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help="evaluation seed for the synthetic benchmarks")
     p.add_argument("--pairs-per-pattern", type=int, default=150)
     p.add_argument("--data", type=Path, help="benchmark folder for mmvp-vlm and mmeb")
     p.add_argument("--image-root", type=Path, help="folder MMEB image paths are relative to (default: --data)")
     p.add_argument("--backend", help="force a runtime backend")
     p.add_argument("--precision", help="bundle precision to evaluate (default: fp32)")
     p.add_argument("--json", type=Path, help="write the numbers here (and a PNG chart beside them)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _prepare_json(path: Path) -> None:
+    """Create the --json folder before evaluating, so a bad path fails in seconds instead of losing the numbers."""
+    if path.is_dir():
+        raise ValueError(f"--json {path} is a folder; give a file name such as {path / 'result.json'}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"--json {path}: cannot create the folder {path.parent} ({err.strerror}: {err.filename}); "
+            "choose another path"
+        ) from err
+
+
+def _write_json(path: Path, bench: str, result: dict[str, Any]) -> None:
+    """allow_nan=False: NaN is not JSON, and a reader would choke on it far from here."""
+    path.write_text(json.dumps({"bench": bench, **result}, indent=2, allow_nan=False) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.json:
+            _prepare_json(args.json)
         result = evaluate(args.source, args.bench, args.seed, args.pairs_per_pattern, args.data, args.image_root,
                           args.backend, args.precision)  # fmt: skip
     except (FileNotFoundError, ValueError, KeyError) as err:
@@ -161,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table(args.bench, result))
     if args.json:
-        args.json.write_text(json.dumps({"bench": args.bench, **result}, indent=2) + "\n")
+        _write_json(args.json, args.bench, result)
         if "per_pattern" in result:
             _chart({Path(args.source).name: result["per_pattern"]}, args.json.with_suffix(".png"), args.bench)
     return 0

@@ -4,6 +4,11 @@ Each row: `qry_text`, `qry_img_path`, `tgt_text` (list), `tgt_img_path` (list);
 the first candidate is the positive; `<|image_1|>` marks the image. Image
 paths are relative to an image folder. Reported: hit@1 per subset and per
 meta-task (MMEB's four).
+
+A downloaded folder holds more than subsets: the hub CLI's `.cache/`, git's
+`.git/`, the unzipped images, and subsets outside MMEB's score (CIFAR-100).
+Only folders with parquet or JSONL files count as subsets, and only the 36 in
+`META_TASKS` count toward the scores.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from pathlib import Path
 from agff_deploy.tokenization import IMAGE_PLACEHOLDER
 
 PHI3V_IMAGE_TOKEN = "<|image_1|>"
+# VLM2Vec's 36 scored subsets by meta-task, as in TIGER-AI-Lab/VLM2Vec adhoc/data/download_datasets.py
+# (IMAGE_DATASETS: Image-CLS 10, Image-QA 10, Image-RET 12, Image-VG 4) and experiments/report_score.py.
 META_TASKS = {
     "classification": ("ImageNet-1K", "N24News", "HatefulMemes", "VOC2007", "SUN397", "Place365", "ImageNet-A",
                        "ImageNet-R", "ObjectNet", "Country211"),
@@ -24,13 +31,15 @@ META_TASKS = {
                   "FashionIQ", "Wiki-SS-NQ", "OVEN", "EDIS"),
     "grounding": ("MSCOCO", "RefCOCO", "RefCOCO-Matching", "Visual7W-Pointing"),
 }  # fmt: skip
+SCORED_SUBSETS = frozenset(name for names in META_TASKS.values() for name in names)
 
 
-def meta_task(subset: str) -> str:
+def meta_task(subset: str) -> str | None:
+    """The meta-task a subset counts toward, or None for a subset outside MMEB's score."""
     for task, subsets in META_TASKS.items():
         if subset in subsets:
             return task
-    return "other"
+    return None
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,12 @@ def _side(text: str | None, image: str | None, root: Path, where: str) -> Side:
     return Side((text or "").replace(PHI3V_IMAGE_TOKEN, IMAGE_PLACEHOLDER).replace(IMAGE_PLACEHOLDER, "").strip(), path)
 
 
+def _row_files(folder: Path) -> list[Path]:
+    return sorted([*folder.glob("*.parquet"), *folder.glob("*.jsonl")])
+
+
 def _rows(folder: Path) -> list[tuple[str, dict]]:
-    files = sorted([*folder.glob("*.parquet"), *folder.glob("*.jsonl")])
+    files = _row_files(folder)
     if not files:
         raise FileNotFoundError(f"{folder}: no .parquet or .jsonl file in this MMEB subset folder")
     rows = []
@@ -90,12 +103,19 @@ def load_mmeb_subset(folder: str | Path, image_root: str | Path) -> list[MMEBIte
     return items
 
 
+def _is_subset(path: Path) -> bool:
+    """Hidden folders (`.cache/`, `.git/`) and folders without rows (unzipped images) are not subsets."""
+    return path.is_dir() and not path.name.startswith(".") and bool(_row_files(path))
+
+
 def load_mmeb(folder: str | Path, image_root: str | Path | None = None) -> dict[str, list[MMEBItem]]:
     """Every subset folder under `folder` (images relative to `image_root`, default `folder`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"MMEB folder {folder} not found")
-    subsets = sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "images")
+    subsets = sorted(p for p in folder.iterdir() if _is_subset(p))
     if not subsets:
-        raise FileNotFoundError(f"{folder}: no subset folders (expected one folder per MMEB subset)")
+        raise FileNotFoundError(
+            f"{folder}: no subset folders (expected one folder per MMEB subset, each with .parquet or .jsonl files)"
+        )
     return {s.name: load_mmeb_subset(s, image_root or folder) for s in subsets}

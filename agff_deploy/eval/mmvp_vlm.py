@@ -10,10 +10,12 @@ Statements are scored as 'a photo of <statement>' (the official script's prompt)
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 IMAGES_FOLDER = "MLLM_VLM Images"
+HEADER = "Question ID,Type,Statement"
 
 
 @dataclass(frozen=True)
@@ -23,16 +25,39 @@ class MMVPPair:
     statements: tuple[str, str]
 
 
+def _read_rows(questions: Path) -> list[list[str]]:
+    """Rows of a UTF-8 CSV; another encoding (a re-save in a spreadsheet) is named as such, with the file."""
+    try:
+        text = questions.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{questions} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "save it as UTF-8 CSV or download it again"
+        ) from None
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+def _split_header(questions: Path, rows: list[list[str]]) -> list[list[str]]:
+    """The statement rows; a file whose first line is already a statement lacks its header line."""
+    if not rows:
+        raise ValueError(f"{questions} is empty; expected {HEADER!r} and then the statements")
+    header = rows[0]
+    if header and header[0].strip().isdigit():
+        raise ValueError(f"{questions}: the header line {HEADER!r} is missing (line 1 is a statement: {header})")
+    if len(header) < 3:
+        raise ValueError(f"{questions}: header should be {HEADER!r}, found {header}")
+    statements = [r for r in rows[1:] if any(cell.strip() for cell in r)]
+    if not statements:
+        raise ValueError(f"{questions} holds the header line but no statements")
+    return statements
+
+
 def load_mmvp_vlm(folder: str | Path) -> list[MMVPPair]:
     folder = Path(folder)
     questions = folder / "Questions.csv"
     if not questions.is_file():
         raise FileNotFoundError(f"{questions} not found: an MMVP-VLM folder holds Questions.csv and '{IMAGES_FOLDER}/'")
-    with questions.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    header, rows = rows[0], [r for r in rows[1:] if any(cell.strip() for cell in r)]
-    if len(header) < 3:
-        raise ValueError(f"{questions}: header should be 'Question ID, Type, Statement', found {header}")
+    rows = _split_header(questions, _read_rows(questions))
     if len(rows) % 2:
         raise ValueError(f"{questions}: {len(rows)} statements; pairs need an even number")
     pairs = []
