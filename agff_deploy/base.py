@@ -28,6 +28,7 @@ from tqdm import tqdm
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 from .checkpoint import write_atomically
+from .errors import AgffError, InputError, print_error
 from .preprocessing import ImagePreprocessor
 from .presets import local_tokenizer
 from .tokenization import special_token_ids, write_tokenizer_files
@@ -71,7 +72,10 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 def architecture_config(name: str, layers: int | None = None, vision_depth: int | None = None) -> Qwen2VLConfig:
     """The published config of `name` (optionally with fewer blocks), with the local tokenizer's token ids."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise InputError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    for flag, value in (("--layers", layers), ("--vision-depth", vision_depth)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
     arch = ARCHITECTURES[name]
     text, vision = dict(arch["text"]), dict(arch["vision"])
     if layers is not None:
@@ -167,13 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 2**30, help="shard size (default: 2)")
     args = p.parse_args(argv)
-    for flag in ("layers", "vision_depth"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            print(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
-            return 2
     started = time.perf_counter()
-    write_base(args.architecture, args.out, args.layers, args.vision_depth, args.seed, int(args.shard_gb * 2**30))
+    try:
+        write_base(args.architecture, args.out, args.layers, args.vision_depth, args.seed, int(args.shard_gb * 2**30))
+    except (AgffError, OSError) as err:
+        return print_error(err)
     print(f"wrote {args.architecture} base to {args.out.resolve()} in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -26,6 +26,7 @@ from accelerate import init_empty_weights
 from tokenizers import Tokenizer
 
 from .config import CONFIG_FILE, AGFFConfig
+from .errors import ArtifactError, MissingFileError
 from .inputs import ItemEncoder
 from .model import AGFFEmbedder
 from .preprocessing import ImagePreprocessor
@@ -94,7 +95,7 @@ def save_checkpoint(model: AGFFEmbedder, tokenizer: Tokenizer, folder: str | Pat
 def _require(folder: Path, name: str) -> Path:
     path = folder / name
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path} is missing: an AGFF checkpoint folder holds {CONFIG_FILE}, {WEIGHTS_FILE} and {TOKENIZER_FILE} "
             "(train one with `python -m train.run`)"
         )
@@ -107,7 +108,7 @@ def load_checkpoint(
     """Model (eval mode, CPU, optionally cast to `dtype`) and tokenizer, optionally at another image size."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
+        raise MissingFileError(f"checkpoint folder {folder} does not exist")
     config = AGFFConfig.load(folder)
     if image_size is not None:
         config = dataclasses.replace(config, image_size=tuple(image_size))
@@ -121,7 +122,7 @@ def load_checkpoint(
         model.load_state_dict(shard, strict=False, assign=True)
         found |= set(shard)
     if found != expected:
-        raise ValueError(
+        raise ArtifactError(
             f"the weights in {folder} do not match {folder / CONFIG_FILE}: "
             f"missing {sorted(expected - found)[:5]}, unexpected {sorted(found - expected)[:5]}"
         )

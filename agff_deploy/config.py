@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ArtifactError, InputError, MissingFileError
+
 CONFIG_FILE = "agff_config.json"
 
 
@@ -74,19 +76,19 @@ class AGFFConfig:
 
     def validate(self) -> None:
         if self.num_fine < 0:
-            raise ValueError(f"num_fine must be >= 0 (0 = single global embedding), got {self.num_fine}")
+            raise InputError(f"num_fine must be >= 0 (0 = single global embedding), got {self.num_fine}")
         if self.prompt_length < 1:
-            raise ValueError(f"prompt_length must be >= 1, got {self.prompt_length}")
+            raise InputError(f"prompt_length must be >= 1, got {self.prompt_length}")
         step = self.patch_size * self.merge_size
         h, w = self.image_size
         if h % step or w % step or h <= 0 or w <= 0:
-            raise ValueError(
+            raise InputError(
                 f"image_size {h}x{w} is not a positive multiple of patch_size*spatial_merge_size = {step}; "
                 f"pick e.g. {max(step, h // step * step)}x{max(step, w // step * step)}"
             )
         for name in ("t_in", "t_f", "temperature"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -99,7 +101,7 @@ class AGFFConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown AGFFConfig fields {unknown}; known fields are {sorted(known)}")
+            raise ArtifactError(f"unknown AGFFConfig fields {unknown}; known fields are {sorted(known)}")
         return cls(**data)
 
     def save(self, folder: str | Path) -> Path:
@@ -111,11 +113,11 @@ class AGFFConfig:
     def load(cls, folder: str | Path) -> AGFFConfig:
         path = Path(folder) / CONFIG_FILE
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path} not found: a checkpoint folder holds {CONFIG_FILE} (write one with `python -m train.run`)"
             )
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+            raise ArtifactError(f"{path} is not valid JSON: {err}") from err
         return cls.from_dict(data)

@@ -1,21 +1,28 @@
 """Opening user images safely and turning them into RGB the way transformers does.
 
-No torch: shared by the runtime (agff-run), the trainer's MMEB reader and
-calibration. Every failure is an `ImageLoadError` that names the file.
+Every image file anywhere in the project is decoded here: the runtime
+(agff-run, the Embedder), training pairs and the MMEB-train reader, int8
+calibration folders and evaluation, so a photo is the same pixels wherever it
+is used. No torch. Every failure is an `ImageLoadError` that names the file.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 DEFAULT_MAX_PIXELS = 64_000_000
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
-class ImageLoadError(ValueError):
-    pass
+class ImageLoadError(InputError):
+    """An image file that cannot be used as given; the message names the file and why."""
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -29,39 +36,52 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, list[str]]:
     """Decode `path` to an upright RGB image; notes say what was done that a user should know."""
-    path = Path(path)
+    notes = []
+    with _opened(Path(path), max_pixels) as image:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            image.seek(0)
+            notes.append(f"{path}: has {frames} frames; used the first")
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image)), notes
+
+
+def verify_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """`open_image`'s checks without decoding the pixels: cheap enough to run on every row of a data file."""
+    with _opened(Path(path), max_pixels) as image:
+        image.verify()
+
+
+@contextmanager
+def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """`path` opened by Pillow after the checks every reader needs; whatever fails becomes an ImageLoadError."""
     if not path.exists():
         raise ImageLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageLoadError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file")
-    notes = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageLoadError(
-                        f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, over the "
-                        f"{max_pixels / 1e6:.0f} MP cap (possible decompression bomb); "
-                        "raise --max-pixels if the image is genuine"
-                    )
-                frames = getattr(image, "n_frames", 1)
-                if frames > 1:
-                    image.seek(0)
-                    notes.append(f"{path}: has {frames} frames; used the first")
-                image.load()
-                upright = ImageOps.exif_transpose(image)
-                return to_rgb(upright), notes
+                _refuse_bombs(path, image, max_pixels)
+                yield image
     except ImageLoadError:
         raise
-    except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"{path}: {err}") from err
-    except Image.DecompressionBombWarning as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageLoadError(f"{path}: {err}") from err
     except UnidentifiedImageError as err:
         raise ImageLoadError(f"{path}: not an image Pillow can read") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(f"{path}: unreadable or truncated image ({err})") from err
+
+
+def _refuse_bombs(path: Path, image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, over the "
+            f"{max_pixels / 1e6:.0f} MP cap (possible decompression bomb); "
+            "raise --max-pixels if the image is genuine"
+        )

@@ -10,14 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .preprocessing import ImagePreprocessor
-from .tokenization import ChatFormatter
-
-ImageLike = np.ndarray | Image.Image
+from .contract import ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES
+from .feeds import FeedEncoder, ImageLike
 
 
 @dataclass
@@ -31,33 +27,17 @@ class ModelInputs:
         return ModelInputs(self.input_ids.to(device), self.attention_mask.to(device), pixels)
 
 
-class ItemEncoder:
-    """Formats, tokenizes and preprocesses items for `AGFFEmbedder`."""
-
-    def __init__(self, formatter: ChatFormatter, preprocessor: ImagePreprocessor) -> None:
-        self.formatter = formatter
-        self.preprocessor = preprocessor
-
-    def pixels(self, images: Sequence[ImageLike]) -> np.ndarray:
-        size = (self.preprocessor.height, self.preprocessor.width, 3)
-        arrays = [
-            im if isinstance(im, np.ndarray) and im.shape == size else self.preprocessor.resize(_as_pil(im))
-            for im in images
-        ]
-        return self.preprocessor.normalize(np.stack(arrays))
+class ItemEncoder(FeedEncoder):
+    """Formats, tokenizes and preprocesses items for `AGFFEmbedder`: the graphs' feeds as torch tensors."""
 
     def inputs(self, texts: Sequence[str], images: Sequence[ImageLike] | None = None) -> ModelInputs:
-        encoded = self.formatter.encode(texts, with_image=images is not None)
-        pixels = None if images is None else torch.from_numpy(self.pixels(images))
-        return ModelInputs(torch.from_numpy(encoded.input_ids), torch.from_numpy(encoded.attention_mask), pixels)
-
-    def feeds(self, texts: Sequence[str], images: Sequence[ImageLike] | None = None) -> dict[str, np.ndarray]:
-        """The same inputs as numpy arrays named like the exported graphs' inputs."""
-        inputs = self.inputs(texts, images)
-        feeds = {"input_ids": inputs.input_ids.numpy(), "attention_mask": inputs.attention_mask.numpy()}
-        if inputs.pixel_values is not None:
-            feeds["pixel_values"] = inputs.pixel_values.numpy()
-        return feeds
+        feed = self.feeds(texts, images)
+        pixels = feed.get(PIXEL_VALUES.name)
+        return ModelInputs(
+            torch.from_numpy(feed[INPUT_IDS.name]),
+            torch.from_numpy(feed[ATTENTION_MASK.name]),
+            None if pixels is None else torch.from_numpy(pixels),
+        )
 
     def embed_mixed(
         self,
@@ -76,7 +56,3 @@ class ItemEncoder:
             out = run(self.inputs([texts[i] for i in text_only]))
             parts.update(zip(text_only, out, strict=True))
         return torch.stack([parts[i] for i in range(len(texts))])
-
-
-def _as_pil(image: ImageLike) -> Image.Image:
-    return Image.fromarray(image) if isinstance(image, np.ndarray) else image

@@ -1,22 +1,32 @@
 """The bundle manifest: everything a runtime needs beside the graphs, and nothing it must guess.
 
-Plain JSON read with the standard library, so a Jetson runtime without torch
-reads it. Written by `export.to_onnx`, extended by `export.to_trt`.
+A typed `Manifest` read from and written to plain JSON with the standard
+library, so a Jetson runtime without torch reads it. Written by
+`export.to_onnx`, extended by `export.to_trt`. Every field is read by some
+part of the project; the graphs' tensors are the contract's
+(`agff_deploy.contract`) as exported.
+
+`format_version` is the schema version. A reader refuses a newer one, naming
+both; version 1 bundles written before this module was typed hold a superset
+of these fields (the extra ones were never read) and load unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import __version__
+from .contract import PRECISIONS, TensorSpec, model_sizes
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "agff-bundle"
 FORMAT_VERSION = 1
-GRAPH_NAMES = ("image_encoder", "text_encoder", "scorer")
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
-TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -27,70 +37,289 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
-    path = Path(folder) / MANIFEST_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+@dataclass(frozen=True)
+class ModelDims:
+    num_prompts: int
+    hidden_size: int
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of a bundle folder, checked for format and the fields every runtime reads."""
+@dataclass(frozen=True)
+class ImageFormat:
+    """What the image encoder's pixels are: the size every image is resized to and the normalisation."""
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_image_tokens: int
+
+
+@dataclass(frozen=True)
+class TokenizerFile:
+    file: str
+    sha256: str
+    max_text_tokens: int
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """The learned fused-similarity parameters (the scorer graph holds them too; numpy scoring reads them here)."""
+
+    t_in: float
+    t_f: float
+    pattern_bias: tuple[float, ...]
+    temperature: float
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    min: int
+    opt: int
+    max: int
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return self.min, self.opt, self.max
+
+
+@dataclass(frozen=True)
+class LengthRange:
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The ranges the graphs were exported for: TensorRT profiles stay inside them."""
+
+    batch: BatchRange
+    image_length: LengthRange
+    text_length: LengthRange
+
+
+@dataclass(frozen=True)
+class ExternalData:
+    file: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    file: str
+    sha256: str
+    external_data: tuple[ExternalData, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    backends: tuple[str, ...]
+    ungated: bool = False  # added without the parity gate (bench.scale --ungated-int8-dynamic)
+
+
+@dataclass(frozen=True)
+class Source:
+    checkpoint: str
+    weights_sha256: str
+    config_sha256: str
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    """One comparison of the gate: a graph on one input set (or the retrieval agreement) against its bar."""
+
+    precision: str
+    graph: str
+    inputs: str
+    min_cosine: float | None
+    max_abs: float | None
+    bar: str
+    passed: bool
+    top1: float | None = None
+
+
+@dataclass(frozen=True)
+class Parity:
+    """The export gate's outcome: rows of the precisions kept, and why the others were left out."""
+
+    passed: bool
+    rows: tuple[ParityRow, ...]
+    left_out: Mapping[str, list[str]] = field(default_factory=dict)
+
+    def error(self, precision: str, graph: str) -> tuple[float, float] | None:
+        """Worst (1 - min cosine, max abs) of `graph` at `precision` over the input sets; None if not measured."""
+        rows = [r for r in self.rows if (r.precision, r.graph) == (precision, graph) and r.min_cosine is not None]
+        if not rows:
+            return None
+        return 1 - min(r.min_cosine or 0.0 for r in rows), max(r.max_abs or 0.0 for r in rows)
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    file: str
+    sha256: str
+    source: str  # the ONNX graph it was built from, inside the bundle
+    source_sha256: str
+
+
+@dataclass(frozen=True)
+class Engines:
+    """TensorRT engines built on one machine: refused elsewhere (another TensorRT or GPU) and when stale."""
+
+    precision: str
+    tensorrt: str
+    gpu: str
+    graphs: Mapping[str, EngineEntry]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    created_by: str
+    model: ModelDims
+    image: ImageFormat
+    tokenizer: TokenizerFile
+    fusion: Fusion
+    dims: Dims
+    graphs: Mapping[str, Mapping[str, GraphEntry]]
+    source: Source
+    parity: Parity | None = None
+    engines: Engines | None = None
+
+    def sizes(self) -> dict[str, int]:
+        """The contract's model dimensions for this bundle."""
+        return model_sizes(self.image.size, self.model.num_prompts, self.model.hidden_size)
+
+    def graph(self, precision: str, name: str) -> GraphEntry:
+        """One graph's entry, or a KeyError that says what to export or choose instead."""
+        if precision not in self.graphs:
+            raise KeyError(
+                f"bundle has no {precision} graphs (it has {', '.join(self.graphs)}); {self._advice(precision)}"
+            )
+        if name not in self.graphs[precision]:
+            raise KeyError(f"bundle's {precision} graphs lack {name}")
+        return self.graphs[precision][name]
+
+    def _advice(self, precision: str) -> str:
+        """What to do instead, in flags `python -m export.to_onnx` and `agff-run` both accept."""
+        if precision not in PRECISIONS:
+            choices = " or ".join(f"--precision {p}" for p in self.graphs)
+            return f"{precision} is not a precision bundles hold ({', '.join(PRECISIONS)}): choose {choices}"
+        left_out = self.parity.left_out.get(precision) if self.parity else None
+        why = f"the parity gate left it out ({'; '.join(left_out)}); " if left_out else ""
+        return f"{why}export with --precision {precision}"
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+        graphs = data["graphs"]
+        for entries in graphs.values():
+            for entry in entries.values():
+                if not entry["ungated"]:
+                    del entry["ungated"]
+        for key in ("parity", "engines"):
+            if data[key] is None:
+                del data[key]
+        return json.loads(json.dumps(data))  # tuples -> lists: what reading the file gives
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = MANIFEST_FILE) -> Manifest:
+        """A manifest of this or an older format version; a newer one is refused, naming both versions."""
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{where}: format is {data.get('format')!r}, expected {FORMAT!r}")
+        version = data.get("format_version", 0)
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{where}: format_version {version} (written by {data.get('created_by', 'a newer agff-deploy')}) is "
+                f"newer than agff-deploy {__version__} reads (format_version {FORMAT_VERSION}); upgrade agff-deploy"
+            )
+        missing = [key for key in ("model", "image", "tokenizer", "fusion", "graphs") if key not in data]
+        if missing:
+            raise ValueError(f"{where} lacks {', '.join(missing)}; re-export the bundle")
+        return cls(
+            created_by=data.get("created_by", "an unknown agff-deploy"),
+            model=ModelDims(data["model"]["num_prompts"], data["model"]["hidden_size"]),
+            image=_image(data["image"]),
+            tokenizer=TokenizerFile(**_pick(data["tokenizer"], TokenizerFile)),
+            fusion=_fusion(data["fusion"]),
+            dims=_dims(data["dims"]),
+            graphs={p: {n: _graph_entry(e) for n, e in graphs.items()} for p, graphs in data["graphs"].items()},
+            source=Source(**_pick(data["source"], Source)),
+            parity=_parity(data["parity"]) if "parity" in data else None,
+            engines=_engines(data["engines"]) if "engines" in data else None,
+        )
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """The manifest of a bundle folder, checked for format, version and the fields every runtime reads."""
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a bundle folder is written by `python -m export.to_onnx CKPT`")
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format_version {manifest['format_version']} is newer than this agff-deploy reads "
-            f"({FORMAT_VERSION}); upgrade agff-deploy"
-        )
-    missing = [key for key in ("model", "image", "tokenizer", "fusion", "graphs") if key not in manifest]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}; re-export the bundle")
-    return manifest
+    return Manifest.from_json(data, str(path))
 
 
-def graph_entry(manifest: dict[str, Any], precision: str, name: str) -> dict[str, Any]:
-    graphs = manifest["graphs"]
-    if precision not in graphs:
-        raise KeyError(f"bundle has no {precision} graphs (it has {', '.join(graphs)}); {_advice(precision, graphs)}")
-    if name not in graphs[precision]:
-        raise KeyError(f"bundle's {precision} graphs lack {name}")
-    return graphs[precision][name]
+def write_manifest(folder: str | Path, manifest: Manifest) -> Path:
+    path = Path(folder) / MANIFEST_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+    tmp.replace(path)
+    return path
 
 
-def _advice(precision: str, graphs: dict[str, Any]) -> str:
-    """What to do instead, in flags `python -m export.to_onnx` and `agff-run` both accept."""
-    if precision in PRECISIONS:
-        return f"export with --precision {precision}"
-    choices = " or ".join(f"--precision {p}" for p in graphs)
-    return f"{precision} is not a precision bundles hold ({', '.join(PRECISIONS)}): choose {choices}"
-
-
-def check_external_data(bundle: str | Path, entry: dict[str, Any]) -> None:
+def check_external_data(bundle: str | Path, entry: GraphEntry) -> None:
     """Every external-data file a graph needs is there at its full size, or an error naming it and the graph.
 
     Sizes, not hashes: a truncated copy is the common failure, and hashing
     gigabytes at every start would cost seconds. The graph file's own sha256
-    is checked by the runner.
+    is checked by the runner's loader.
     """
-    graph = Path(bundle) / entry["file"]
-    for data in entry.get("external_data", []):
-        path = Path(bundle) / data["file"]
+    graph = Path(bundle) / entry.file
+    for data in entry.external_data:
+        path = Path(bundle) / data.file
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} is missing: it holds the weights of {graph}; copy the whole bundle folder, "
                 ".onnx.data files included"
             )
         size = path.stat().st_size
-        if size != data["bytes"]:
+        if size != data.bytes:
             raise ValueError(
-                f"{path} is {size} bytes but {graph} needs {data['bytes']}: a truncated or altered copy; copy it again"
+                f"{path} is {size} bytes but {graph} needs {data.bytes}: a truncated or altered copy; copy it again"
             )
+
+
+def _pick(data: Mapping[str, Any], kind: type) -> dict[str, Any]:
+    """The keys of `data` that `kind` has fields for (version 1 files hold more)."""
+    names = {f.name for f in dataclasses.fields(kind)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _image(data: Mapping[str, Any]) -> ImageFormat:
+    return ImageFormat(tuple(data["size"]), tuple(data["mean"]), tuple(data["std"]), data["num_image_tokens"])
+
+
+def _fusion(data: Mapping[str, Any]) -> Fusion:
+    return Fusion(data["t_in"], data["t_f"], tuple(data["pattern_bias"]), data["temperature"])
+
+
+def _dims(data: Mapping[str, Any]) -> Dims:
+    return Dims(BatchRange(**data["batch"]), LengthRange(**data["image_length"]), LengthRange(**data["text_length"]))
+
+
+def _graph_entry(data: Mapping[str, Any]) -> GraphEntry:
+    return GraphEntry(
+        file=data["file"],
+        sha256=data["sha256"],
+        external_data=tuple(ExternalData(**d) for d in data.get("external_data", [])),
+        inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+        outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+        backends=tuple(data["backends"]),
+        ungated=data.get("ungated", False),
+    )
+
+
+def _parity(data: Mapping[str, Any]) -> Parity:
+    rows = tuple(ParityRow(**row) for row in data["rows"])
+    return Parity(data["passed"], rows, dict(data.get("left_out", {})))
+
+
+def _engines(data: Mapping[str, Any]) -> Engines:
+    graphs = {name: EngineEntry(**_pick(entry, EngineEntry)) for name, entry in data["graphs"].items()}
+    return Engines(data["precision"], data["tensorrt"], data["gpu"], graphs)

@@ -19,6 +19,7 @@ from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VL
 
 from .attention import ATTENTION
 from .config import AGFFConfig
+from .errors import ArtifactError, MissingFileError
 from .mrope import image_grid_offsets, mrope_position_ids
 from .prompts import PrefixSharedPrompts
 from .similarity import FusedSimilarity
@@ -32,7 +33,7 @@ def build_base_model(base: dict) -> Qwen2VLModel:
     """A randomly initialised Qwen2-VL backbone (the caller seeds torch)."""
     model_type = base.get("model_type", "qwen2_vl")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
+        raise ArtifactError(
             f"base model_type {model_type!r} is not supported; AGFF-Embed builds on {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     config = Qwen2VLConfig.from_dict(base)
@@ -48,12 +49,12 @@ def load_base_folder(path: str | Path) -> Qwen2VLModel:
     folder = Path(path)
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{config_path} not found: --base takes a local Qwen2-VL folder written by save_pretrained"
         )
     model_type = json.loads(config_path.read_text()).get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
+        raise ArtifactError(
             f"{config_path}: model_type {model_type!r} is not supported; AGFF-Embed builds on "
             f"{', '.join(SUPPORTED_MODEL_TYPES)} checkpoints"
         )

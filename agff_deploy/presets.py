@@ -7,11 +7,13 @@ learned more slowly on the same time budget).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from tokenizers import Tokenizer
 
 from .config import AGFFConfig
+from .errors import InputError
 from .scenes import vocabulary_corpus
 from .tokenization import special_token_ids, train_bpe_tokenizer
 
@@ -38,9 +40,8 @@ def local_tokenizer() -> Tokenizer:
     return train_bpe_tokenizer(vocabulary_corpus(), LOCAL_VOCAB_SIZE)
 
 
-def base_config(preset: str, tokenizer: Tokenizer) -> dict[str, Any]:
-    """The `Qwen2VLConfig` dict of a preset, with this tokenizer's vocabulary and token ids."""
-    spec = PRESETS[preset]
+def base_config(spec: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
+    """The `Qwen2VLConfig` dict of a preset's `spec`, with this tokenizer's vocabulary and token ids."""
     text = dict(spec["text"])
     mrope_section = text.pop("mrope_section")
     ids = special_token_ids(tokenizer)
@@ -60,9 +61,13 @@ def base_config(preset: str, tokenizer: Tokenizer) -> dict[str, Any]:
     return {"model_type": "qwen2_vl", "text_config": text, "vision_config": vision, **token_ids}
 
 
-def preset_config(preset: str, tokenizer: Tokenizer, **overrides: Any) -> AGFFConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    fields = dict(PRESETS[preset]["agff"], preset=preset)
+def preset_config(
+    preset: str, tokenizer: Tokenizer, presets: Mapping[str, dict[str, Any]] = PRESETS, **overrides: Any
+) -> AGFFConfig:
+    """The config of `preset` from `presets` (the built-in ones unless a caller, such as bench/, brings its own)."""
+    if preset not in presets:
+        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+    spec = presets[preset]
+    fields = dict(spec["agff"], preset=preset)
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    return AGFFConfig(base=base_config(preset, tokenizer), **fields)
+    return AGFFConfig(base=base_config(spec, tokenizer), **fields)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .errors import ArtifactError, MissingFileError
+
 TOKENIZER_FILE = "tokenizer.json"
 
 # Qwen2-VL's special and chat tokens, in its order, so local tokenizers take
@@ -77,7 +79,7 @@ def special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
     ):
         token_id = tokenizer.token_to_id(token)
         if token_id is None:
-            raise ValueError(f"tokenizer has no {token} token; Qwen2-VL checkpoints need it")
+            raise ArtifactError(f"tokenizer has no {token} token; Qwen2-VL checkpoints need it")
         ids[key] = token_id
     return ids
 
@@ -113,7 +115,7 @@ class ChatFormatter:
     def from_file(cls, path: str | Path, num_image_tokens: int, max_text_tokens: int) -> ChatFormatter:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file {path} not found")
+            raise MissingFileError(f"tokenizer file {path} not found")
         return cls(Tokenizer.from_file(str(path)), num_image_tokens, max_text_tokens)
 
     def _ids(self, text: str) -> list[int]:

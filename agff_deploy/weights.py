@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .errors import ArtifactError, MissingFileError
 from .manifest import sha256_file
 
 SINGLE_FILE = "model.safetensors"
@@ -82,17 +83,17 @@ def weight_files(folder: str | Path) -> list[Path]:
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{index_path} is not a safetensors index (needs a 'weight_map'): {err}") from err
+            raise ArtifactError(f"{index_path} is not a safetensors index (needs a 'weight_map'): {err}") from err
         files = [folder / name for name in dict.fromkeys(weight_map.values())]
     elif (folder / SINGLE_FILE).is_file():
         files = [folder / SINGLE_FILE]
     else:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder / SINGLE_FILE} is missing (and there is no {INDEX_FILE} of shards): the folder holds no weights"
         )
     for path in files:
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: {index_path.name} lists it as a weight shard")
+            raise MissingFileError(f"{path} is missing: {index_path.name} lists it as a weight shard")
         _check_header(path)
     return files
 
@@ -102,7 +103,7 @@ def _check_header(path: Path) -> None:
         with safe_open(path, "pt"):
             pass
     except (SafetensorError, OSError) as err:
-        raise ValueError(
+        raise ArtifactError(
             f"{path} is not a readable safetensors file ({err}): truncated or corrupt; copy or re-save it"
         ) from err
 

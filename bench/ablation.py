@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agff_deploy.eval.__main__ import evaluate
+from agff_deploy.eval.evaluate import evaluate
 from agff_deploy.eval.plot import pattern_bar_chart
 from train.trainer import TrainSettings
 

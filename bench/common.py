@@ -20,20 +20,18 @@ from agff_deploy.presets import PRESETS, local_tokenizer, preset_config
 from agff_deploy.scenes import make_scene
 from runtime.onnxruntime_loader import import_onnxruntime
 
-# Sizes that only benchmarks use: >= 256 image tokens, and a Qwen2-VL-0.5B-like width for int8.
-PRESETS.setdefault(
-    "demo-448",
-    dict(PRESETS["demo"], agff=dict(PRESETS["demo"]["agff"], image_size=(448, 448))),
-)
-PRESETS.setdefault(
-    "wide",
-    {
+# The built-in presets plus sizes that only benchmarks use: >= 256 image tokens, and a Qwen2-VL-0.5B-like width
+# for int8. A table of its own: importing bench/ leaves agff_deploy's PRESETS (and train.run's choices) alone.
+BENCH_PRESETS: dict[str, dict[str, Any]] = {
+    **PRESETS,
+    "demo-448": dict(PRESETS["demo"], agff=dict(PRESETS["demo"]["agff"], image_size=(448, 448))),
+    "wide": {
         "text": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 4, "num_attention_heads": 14,
                  "num_key_value_heads": 2, "mrope_section": [8, 12, 12]},
         "vision": {"embed_dim": 640, "depth": 4, "num_heads": 10, "mlp_ratio": 4},
         "agff": {"num_fine": 4, "prompt_length": 1, "image_size": (224, 224), "max_text_tokens": 64},
     },
-)  # fmt: skip
+}  # fmt: skip
 
 
 def model_for(ckpt: Path | None, preset: str = "demo") -> tuple[AGFFEmbedder, ItemEncoder]:
@@ -47,7 +45,7 @@ def model_for(ckpt: Path | None, preset: str = "demo") -> tuple[AGFFEmbedder, It
 def random_model(preset: str, seed: int = 0, **overrides: Any) -> tuple[AGFFEmbedder, ItemEncoder]:
     tokenizer = local_tokenizer()
     torch.manual_seed(seed)
-    model = AGFFEmbedder(preset_config(preset, tokenizer, **overrides)).eval()
+    model = AGFFEmbedder(preset_config(preset, tokenizer, BENCH_PRESETS, **overrides)).eval()
     return model, item_encoder(model.config, tokenizer)
 
 

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from agff_deploy.eval.__main__ import evaluate
+from agff_deploy.eval.evaluate import evaluate
 from agff_deploy.manifest import read_manifest
 
 
@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=7)
     parser.add_argument("--pairs-per-pattern", type=int, default=150)
     args = parser.parse_args()
-    precisions = list(read_manifest(args.bundle)["graphs"])
+    precisions = list(read_manifest(args.bundle).graphs)
     rows = {}
     for precision in precisions:
         mmvp = evaluate(args.bundle, "synthetic-mmvp", args.eval_seed, args.pairs_per_pattern, precision=precision)

@@ -20,6 +20,7 @@ Prints, and writes to DIR/scale.json:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from agff_deploy.config import AGFFConfig
+from agff_deploy.contract import ENCODERS, SCORER
 from agff_deploy.manifest import read_manifest
 from agff_deploy.scenes import make_scene
 from runtime.scoring import fused_similarity
@@ -125,11 +127,11 @@ def bundle_sizes(bundle: Path) -> dict[str, int]:
     """Bytes per precision: its two encoder graphs and their external data (the shared scorer apart)."""
     manifest = read_manifest(bundle)
     sizes = {}
-    for precision, graphs in manifest["graphs"].items():
+    for precision, graphs in manifest.graphs.items():
         total = 0
-        for name in ("image_encoder", "text_encoder"):
+        for name in ENCODERS:
             entry = graphs[name]
-            total += (bundle / entry["file"]).stat().st_size + sum(d["bytes"] for d in entry.get("external_data", []))
+            total += (bundle / entry.file).stat().st_size + sum(d.bytes for d in entry.external_data)
         sizes[precision] = total
     return sizes
 
@@ -138,7 +140,8 @@ def add_ungated_int8_dynamic(bundle: Path) -> None:
     """The exporter's own int8-dynamic quantisation of the bundle's fp32 encoders, added WITHOUT the gate.
 
     For measuring speed and agreement where the gate refused int8-dynamic (the 2B text encoder missed
-    the 0.98 cosine bar by 0.0002 here). The manifest marks the entries `"ungated": true`.
+    the 0.98 cosine bar by 0.0002 here). The manifest marks the entries `"ungated": true`, and the runtime warns
+    when it loads them.
     """
     from agff_deploy.manifest import sha256_file, write_manifest
     from export.graphs import external_data_entries
@@ -147,19 +150,19 @@ def add_ungated_int8_dynamic(bundle: Path) -> None:
     manifest = read_manifest(bundle)
     folder = bundle / "int8-dynamic"
     folder.mkdir(exist_ok=True)
-    entries = {"scorer": manifest["graphs"]["fp32"]["scorer"]}
-    for name in ("image_encoder", "text_encoder"):
-        path = quantize_dynamic_int8(bundle / manifest["graphs"]["fp32"][name]["file"], folder / f"{name}.onnx")
-        entries[name] = dict(
-            manifest["graphs"]["fp32"][name],
+    fp32 = manifest.graphs["fp32"]
+    entries = {SCORER.name: fp32[SCORER.name]}
+    for name in ENCODERS:
+        path = quantize_dynamic_int8(bundle / fp32[name].file, folder / f"{name}.onnx")
+        entries[name] = dataclasses.replace(
+            fp32[name],
             file=str(path.relative_to(bundle)),
             sha256=sha256_file(path),
             external_data=external_data_entries(bundle, path),
-            backends=["onnxruntime"],
+            backends=("onnxruntime",),
             ungated=True,
         )
-    manifest["graphs"]["int8-dynamic"] = entries
-    write_manifest(bundle, manifest)
+    write_manifest(bundle, dataclasses.replace(manifest, graphs={**manifest.graphs, "int8-dynamic": entries}))
 
 
 def _scenes(count: int, size: int) -> tuple[list[np.ndarray], list[str]]:
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nexport + gate: {export['seconds']:.0f} s, peak RSS {_gib(export['peak_rss'])}")
     for stage in export["stages"]:
         print(f"  {stage['name']:<34} {stage['seconds']:>7.0f} s   peak RSS {_gib(stage['peak_rss'])}")
-    if args.ungated_int8_dynamic and "int8-dynamic" not in read_manifest(bundle)["graphs"]:
+    if args.ungated_int8_dynamic and "int8-dynamic" not in read_manifest(bundle).graphs:
         add_ungated_int8_dynamic(bundle)
         print("int8-dynamic: quantised from the fp32 graphs WITHOUT the parity gate (--ungated-int8-dynamic)")
     sizes = bundle_sizes(bundle)
@@ -329,14 +332,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     for precision in args.runtime_precisions:
-        if precision not in read_manifest(bundle)["graphs"]:
+        if precision not in read_manifest(bundle).graphs:
             print(f"runtime {precision}: not in the bundle (the gate left it out)")
             continue
         print(f"runtime {precision} ...", flush=True)
         job = (str(bundle), precision, args.threads, args.images, args.texts)
         results[precision] = in_fresh_processes(measure_runtime, *job, processes=1)[0]
     manifest = read_manifest(bundle)
-    fusion = (manifest["fusion"]["t_in"], manifest["fusion"]["t_f"], np.asarray(manifest["fusion"]["pattern_bias"]))
+    fusion = (manifest.fusion.t_in, manifest.fusion.t_f, np.asarray(manifest.fusion.pattern_bias))
     config = AGFFConfig.load(args.ckpt)
     gflop = image_gflop(config)
     peak = gemm_peak_gflops(args.threads)

@@ -1,4 +1,4 @@
-"""Runtime throughput: embedding a folder of photos with agff-run's pipeline on ONNX Runtime CPU,
+"""Runtime throughput: embedding a folder of photos with the runtime's batch pipeline on ONNX Runtime CPU,
 the share of wall time spent outside inference, and the runner's overhead over a bare session.
 
 Run: python -m bench.throughput BUNDLE [--images 256] [--batch 8] [--threads 2]
@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-from runtime.cli import embed_files
+from agff_deploy.contract import IMAGE_ENCODER
 from runtime.embedder import Embedder
 
 from .common import interleaved_medians, ort_session
@@ -39,12 +39,12 @@ def write_photos(folder: Path, count: int, side: int | None = None) -> list[Path
 
 
 def pipeline_numbers(model: Embedder, paths: list[Path], batch: int) -> dict:
-    embed_files(model, paths[: batch * 2], "", 64_000_000, progress=False)  # warm-up
-    outcome = embed_files(model, paths, "", 64_000_000, progress=False)
+    model.try_embed_images(paths[: batch * 2], "", 64_000_000)  # warm-up
+    outcome = model.try_embed_images(paths, "", 64_000_000)
     return {
-        "images_per_s": round(len(outcome.paths) / outcome.wall_s, 1),
+        "images_per_s": round(len(outcome.names) / outcome.wall_s, 1),
         "time_outside_inference": round(1 - outcome.inference_s / outcome.wall_s, 3),
-        "inference_ms_per_image": round(outcome.inference_s / len(outcome.paths) * 1000, 3),
+        "inference_ms_per_image": round(outcome.inference_s / len(outcome.names) * 1000, 3),
     }
 
 
@@ -63,15 +63,13 @@ def main() -> None:
             "photos": pipeline_numbers(model, paths, args.batch),
             "thumbnails": pipeline_numbers(model, thumbs, args.batch),
         }
-        pixels = model.pixels(paths[: args.batch])
-        tokens = model.formatter.encode([""] * args.batch, with_image=True)
-        feeds = {"pixel_values": pixels, "input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
-        runner = model.runners["image_encoder"]
-        bare = ort_session(runner.path, args.threads)
+        feeds = model.encoder.image_feed(model.pixels(paths[: args.batch]), [""] * args.batch)
+        runner = model.runners[IMAGE_ENCODER.name]
+        bare = ort_session(runner.load_session.path, args.threads)
         times = interleaved_medians(
-            {"bare": lambda: bare.run(None, feeds), "runner": lambda: runner(feeds)}, repeat=200
+            {"bare": lambda: bare.run(None, feeds), "runner": lambda: runner.infer(feeds)}, repeat=200
         )
-        same = float(np.abs(bare.run(None, feeds)[0] - runner(feeds)["embeddings"]).max())
+        same = float(np.abs(bare.run(None, feeds)[0] - runner.infer(feeds)[IMAGE_ENCODER.output]).max())
     overhead = {
         "bare_session_ms": round(times["bare"] * 1000, 3),
         "runner_ms": round(times["runner"] * 1000, 3),

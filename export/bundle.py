@@ -20,6 +20,7 @@ beside a session.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import glob
 import io
@@ -35,28 +36,43 @@ import torch
 
 from agff_deploy import __version__
 from agff_deploy.config import CONFIG_FILE
+from agff_deploy.contract import (
+    CANDIDATES,
+    ENCODERS,
+    IMAGE_ENCODER,
+    PRECISIONS,
+    QUERIES,
+    SCORER,
+    TEXT_ENCODER,
+    TRT_PRECISIONS,
+    GraphSpec,
+    model_sizes,
+    resolved_graphs,
+)
 from agff_deploy.inputs import ItemEncoder
-from agff_deploy.manifest import FORMAT, FORMAT_VERSION, TRT_PRECISIONS, sha256_file, write_manifest
+from agff_deploy.manifest import (
+    BatchRange,
+    Dims,
+    Fusion,
+    GraphEntry,
+    ImageFormat,
+    LengthRange,
+    Manifest,
+    ModelDims,
+    Parity,
+    Source,
+    TokenizerFile,
+    sha256_file,
+    write_manifest,
+)
 from agff_deploy.model import AGFFEmbedder
-from agff_deploy.preprocessing import ImagePreprocessor
-from agff_deploy.similarity import PATTERNS
-from agff_deploy.tokenization import IMAGE_PLACEHOLDER, TOKENIZER_FILE, USER_HEAD, USER_TAIL
+from agff_deploy.tokenization import TOKENIZER_FILE
 from agff_deploy.weights import weights_sha256
 
 from .calibration import calibration_feeds
-from .check import (
-    ENCODERS,
-    GATE_IMAGES,
-    GateReference,
-    GateReport,
-    check_gate_images,
-    gate_reference,
-    report_dict,
-    run_gate,
-)
+from .check import GATE_IMAGES, GateReport, check_gate_images, gate_bundle, pytorch_reference
 from .graphs import (
     EXTERNAL_DATA_BYTES,
-    SPECS,
     ImageEncoderGraph,
     ScorerGraph,
     TextEncoderGraph,
@@ -107,34 +123,35 @@ class BundleBuilder:
         self.source = source
         self.options = options
         self.log = log
-        self.fusion = {
-            "patterns": list(PATTERNS),
-            "t_in": model.fusion.t_in,
-            "t_f": float(model.fusion.t_f.detach()),
-            "pattern_bias": [float(b) for b in model.fusion.pattern_bias.detach()],
-            "temperature": float(model.temperature.detach()),
-        }
+        self.fusion = Fusion(
+            t_in=model.fusion.t_in,
+            t_f=float(model.fusion.t_f.detach()),
+            pattern_bias=tuple(float(b) for b in model.fusion.pattern_bias.detach()),
+            temperature=float(model.temperature.detach()),
+        )
 
     def _dims(self) -> dict[str, dict[str, tuple[int, int]]]:
         lo, _, hi = self.options.batch
         image_len = self.encoder.formatter.length_range(with_image=True)
         text_len = self.encoder.formatter.length_range(with_image=False)
         return {
-            "image_encoder": {"batch": (lo, hi), "length": image_len},
-            "text_encoder": {"batch": (lo, hi), "length": (max(2, text_len[0]), text_len[1])},
-            "scorer": {"queries": (1, 1 << 16), "candidates": (1, 1 << 20)},
+            IMAGE_ENCODER.name: {"batch": (lo, hi), "length": image_len},
+            TEXT_ENCODER.name: {"batch": (lo, hi), "length": (max(2, text_len[0]), text_len[1])},
+            SCORER.name: {"queries": (1, 1 << 16), "candidates": (1, 1 << 20)},
         }
 
     def _examples(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        """What each graph is traced with, in its contract's input order."""
         size = self.encoder.preprocessor.height
-        image = self.encoder.inputs(["", "what is this?"], [np.zeros((size, size, 3), np.uint8)] * 2)
-        text = self.encoder.inputs(["a red circle", "two small blue filled squares at the left"])
+        image = self.encoder.feeds(["", "what is this?"], [np.zeros((size, size, 3), np.uint8)] * 2)
+        text = self.encoder.feeds(["a red circle", "two small blue filled squares at the left"])
         k, d = self.model.config.num_prompts, self.model.config.hidden_size
-        return {
-            "image_encoder": (image.pixel_values, image.input_ids, image.attention_mask),
-            "text_encoder": (text.input_ids, text.attention_mask),
-            "scorer": (torch.randn(2, k, d), torch.randn(3, k, d)),
+        feeds = {
+            IMAGE_ENCODER: {n: torch.from_numpy(a) for n, a in image.items()},
+            TEXT_ENCODER: {n: torch.from_numpy(a) for n, a in text.items()},
+            SCORER: {QUERIES.name: torch.randn(2, k, d), CANDIDATES.name: torch.randn(3, k, d)},
         }
+        return {spec.name: tuple(feed[n] for n in spec.input_names) for spec, feed in feeds.items()}
 
     def _export(self, module: torch.nn.Module, name: str, path: Path) -> Path:
         started = time.perf_counter()
@@ -158,7 +175,7 @@ class BundleBuilder:
 
     def write_graphs(self, folder: Path) -> dict[str, dict[str, Path]]:
         """Scorer and fp32 graphs, then fp16 (model cast in place), then the model is released for int8."""
-        scorer = self._export(ScorerGraph(self.model), "scorer", folder / "scorer.onnx")
+        scorer = self._export(ScorerGraph(self.model), SCORER.name, folder / "scorer.onnx")
         files = {"fp32": self._encoders(folder / "fp32")}
         if "fp16" in self.options.precisions:
             self.model.half()
@@ -169,16 +186,14 @@ class BundleBuilder:
                 (folder / precision).mkdir()
                 files[precision] = {name: self._quantized(precision, name, files["fp32"][name]) for name in ENCODERS}
         for graphs in files.values():
-            graphs["scorer"] = scorer
+            graphs[SCORER.name] = scorer
         return {p: files[p] for p in self.options.precisions}
 
     def _encoders(self, folder: Path) -> dict[str, Path]:
         folder.mkdir()
         return {
-            "image_encoder": self._export(
-                ImageEncoderGraph(self.model), "image_encoder", folder / "image_encoder.onnx"
-            ),
-            "text_encoder": self._export(TextEncoderGraph(self.model), "text_encoder", folder / "text_encoder.onnx"),
+            name: self._export(graph(self.model), name, folder / f"{name}.onnx")
+            for name, graph in ((IMAGE_ENCODER.name, ImageEncoderGraph), (TEXT_ENCODER.name, TextEncoderGraph))
         }
 
     def _quantized(self, precision: str, name: str, fp32_path: Path) -> Path:
@@ -195,83 +210,47 @@ class BundleBuilder:
         self.log(f"  {self._label(path)}: {time.perf_counter() - started:.1f} s")
         return path
 
-    def manifest(self, folder: Path, files: dict[str, dict[str, Path]]) -> dict:
+    def manifest(self, folder: Path, files: dict[str, dict[str, Path]]) -> Manifest:
         cfg = self.model.config
-        pre: ImagePreprocessor = self.encoder.preprocessor
-        formatter = self.encoder.formatter
+        pre = self.encoder.preprocessor
         lo, opt, hi = self.options.batch
         dims = self._dims()
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created_by": f"agff-deploy {__version__}",
-            "model": {
-                "architecture": cfg.base.get("model_type", "qwen2_vl"),
-                "preset": cfg.preset,
-                "num_fine": cfg.num_fine,
-                "num_prompts": cfg.num_prompts,
-                "prompt_length": cfg.prompt_length,
-                "hidden_size": cfg.hidden_size,
-            },
-            "image": {
-                "size": list(cfg.image_size),
-                "layout": "NCHW",
-                "dtype": "float32",
-                "rescale": 1 / 255,
-                "mean": list(pre.mean),
-                "std": list(pre.std),
-                "resample": "bicubic",
-                "num_image_tokens": cfg.num_image_tokens,
-            },
-            "tokenizer": {
-                "file": TOKENIZER_FILE,
-                "sha256": sha256_file(folder / TOKENIZER_FILE),
-                "max_text_tokens": cfg.max_text_tokens,
-                "pad_id": formatter.pad_id,
-                "image_token_id": formatter.image_id,
-                "chat": {"user_head": USER_HEAD, "user_tail": USER_TAIL, "image_placeholder": IMAGE_PLACEHOLDER},
-            },
-            "fusion": self.fusion,
-            "opset": self.options.opset,
-            "dims": {
-                "batch": {"min": lo, "opt": opt, "max": hi},
-                "image_length": dict(zip(("min", "max"), dims["image_encoder"]["length"], strict=True)),
-                "text_length": dict(zip(("min", "max"), dims["text_encoder"]["length"], strict=True)),
-            },
-            "graphs": {
-                precision: {name: self._graph_entry(folder, name, path, precision) for name, path in graphs.items()}
+        specs = resolved_graphs(model_sizes(cfg.image_size, cfg.num_prompts, cfg.hidden_size))
+        return Manifest(
+            created_by=f"agff-deploy {__version__}",
+            model=ModelDims(cfg.num_prompts, cfg.hidden_size),
+            image=ImageFormat(tuple(cfg.image_size), tuple(pre.mean), tuple(pre.std), cfg.num_image_tokens),
+            tokenizer=TokenizerFile(TOKENIZER_FILE, sha256_file(folder / TOKENIZER_FILE), cfg.max_text_tokens),
+            fusion=self.fusion,
+            dims=Dims(
+                BatchRange(lo, opt, hi),
+                LengthRange(*dims[IMAGE_ENCODER.name]["length"]),
+                LengthRange(*dims[TEXT_ENCODER.name]["length"]),
+            ),
+            graphs={
+                precision: {
+                    name: self._graph_entry(folder, path, precision, specs[name]) for name, path in graphs.items()
+                }
                 for precision, graphs in files.items()
             },
-            "source": {
-                "checkpoint": str(self.source.resolve()),
-                "weights_sha256": weights_sha256(self.source),
-                "config_sha256": sha256_file(self.source / CONFIG_FILE),
-            },
-        }
+            source=Source(
+                checkpoint=str(self.source.resolve()),
+                weights_sha256=weights_sha256(self.source),
+                config_sha256=sha256_file(self.source / CONFIG_FILE),
+            ),
+        )
 
-    def _graph_entry(self, folder: Path, name: str, path: Path, precision: str) -> dict:
-        spec = SPECS[name]
-        h, w = self.model.config.image_size
-        k, d = self.model.config.num_prompts, self.model.config.hidden_size
-        shapes = {
-            "pixel_values": ("float32", ["batch", 3, h, w]),
-            "input_ids": ("int64", ["batch", "length"]),
-            "attention_mask": ("int64", ["batch", "length"]),
-            "embeddings": ("float32", ["batch", k, d]),
-            "queries": ("float32", ["queries", k, d]),
-            "candidates": ("float32", ["candidates", k, d]),
-            "scores": ("float32", ["queries", "candidates"]),
-        }
-        describe = lambda names: [{"name": n, "dtype": shapes[n][0], "shape": shapes[n][1]} for n in names]  # noqa: E731
-        trt = name == "scorer" or precision in TRT_PRECISIONS
-        return {
-            "file": str(path.relative_to(folder)),
-            "sha256": sha256_file(path),
-            "external_data": external_data_entries(folder, path),
-            "inputs": describe(spec.inputs),
-            "outputs": describe(spec.outputs),
-            "backends": ["onnxruntime", "tensorrt"] if trt else ["onnxruntime"],
-        }
+    @staticmethod
+    def _graph_entry(folder: Path, path: Path, precision: str, spec: GraphSpec) -> GraphEntry:
+        on_tensorrt = spec.name == SCORER.name or precision in TRT_PRECISIONS
+        return GraphEntry(
+            file=str(path.relative_to(folder)),
+            sha256=sha256_file(path),
+            external_data=external_data_entries(folder, path),
+            inputs=spec.inputs,
+            outputs=spec.outputs,
+            backends=("onnxruntime", "tensorrt") if on_tensorrt else ("onnxruntime",),
+        )
 
     def build(self, out: Path, target: Target) -> GateReport:
         """Export, gate, and only then move the precisions that passed to `out` (replacing an older bundle).
@@ -294,14 +273,14 @@ class BundleBuilder:
         try:
             shutil.copyfile(self.source / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
             self.log("PyTorch reference for the parity gate ...")
-            reference: GateReference = gate_reference(
-                self.model, self.encoder, self.options.agreement_pairs, self.options.gate_images
+            reference, input_sets = pytorch_reference(
+                self.model, self.encoder, self.fusion, self.options.gate_images, self.options.agreement_pairs
             )
             files = self.write_graphs(tmp)
             manifest = self.manifest(tmp, files)
             write_manifest(tmp, manifest)
             self.log("parity gate ...")
-            report = run_gate(tmp, reference, target)
+            report = gate_bundle(tmp, reference, input_sets, target)
             if report.trusted:
                 _leave_out_failed(tmp, manifest, report)
                 _replace_folder(tmp, out)
@@ -358,14 +337,15 @@ def _require_free_space(folder: Path, needed: int) -> None:
         )
 
 
-def _leave_out_failed(folder: Path, manifest: dict, report: GateReport) -> None:
+def _leave_out_failed(folder: Path, manifest: Manifest, report: GateReport) -> None:
     """Drop the precisions that missed their bars; the manifest lists the rest and says why the others are gone."""
     failed = report.failed_precisions()
     for precision in failed:
         shutil.rmtree(folder / precision)
-    parity = dict(report_dict(report.without(failed)), left_out={p: report.failures(p) for p in failed})
-    graphs = {p: g for p, g in manifest["graphs"].items() if p not in failed}
-    write_manifest(folder, dict(manifest, graphs=graphs, parity=parity))
+    kept = report.without(failed)
+    parity = Parity(kept.passed, tuple(kept.rows), {p: report.failures(p) for p in failed})
+    graphs = {p: g for p, g in manifest.graphs.items() if p not in failed}
+    write_manifest(folder, dataclasses.replace(manifest, graphs=graphs, parity=parity))
 
 
 def _remove_leftovers(out: Path) -> None:
@@ -399,8 +379,6 @@ def _replace_folder(src: Path, dst: Path) -> None:
 
 
 def parse_precisions(values: Sequence[str]) -> tuple[str, ...]:
-    from agff_deploy.manifest import PRECISIONS
-
     unknown = [v for v in values if v not in PRECISIONS]
     if unknown:
         raise ValueError(f"--precision {' '.join(unknown)}: choose from {', '.join(PRECISIONS)}")

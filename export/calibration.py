@@ -10,28 +10,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from agff_deploy.errors import InputError, MissingFileError
+from agff_deploy.images import IMAGE_SUFFIXES, ImageLoadError, open_image
 from agff_deploy.inputs import ItemEncoder
 from agff_deploy.scenes import make_scene
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 CALIBRATION_SEED = 500_000_000
 QUESTIONS = ("", "what colour is the object?", "how many objects are there?", "")
 
 
 def _folder_images(folder: Path) -> list[Image.Image]:
+    """The folder's images decoded as the runtime decodes them: int8 scales fit the pixels it will see."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"--calib-dir {folder} is not a folder")
+        raise MissingFileError(f"--calib-dir {folder} is not a folder")
     images = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as err:
-            print(f"{path}: skipped for calibration: {err}")
+            images.append(open_image(path)[0])
+        except ImageLoadError as err:
+            print(f"skipped for calibration: {err}")
     if not images:
-        raise ValueError(f"--calib-dir {folder} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise InputError(f"--calib-dir {folder} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return images
 
 

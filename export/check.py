@@ -1,70 +1,56 @@
-"""The parity gate: every graph of a bundle against the PyTorch model, plus the TensorRT lint.
+"""The parity gate: candidate runners against reference runners on the same input sets, plus the TensorRT lint.
 
-`python -m export.check BUNDLE` runs it on demand; `export.to_onnx` runs it
-before a bundle is moved into place. Two input sets with different batch
-sizes, text lengths and padding; bars and their reasons in docs/parity.md.
+`compare` is the one gate. `export.to_onnx` runs it on every graph of a new
+bundle against the PyTorch model (its outputs recorded first, so the model can
+be freed before ONNX Runtime loads the graphs); `python -m export.check BUNDLE`
+runs it again on demand; `export.to_trt` runs it on built engines against the
+fp32 graphs in ONNX Runtime. Candidates are the runners users run, from
+`runtime.loading`. Two input sets differ in batch size, text length and
+padding; bars and their reasons in `agff_deploy.contract` and docs/parity.md.
+torch is imported by `main` and `pytorch_reference` only: a Jetson has none.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
-from agff_deploy.checkpoint import item_encoder, load_checkpoint
-from agff_deploy.inputs import ItemEncoder
-from agff_deploy.manifest import PRECISIONS, TRT_PRECISIONS, read_manifest
-from agff_deploy.model import AGFFEmbedder
+from agff_deploy.config import CONFIG_FILE
+from agff_deploy.contract import (
+    ENCODERS,
+    GRAPH_NAMES,
+    GRAPHS,
+    IMAGE_ENCODER,
+    PRECISIONS,
+    SCORER,
+    TEXT_ENCODER,
+    Bar,
+    Feed,
+    model_sizes,
+    resolved_graphs,
+)
+from agff_deploy.errors import AgffError, print_error
+from agff_deploy.feeds import FeedEncoder
+from agff_deploy.manifest import Fusion, Manifest, ParityRow, read_manifest, sha256_file
 from agff_deploy.scenes import make_scene
-from agff_deploy.weights import weights_sha256
-from runtime.onnxruntime_loader import import_onnxruntime
-from runtime.scoring import fused_similarity as numpy_fused_similarity
+from runtime.loading import ort_runners
+from runtime.runner import Outputs, Runner
+from runtime.scoring import fused_similarity
 
 from .targets import Target, get_target
 from .trt_lint import lint_file
 
 AGREEMENT_SEED = 700_000_000
-ENCODERS = ("image_encoder", "text_encoder")
-
-
-@dataclass(frozen=True)
-class Bar:
-    min_cosine: float
-    max_abs: float | None = None
-    top1: float | None = None
-
-    def describe(self) -> str:
-        parts = [f"cos>={self.min_cosine}"]
-        if self.max_abs is not None:
-            parts.append(f"abs<={self.max_abs:g}")
-        if self.top1 is not None:
-            parts.append(f"top1>={self.top1:.0%}")
-        return " ".join(parts)
-
-
-BARS = {
-    "fp32": Bar(0.99999, 1e-4),
-    "fp16": Bar(0.999),
-    "int8": Bar(0.98, top1=0.95),
-    "int8-dynamic": Bar(0.98, top1=0.95),
-}
-SCORER_BAR = Bar(0.99999, 1e-4)
-
-
-@dataclass
-class ParityRow:
-    precision: str
-    graph: str
-    inputs: str
-    min_cosine: float | None
-    max_abs: float | None
-    bar: str
-    passed: bool
-    top1: float | None = None
+INSTRUCTIONS = ("", "what colour is the star?", "how many circles are there in this picture?", "", "where is it?")
+GATE_IMAGES = (2, 5)
+CPU = ("CPUExecutionProvider",)  # the gate's ONNX Runtime sessions: exact fp32, whatever the host has
 
 
 @dataclass
@@ -105,8 +91,10 @@ class GateReport:
         )
 
     def table(self) -> str:
+        bar = max([26, *(len(r.bar) + 2 for r in self.rows)])
         head = (
-            f"{'precision':<13}{'graph':<15}{'inputs':<8}{'min cos':>11}{'max abs':>11}{'top-1':>8}  {'bar':<26}result"
+            f"{'precision':<13}{'graph':<15}{'inputs':<8}{'min cos':>11}{'max abs':>11}{'top-1':>8}  "
+            f"{'bar':<{bar}}result"
         )
         lines = [head, "-" * len(head)]
         for r in self.rows:
@@ -115,7 +103,7 @@ class GateReport:
             top1 = "" if r.top1 is None else f"{r.top1:.1%}"
             lines.append(
                 f"{r.precision:<13}{r.graph:<15}{r.inputs:<8}{cos:>11}{err:>11}{top1:>8}  "
-                f"{r.bar:<26}{'pass' if r.passed else 'FAIL'}"
+                f"{r.bar:<{bar}}{'pass' if r.passed else 'FAIL'}"
             )
         for name, problems in self.lint.items():
             lines.append(f"TensorRT lint {name}: " + ("clean" if not problems else "; ".join(problems)))
@@ -134,10 +122,6 @@ def _describe_failure(row: ParityRow) -> str:
     return f"{row.graph} on input set {row.inputs}: {numbers} (bar {row.bar})"
 
 
-INSTRUCTIONS = ("", "what colour is the star?", "how many circles are there in this picture?", "", "where is it?")
-GATE_IMAGES = (2, 5)
-
-
 def check_gate_images(images: tuple[int, int]) -> tuple[int, int]:
     a, b = images
     if not 1 <= a < b:
@@ -145,42 +129,124 @@ def check_gate_images(images: tuple[int, int]) -> tuple[int, int]:
     return a, b
 
 
-def parity_input_sets(
-    encoder: ItemEncoder, images: tuple[int, int] = GATE_IMAGES
-) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """Two sets that differ in batch size, text length and padding (never the traced example).
+@dataclass(frozen=True)
+class HeldOutPairs:
+    """Held-out scenes and their captions in chunks, for top-1 retrieval agreement under the fused score."""
 
-    `images` is the image batch of set A and set B; a 2B model is gated on (1, 2) to save minutes.
-    """
+    feeds: Mapping[str, list[Feed]]  # encoder name -> chunks
+    fusion: Fusion
+
+    def top1(self, images: np.ndarray, texts: np.ndarray) -> np.ndarray:
+        """Each image's best caption under the fused score (the model's own fusion parameters)."""
+        bias = np.asarray(self.fusion.pattern_bias, np.float32)
+        return fused_similarity(images, texts, self.fusion.t_in, self.fusion.t_f, bias).argmax(1)
+
+
+@dataclass(frozen=True)
+class InputSets:
+    """Everything the gate feeds: named sets of one feed per graph, and the held-out pairs (None: skipped)."""
+
+    sets: Mapping[str, Mapping[str, Feed]]  # set name -> graph name -> feed
+    held_out: HeldOutPairs | None
+
+    def feeds(self, graph: str) -> list[Feed]:
+        held_out = self.held_out.feeds.get(graph, []) if self.held_out else []
+        return [feeds[graph] for feeds in self.sets.values()] + held_out
+
+
+def parity_input_sets(
+    encoder: FeedEncoder,
+    sizes: Mapping[str, int],
+    fusion: Fusion,
+    images: tuple[int, int] = GATE_IMAGES,
+    agreement_pairs: int = 256,
+) -> InputSets:
+    """Sets A and B (`parity_sets`) and `agreement_pairs` held-out pairs ranked under `fusion` (0: none)."""
+    held_out = _held_out_pairs(encoder, fusion, agreement_pairs) if agreement_pairs > 0 else None
+    return InputSets(parity_sets(encoder, sizes, images), held_out)
+
+
+def parity_sets(
+    encoder: FeedEncoder, sizes: Mapping[str, int], images: tuple[int, int] = GATE_IMAGES
+) -> dict[str, dict[str, Feed]]:
+    """Sets A and B, which differ in batch size, text length and padding (never the traced example). `images` is
+    the image batch of set A and set B; a 2B model is gated on (1, 2) to save minutes. The scorer gets seeded
+    unit-length embeddings of the model's shape (`sizes`)."""
     a, b = check_gate_images(images)
     size = encoder.preprocessor.height
     scenes = [make_scene(AGREEMENT_SEED - 100 + i) for i in range(a + b)]
     pictures = [s.render(size) for s in scenes]
     questions_b = [INSTRUCTIONS[(2 + i) % len(INSTRUCTIONS)] for i in range(b)]
+    texts_a = [scenes[0].caption(), "a red circle", "snow"]
+    texts_b = ["x", scenes[1].caption(), scenes[2].global_caption(), "two stars"]
+    rng = np.random.default_rng(AGREEMENT_SEED)
     return {
         "A": {
-            "image_encoder": encoder.feeds([INSTRUCTIONS[i % 2] for i in range(a)], pictures[:a]),
-            "text_encoder": encoder.feeds([scenes[0].caption(), "a red circle", "snow"], None),
+            IMAGE_ENCODER.name: encoder.feeds([INSTRUCTIONS[i % 2] for i in range(a)], pictures[:a]),
+            TEXT_ENCODER.name: encoder.feeds(texts_a),
+            SCORER.name: _scorer_feed(rng, sizes, a, len(texts_a)),
         },
         "B": {
-            "image_encoder": encoder.feeds(questions_b, pictures[a:]),
-            "text_encoder": encoder.feeds(["x", scenes[1].caption(), scenes[2].global_caption(), "two stars"], None),
+            IMAGE_ENCODER.name: encoder.feeds(questions_b, pictures[a:]),
+            TEXT_ENCODER.name: encoder.feeds(texts_b),
+            SCORER.name: _scorer_feed(rng, sizes, b, len(texts_b)),
         },
     }
 
 
-@torch.no_grad()
-def torch_embeddings(model: AGFFEmbedder, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    pixels = feeds.get("pixel_values")
-    out = model(
-        torch.from_numpy(feeds["input_ids"]),
-        torch.from_numpy(feeds["attention_mask"]),
-        None if pixels is None else torch.from_numpy(pixels),
-    )
-    return out.numpy()
+def _scorer_feed(rng: np.random.Generator, sizes: Mapping[str, int], queries: int, candidates: int) -> Feed:
+    def unit(count: int) -> np.ndarray:
+        vectors = rng.standard_normal((count, sizes["prompts"], sizes["hidden"])).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+    query, candidate = SCORER.inputs
+    return {query.name: unit(queries), candidate.name: unit(candidates)}
 
 
-def compare(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+def _held_out_pairs(encoder: FeedEncoder, fusion: Fusion, pairs: int, chunk: int = 32) -> HeldOutPairs:
+    scenes = [make_scene(AGREEMENT_SEED + i, held_out=True) for i in range(pairs)]
+    pictures = [s.render(encoder.preprocessor.height) for s in scenes]
+    captions = [s.caption() for s in scenes]
+    chunks = [slice(i, i + chunk) for i in range(0, pairs, chunk)]
+    feeds = {
+        IMAGE_ENCODER.name: [encoder.feeds([""] * len(pictures[c]), pictures[c]) for c in chunks],
+        TEXT_ENCODER.name: [encoder.feeds(captions[c]) for c in chunks],
+    }
+    return HeldOutPairs(feeds, fusion)
+
+
+class RecordedRunner(Runner):
+    """Another runner's outputs on the feeds it was given, kept: the gate's reference once its model is freed.
+
+    The source runner is activated, run on every feed and deactivated here; `infer` answers a recorded feed by
+    its contents and refuses any other.
+    """
+
+    name = "recorded"
+
+    def __init__(self, source: Runner, feeds: Iterable[Feed]) -> None:
+        super().__init__(source.spec)
+        self.source_name = source.name
+        with source:
+            self.outputs = {_key(feed): source.infer(feed) for feed in feeds}
+
+    def infer_impl(self, feed: Feed) -> Outputs:
+        try:
+            return self.outputs[_key(feed)]
+        except KeyError:
+            raise KeyError(f"{self.spec.name}: no {self.source_name} output was recorded for this feed") from None
+
+
+def _key(feed: Feed) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(feed):
+        array = np.ascontiguousarray(feed[name])
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def agreement(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     """Min cosine over embedding vectors (last axis) and max abs difference."""
     a = out.reshape(-1, out.shape[-1]).astype(np.float64)
     b = ref.reshape(-1, ref.shape[-1]).astype(np.float64)
@@ -188,141 +254,116 @@ def compare(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(cos.min()), float(np.abs(a - b).max())
 
 
-def session(path: Path):
-    ort = import_onnxruntime()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def compare(
+    reference: Mapping[str, Runner],
+    candidates: Mapping[str, Runner],
+    input_sets: InputSets,
+    bars: Mapping[str, Bar],
+    precision: str,
+) -> list[ParityRow]:
+    """Each candidate graph against the reference runner of the same graph, on every input set, under `bars` (by
+    graph); the encoders also on the held-out pairs when their bar has a top-1 part.
+
+    One runner is active at a time: each runs all its feeds and is deactivated before the next one loads, so a 2B
+    graph never shares memory with another. Rows are labelled `precision`.
+    """
+    rows, held_out = [], {}
+    set_names = list(input_sets.sets)
+    for graph, candidate in candidates.items():
+        bar = bars[graph]
+        feeds = [input_sets.sets[s][graph] for s in set_names]
+        pairs = input_sets.held_out.feeds.get(graph, []) if input_sets.held_out and bar.top1 is not None else []
+        expected = _run_all(reference[graph], feeds + pairs)
+        found = _run_all(candidate, feeds + pairs)
+        for name, out, ref in zip(set_names, found, expected, strict=False):
+            rows.append(_row(precision, graph, name, out, ref, bar))
+        if pairs:
+            held_out[graph] = (np.concatenate(found[len(feeds) :]), np.concatenate(expected[len(feeds) :]))
+    if input_sets.held_out and set(ENCODERS) <= set(held_out):
+        rows.append(_retrieval_row(precision, input_sets.held_out, held_out, bars[IMAGE_ENCODER.name]))
+    return rows
+
+
+def _run_all(runner: Runner, feeds: list[Feed]) -> list[np.ndarray]:
+    with runner:
+        return [runner.infer(feed)[runner.spec.output] for feed in feeds]
 
 
 def _row(precision: str, graph: str, inputs: str, out: np.ndarray, ref: np.ndarray, bar: Bar) -> ParityRow:
-    min_cos, max_abs = compare(out, ref)
-    passed = min_cos >= bar.min_cosine and (bar.max_abs is None or max_abs <= bar.max_abs)
-    return ParityRow(precision, graph, inputs, min_cos, max_abs, bar.describe(), passed)
+    if graph == SCORER.name:  # a score matrix is one vector: its rows are not embeddings
+        out, ref = out.reshape(1, -1), ref.reshape(1, -1)
+    min_cos, max_abs = agreement(out, ref)
+    return ParityRow(precision, graph, inputs, min_cos, max_abs, bar.describe(), bar.passes(min_cos, max_abs))
 
 
-def embed_in_chunks(run, encoder: ItemEncoder, texts: list[str], images: list | None, chunk: int = 32) -> np.ndarray:
-    """`run(feeds) -> embeddings` over `texts` (and `images`) in chunks, concatenated."""
-    parts = []
-    for i in range(0, len(texts), chunk):
-        parts.append(run(encoder.feeds(texts[i : i + chunk], None if images is None else images[i : i + chunk])))
-    return np.concatenate(parts)
+def _retrieval_row(
+    precision: str, pairs: HeldOutPairs, outputs: Mapping[str, tuple[np.ndarray, np.ndarray]], bar: Bar
+) -> ParityRow:
+    (image, image_ref), (text, text_ref) = (outputs[name] for name in ENCODERS)
+    found, expected = pairs.top1(image, text), pairs.top1(image_ref, text_ref)
+    top1 = float((found == expected).mean())
+    return ParityRow(precision, "retrieval", str(len(found)), None, None, bar.describe(), top1 >= (bar.top1 or 0), top1)
 
 
-@dataclass
-class GateReference:
-    """What the gate compares graphs against, computed once by the PyTorch model.
+def bars_at(precision: str, graphs: Iterable[str]) -> dict[str, Bar]:
+    """Each graph's bar at `precision`, from the contract."""
+    return {graph: GRAPHS[graph].bars[precision] for graph in graphs}
 
-    Holding numbers instead of the model lets the exporter free the model's
-    weights before ONNX Runtime loads the graphs: at 2B parameters the two
-    together would not fit a 24 GB machine.
+
+def gate_bundle(bundle: Path, reference: Mapping[str, Runner], input_sets: InputSets, target: Target) -> GateReport:
+    """Every graph of `bundle` in ONNX Runtime (CPU) against `reference`, plus the TensorRT lint (no torch here).
+
+    The scorer is exported once, in fp32, and shared: it is compared with fp32. Graphs are not hashed: their
+    numbers are what the gate measures (and hashing a 2B bundle costs a minute).
     """
-
-    feeds: dict[str, dict[str, dict[str, np.ndarray]]]
-    outputs: dict[str, dict[str, np.ndarray]]
-    scores: dict[str, np.ndarray]
-    fusion: tuple[float, float, np.ndarray]
-    agreement_feeds: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
-    agreement_top1: np.ndarray | None = None
-
-    def top1(self, images: np.ndarray, texts: np.ndarray) -> np.ndarray:
-        """Each image's best caption under the fused score (the model's own fusion parameters)."""
-        return numpy_fused_similarity(images, texts, *self.fusion).argmax(1)
-
-
-def gate_reference(
-    model: AGFFEmbedder, encoder: ItemEncoder, agreement_pairs: int = 256, images: tuple[int, int] = GATE_IMAGES
-) -> GateReference:
-    feeds = parity_input_sets(encoder, images)
-    outputs = {s: {name: torch_embeddings(model, f) for name, f in graphs.items()} for s, graphs in feeds.items()}
-    with torch.no_grad():
-        scores = {
-            s: model.similarity(torch.from_numpy(o["image_encoder"]), torch.from_numpy(o["text_encoder"])).numpy()
-            for s, o in outputs.items()
-        }
-    fusion = model.fusion
-    reference = GateReference(
-        feeds, outputs, scores, (fusion.t_in, float(fusion.t_f.detach()), fusion.pattern_bias.detach().float().numpy())
-    )
-    if agreement_pairs > 0:
-        scenes = [make_scene(AGREEMENT_SEED + i, held_out=True) for i in range(agreement_pairs)]
-        pictures = [s.render(encoder.preprocessor.height) for s in scenes]
-        captions = [s.caption() for s in scenes]
-        chunks = [slice(i, i + 32) for i in range(0, agreement_pairs, 32)]
-        reference.agreement_feeds = {
-            "image_encoder": [encoder.feeds([""] * len(pictures[c]), pictures[c]) for c in chunks],
-            "text_encoder": [encoder.feeds(captions[c], None) for c in chunks],
-        }
-        reference.agreement_top1 = reference.top1(
-            *(np.concatenate([torch_embeddings(model, f) for f in fs]) for fs in reference.agreement_feeds.values())
-        )
-    return reference
-
-
-def check_precision(bundle: Path, manifest: dict, precision: str, reference: GateReference) -> list[ParityRow]:
-    """Both encoders of one precision, one ONNX Runtime session at a time."""
-    bar = BARS[precision]
-    rows, agreement_out = [], {}
-    for name in ENCODERS:
-        sess = session(bundle / manifest["graphs"][precision][name]["file"])
-        for set_name, feeds in reference.feeds.items():
-            out = sess.run(None, feeds[name])[0]
-            rows.append(_row(precision, name, set_name, out, reference.outputs[set_name][name], bar))
-        if bar.top1 is not None and reference.agreement_top1 is not None:
-            agreement_out[name] = np.concatenate([sess.run(None, f)[0] for f in reference.agreement_feeds[name]])
-        del sess
-    if agreement_out:
-        top1 = reference.top1(agreement_out["image_encoder"], agreement_out["text_encoder"])
-        agreement = float((top1 == reference.agreement_top1).mean())
-        pairs = str(len(top1))
-        rows.append(
-            ParityRow(precision, "retrieval", pairs, None, None, bar.describe(), agreement >= bar.top1, agreement)
-        )
-    return rows
-
-
-def check_scorer(bundle: Path, manifest: dict, reference: GateReference) -> list[ParityRow]:
-    sess = session(bundle / manifest["graphs"]["fp32"]["scorer"]["file"])
+    manifest = read_manifest(bundle)
     rows = []
-    for set_name, outputs in reference.outputs.items():
-        feeds = {"queries": outputs["image_encoder"], "candidates": outputs["text_encoder"]}
-        out = sess.run(None, feeds)[0]
-        rows.append(
-            _row("fp32", "scorer", set_name, out.reshape(1, -1), reference.scores[set_name].reshape(1, -1), SCORER_BAR)
-        )
-    return rows
+    for precision in manifest.graphs:
+        graphs = GRAPH_NAMES if precision == "fp32" else ENCODERS
+        candidates = ort_runners(bundle, manifest, precision, providers=CPU, graphs=graphs, check_hashes=False)
+        rows += compare(reference, candidates, input_sets, bars_at(precision, graphs), precision)
+    return GateReport(rows, lint_bundle(bundle, manifest, target))
 
 
-def lint_bundle(bundle: Path, manifest: dict, target: Target) -> dict[str, list[str]]:
+def lint_bundle(bundle: Path, manifest: Manifest, target: Target) -> dict[str, list[str]]:
     """TensorRT lint of every graph a TensorRT build would take (int8-dynamic is ONNX Runtime only)."""
     files = {
-        entry["file"]
-        for precision, graphs in manifest["graphs"].items()
-        if precision in TRT_PRECISIONS
-        for entry in graphs.values()
+        entry.file for graphs in manifest.graphs.values() for entry in graphs.values() if "tensorrt" in entry.backends
     }
     return {file: lint_file(bundle / file, target) for file in sorted(files)}
 
 
-def run_gate(bundle: Path, reference: GateReference, target: Target) -> GateReport:
-    """Every graph of `bundle` against the reference numbers, plus the TensorRT lint (no torch needed here)."""
-    manifest = read_manifest(bundle)
-    rows = check_scorer(bundle, manifest, reference)
-    for precision in manifest["graphs"]:
-        rows += check_precision(bundle, manifest, precision, reference)
-    return GateReport(rows, lint_bundle(bundle, manifest, target))
+def pytorch_reference(
+    model: Any,
+    encoder: FeedEncoder,
+    fusion: Fusion,
+    images: tuple[int, int] = GATE_IMAGES,
+    agreement_pairs: int = 256,
+) -> tuple[dict[str, Runner], InputSets]:
+    """The gate's input sets for `model` (whose fusion parameters are `fusion`) and its outputs on them, recorded
+    on the CPU so the model can be freed."""
+    from runtime.torch_runner import TorchRunner
+
+    config = model.config
+    sizes = model_sizes(config.image_size, config.num_prompts, config.hidden_size)
+    input_sets = parity_input_sets(encoder, sizes, fusion, images, agreement_pairs)
+    reference: dict[str, Runner] = {
+        name: RecordedRunner(TorchRunner(model, spec, device="cpu"), input_sets.feeds(name))
+        for name, spec in resolved_graphs(sizes).items()
+    }
+    return reference, input_sets
 
 
-def report_dict(report: GateReport) -> dict:
-    return {"passed": report.passed, "rows": [asdict(r) for r in report.rows], "lint": report.lint}
+def _source_checkpoint(bundle: Path, manifest: Manifest, override: str | None) -> Path:
+    from agff_deploy.weights import weights_sha256
 
-
-def _source_checkpoint(bundle: Path, manifest: dict, override: str | None) -> Path:
-    ckpt = Path(override or manifest["source"]["checkpoint"])
+    ckpt = Path(override or manifest.source.checkpoint)
     if not ckpt.is_dir():
         raise FileNotFoundError(f"source checkpoint {ckpt} not found; pass --ckpt with the folder the bundle came from")
-    if weights_sha256(ckpt) != manifest["source"]["weights_sha256"]:
+    if weights_sha256(ckpt) != manifest.source.weights_sha256:
         raise ValueError(f"the weights in {ckpt} are not those {bundle} was exported from (hash differs); re-export")
+    if sha256_file(ckpt / CONFIG_FILE) != manifest.source.config_sha256:
+        raise ValueError(f"{ckpt / CONFIG_FILE} is not the config {bundle} was exported with (hash differs); re-export")
     return ckpt
 
 
@@ -338,13 +379,22 @@ def main(argv: list[str] | None = None) -> int:
         "--gate-images", type=int, nargs=2, default=GATE_IMAGES, metavar=("A", "B"), help="images in set A and set B"
     )
     args = parser.parse_args(argv)
-    manifest = read_manifest(args.bundle)
-    ckpt = _source_checkpoint(args.bundle, manifest, args.ckpt)
-    model, tokenizer = load_checkpoint(ckpt, image_size=tuple(manifest["image"]["size"]))
-    encoder = item_encoder(model.config, tokenizer)
-    reference = gate_reference(model, encoder, args.agreement_pairs, tuple(args.gate_images))
-    del model
-    report = run_gate(args.bundle, reference, get_target(args.target))
+    try:
+        from agff_deploy.checkpoint import item_encoder, load_checkpoint
+
+        manifest = read_manifest(args.bundle)
+        ckpt = _source_checkpoint(args.bundle, manifest, args.ckpt)
+        model, tokenizer = load_checkpoint(ckpt, image_size=manifest.image.size)
+        encoder = item_encoder(model.config, tokenizer)
+        reference, input_sets = pytorch_reference(
+            model, encoder, manifest.fusion, tuple(args.gate_images), args.agreement_pairs
+        )
+        del model
+        report = gate_bundle(args.bundle, reference, input_sets, get_target(args.target))
+    # ValueError, KeyError: agff_deploy/manifest.py, _source_checkpoint and the --gate-images check still raise
+    # users' mistakes as such.
+    except (AgffError, OSError, ValueError, KeyError) as err:
+        return print_error(err)
     print(report.table())
     print("parity gate: " + ("passed" if report.passed else "FAILED"))
     return 0 if report.passed else 1

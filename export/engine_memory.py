@@ -4,7 +4,7 @@ Estimated from the graphs themselves, not from a parameter-count formula.
 Weights: the initializers' bytes at their stored dtype (an int8 Q/DQ weight
 is one byte), sized from their dims so external data is never read.
 Activations: the graph inputs fixed at the optimisation profile's MAX shapes
-(`export.to_trt.profile_shapes`), every tensor's shape inferred from them, and
+(`export.trt_profiles.profile_shapes`), every tensor's shape inferred from them, and
 the peak sum of live tensors over the nodes in their stored order (ONNX
 requires it to be topological). Workspace: the builder's pool, on top.
 
@@ -33,17 +33,18 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from agff_deploy.manifest import TRT_PRECISIONS, graph_entry, read_manifest
+from agff_deploy.contract import TRT_PRECISIONS
+from agff_deploy.errors import AgffError, InputError, print_error
+from agff_deploy.manifest import Manifest, read_manifest
 
 from .targets import ORIN_BOARDS, Target
-from .to_trt import ENGINE_FILES, Shape, profile_shapes
+from .trt_profiles import ENGINE_FILES, Shape, profile_shapes
 
 Batch = tuple[int, int, int]
 GiB = 2**30
@@ -233,11 +234,11 @@ class BundleMemory:
     again, and each estimate walks every node.
     """
 
-    def __init__(self, bundle: Path, manifest: dict[str, Any], workspace_bytes: int) -> None:
+    def __init__(self, bundle: Path, manifest: Manifest, workspace_bytes: int) -> None:
         self.bundle = Path(bundle)
         self.manifest = manifest
         self.workspace = workspace_bytes
-        self.precisions = tuple(p for p in TRT_PRECISIONS if p in manifest["graphs"])
+        self.precisions = tuple(p for p in TRT_PRECISIONS if p in manifest.graphs)
         self._models: dict[Path, onnx.ModelProto] = {}
         self._graphs: dict[tuple[Path, int], GraphMemory] = {}
 
@@ -246,7 +247,7 @@ class BundleMemory:
         return MemoryBudget(precision, batch, graphs, self.workspace)
 
     def _graph(self, name: str, precision: str, batch: Batch) -> GraphMemory:
-        path = self.bundle / graph_entry(self.manifest, precision, name)["file"]
+        path = self.bundle / self.manifest.graph(precision, name).file
         if path not in self._models:
             model = onnx.load(str(path), load_external_data=False)
             for tensor in model.graph.initializer:  # inline weights: keep dims and dtype, drop the bytes
@@ -282,9 +283,7 @@ def budget_table(memory: BundleMemory, batch: Batch, boards: Sequence[Target]) -
         budget = memory.budget(precision, batch)
         for board in boards:
             usable = board.usable_bytes()
-            largest = memory.largest_batch(
-                precision, (batch[0], batch[1], memory.manifest["dims"]["batch"]["max"]), usable
-            )
+            largest = memory.largest_batch(precision, (batch[0], batch[1], memory.manifest.dims.batch.max), usable)
             rows.append(
                 (
                     precision,
@@ -315,19 +314,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         manifest = read_manifest(args.bundle)
-        exported = manifest["dims"]["batch"]
-        lo, opt, hi = args.batch or [exported[k] for k in ("min", "opt", "max")]
-        if not exported["min"] <= lo <= opt <= hi <= exported["max"]:
-            raise ValueError(f"--batch {lo} {opt} {hi} must lie within {exported['min']}..{exported['max']}")
+        exported = manifest.dims.batch
+        lo, opt, hi = args.batch or exported.as_tuple()
+        if not exported.min <= lo <= opt <= hi <= exported.max:
+            raise InputError(f"--batch {lo} {opt} {hi} must lie within {exported.min}..{exported.max}")
         memory = BundleMemory(args.bundle, manifest, int(args.workspace * GiB))
         print(
             f"{args.bundle}: TensorRT engines at --batch {lo} {opt} {hi}, --workspace {args.workspace:g} GiB "
             "(sizes in GiB; activations at the profile's max shapes, an upper bound)"
         )
         print(budget_table(memory, (lo, opt, hi), ORIN_BOARDS))
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # ValueError, KeyError: agff_deploy/manifest.py still raises users' mistakes (an unreadable manifest, a precision
+    # the bundle lacks) as such.
+    except (AgffError, OSError, ValueError, KeyError) as err:
+        return print_error(err)
     return 0
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
+from agff_deploy.contract import GRAPHS
+from agff_deploy.manifest import ExternalData
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.similarity import fused_similarity
 
@@ -64,36 +65,6 @@ class ScorerGraph(nn.Module):
         return fused_similarity(queries, candidates, self.t_in, self.t_f, self.bias)
 
 
-@dataclass(frozen=True)
-class GraphSpec:
-    """What the exporter and manifest need to know about one graph's I/O."""
-
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    dynamic: dict[str, dict[int, str]]
-
-
-SPECS = {
-    "image_encoder": GraphSpec(
-        ("pixel_values", "input_ids", "attention_mask"),
-        ("embeddings",),
-        {
-            "pixel_values": {0: "batch"},
-            "input_ids": {0: "batch", 1: "length"},
-            "attention_mask": {0: "batch", 1: "length"},
-        },
-    ),
-    "text_encoder": GraphSpec(
-        ("input_ids", "attention_mask"),
-        ("embeddings",),
-        {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}},
-    ),
-    "scorer": GraphSpec(
-        ("queries", "candidates"), ("scores",), {"queries": {0: "queries"}, "candidates": {0: "candidates"}}
-    ),
-}
-
-
 def export_graph(
     module: nn.Module,
     name: str,
@@ -103,14 +74,17 @@ def export_graph(
     dims: dict[str, tuple[int, int]],
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> Path:
-    """`torch.onnx.export(dynamo=True)` with named dynamic dims; `dims` gives each dim's (min, max).
+    """`torch.onnx.export(dynamo=True)` of graph `name` as the contract names its tensors and dynamic axes; `dims`
+    gives each dynamic axis's (min, max).
 
     Past `external_data_bytes` of weights the tensors go to `<file>.onnx.data` beside the graph,
     referenced by a relative path, so the pair can be copied anywhere and still load.
     """
-    spec = SPECS[name]
+    spec = GRAPHS[name]
     torch_dims = {d: torch.export.Dim(d, min=lo, max=hi) for d, (lo, hi) in dims.items()}
-    dynamic_shapes = {arg: {axis: torch_dims[d] for axis, d in axes.items()} for arg, axes in spec.dynamic.items()}
+    dynamic_shapes = {
+        arg: {axis: torch_dims[d] for axis, d in axes.items()} for arg, axes in spec.dynamic_axes().items()
+    }
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -120,8 +94,8 @@ def export_graph(
             str(path),
             dynamo=True,
             opset_version=opset,
-            input_names=list(spec.inputs),
-            output_names=list(spec.outputs),
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
             dynamic_shapes=dynamic_shapes,
             external_data=weight_bytes > external_data_bytes,
             verbose=False,
@@ -129,9 +103,9 @@ def export_graph(
     return path
 
 
-def external_data_entries(bundle: Path, path: Path) -> list[dict[str, str | int]]:
+def external_data_entries(bundle: Path, path: Path) -> tuple[ExternalData, ...]:
     """The manifest's record of a graph's external-data files: path inside the bundle and size."""
-    return [{"file": str(data.relative_to(bundle)), "bytes": data.stat().st_size} for data in external_data_files(path)]
+    return tuple(ExternalData(str(data.relative_to(bundle)), data.stat().st_size) for data in external_data_files(path))
 
 
 def external_data_files(path: Path) -> list[Path]:

@@ -292,17 +292,22 @@ def _weight_dq(
     name: str, weight: np.ndarray, writer: _ExternalWriter
 ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
     """A weight as symmetric int8 per output column (axis 1) behind a DequantizeLinear."""
+    tensors = _int8_weight(name, weight, writer)
+    dq = helper.make_node(
+        "DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"], [f"{name}_dequantized"], axis=1
+    )
+    return tensors, [dq]
+
+
+def _int8_weight(name: str, weight: np.ndarray, writer: _ExternalWriter) -> list[onnx.TensorProto]:
+    """`{name}_int8` (written to the external file), `{name}_scale` and `{name}_zero_point`, per output column."""
     quantized, scale = _int8_columns(weight)
     int8 = onnx.TensorProto(name=f"{name}_int8", data_type=onnx.TensorProto.INT8, dims=quantized.shape)
-    tensors = [
+    return [
         writer.add(int8, quantized),
         numpy_helper.from_array(scale, f"{name}_scale"),
         numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
     ]
-    dq = helper.make_node(
-        "DequantizeLinear", [int8.name, f"{name}_scale", f"{name}_zero_point"], [f"{name}_dequantized"], axis=1
-    )
-    return tensors, [dq]
 
 
 def _int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -350,18 +355,12 @@ def _integer_matmul(
     node: onnx.NodeProto, name: str, weight: np.ndarray, writer: _ExternalWriter
 ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
     """The initializers and nodes that replace `node` (x @ weight) by its dynamic int8 form."""
-    quantized, scale = _int8_columns(weight)
-    int8 = onnx.TensorProto(name=f"{name}_int8", data_type=onnx.TensorProto.INT8, dims=quantized.shape)
-    tensors = [
-        writer.add(int8, quantized),
-        numpy_helper.from_array(scale, f"{name}_scale"),
-        numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
-    ]
+    tensors = _int8_weight(name, weight, writer)
     out = node.output[0]
     x_uint8, x_scale, x_zero = (f"{out}_x_{part}" for part in ("uint8", "scale", "zero_point"))
     nodes = [
         helper.make_node("DynamicQuantizeLinear", [node.input[0]], [x_uint8, x_scale, x_zero]),
-        helper.make_node("MatMulInteger", [x_uint8, int8.name, x_zero, f"{name}_zero_point"], [f"{out}_int32"]),
+        helper.make_node("MatMulInteger", [x_uint8, f"{name}_int8", x_zero, f"{name}_zero_point"], [f"{out}_int32"]),
         helper.make_node("Cast", [f"{out}_int32"], [f"{out}_float"], to=onnx.TensorProto.FLOAT),
         helper.make_node("Mul", [x_scale, f"{name}_scale"], [f"{out}_scale"]),
         helper.make_node("Mul", [f"{out}_float", f"{out}_scale"], [out]),

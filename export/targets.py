@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agff_deploy.manifest import TRT_PRECISIONS
+from agff_deploy.contract import TRT_PRECISIONS
+from agff_deploy.errors import InputError
 
 JETPACK_RESERVE_GB = 2.0
 # On a discrete GPU the OS lives in host memory; the CUDA context and TensorRT's kernels still take device memory.
@@ -92,5 +93,5 @@ TARGETS = {
 
 def get_target(name: str) -> Target:
     if name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; known targets: {', '.join(TARGETS)}")
+        raise InputError(f"unknown target {name!r}; known targets: {', '.join(TARGETS)}")
     return TARGETS[name]

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
-from agff_deploy.manifest import PRECISIONS
+from agff_deploy.contract import PRECISIONS
+from agff_deploy.errors import AgffError, print_error
 
 from .bundle import BundleBuilder, DiskFull, ExportOptions, parse_precisions
 from .check import GATE_IMAGES, GateReport
@@ -89,19 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         options.validate()
         target = get_target(args.target)
         model, tokenizer = load_checkpoint(args.ckpt, image_size=args.image_size)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # ValueError: export/bundle.py's option checks still raise users' mistakes as such.
+    except (AgffError, OSError, ValueError) as err:
+        return print_error(err)
     out = args.out or args.ckpt.resolve().parent / "bundle"
     print(f"exporting {args.ckpt} -> {out} ({', '.join(options.precisions)})")
     try:
         report = BundleBuilder(model, item_encoder(model.config, tokenizer), args.ckpt, options).build(out, target)
     except DiskFull as err:
-        print(f"error: {err.strerror}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return print_error(err.strerror or err)
+    # ValueError: export/bundle.py still raises users' mistakes (too little memory to calibrate) as such.
+    except (AgffError, OSError, ValueError) as err:
+        return print_error(err)
     print(report.table())
     elapsed = time.perf_counter() - started
     if report.passed:

@@ -2,44 +2,52 @@
 
 Strongly typed networks on TensorRT 10.x and 11.x: precision comes from the
 ONNX (fp32, mixed fp16, or int8 Q/DQ), never from builder flags (TensorRT 11
-removed them). One optimisation profile per dynamic input, a reusable timing
-cache, and the manifest records what each engine was built from and for. On a
-board target (a Jetson) the engines' memory, estimated from the graphs
-(export.engine_memory), is checked before TensorRT starts.
+removed them). One optimisation profile per dynamic input of the graph
+contract, and a reusable timing cache. On a board target (a Jetson) the
+engines' memory, estimated from the graphs (export.engine_memory), is checked
+before TensorRT starts. Built engines pass the parity gate against the fp32
+graphs in ONNX Runtime (no torch needed), under their precision's bar widened
+by the fp32 graphs' own recorded error against PyTorch, before they replace
+the bundle's engines and the manifest records them; engines that miss it are
+not kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from agff_deploy.contract import GRAPHS, SCORER, TRT_PRECISIONS, Bar, resolved_graphs
+from agff_deploy.errors import AgffError, print_error
 from agff_deploy.manifest import (
-    TRT_PRECISIONS,
+    EngineEntry,
+    Engines,
+    Manifest,
     check_external_data,
-    graph_entry,
     read_manifest,
     sha256_file,
     write_manifest,
 )
+from runtime.cuda import query_device
+from runtime.loading import ort_runners
+from runtime.runner import Runner
+from runtime.spec import ModelSpec
+from runtime.trt_runner import EngineLoader, TrtRunner
 
+from .check import CPU, GATE_IMAGES, GateReport, compare, parity_input_sets
 from .targets import TARGETS, Target, get_target
 from .trt_lint import lint_file
+from .trt_profiles import ENGINE_FILES, Profile, profile_shapes
 
-ENGINE_FILES = {"image_encoder": "model.plan", "text_encoder": "text_encoder.plan", "scorer": "scorer.plan"}
-SCORER_CANDIDATES = (1, 1024, 65536)
 NO_TENSORRT = (
     "TensorRT is not installed here. Engines are not portable across GPUs or TensorRT versions, so build them on "
     "the machine that runs them: copy the bundle there and run `python -m export.to_trt BUNDLE`. On a Jetson use "
     "JetPack's TensorRT (python3-libnvinfer); on an x86 GPU host `pip install 'agff-deploy[gpu]'`."
 )
-
-Shape = tuple[int, ...]
-Profile = dict[str, tuple[Shape, Shape, Shape]]
 
 
 class TensorRTMissing(RuntimeError):
@@ -55,46 +63,6 @@ def tensorrt_version() -> str:
     if not hasattr(tensorrt, "Builder"):
         raise TensorRTMissing(NO_TENSORRT)
     return str(tensorrt.__version__)
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    name: str
-    compute_capability: str
-    memory_bytes: int
-
-
-def query_device(index: int = 0) -> DeviceInfo:
-    """Name, compute capability and memory of a CUDA device, through cuda-python."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        from cuda import cudart  # cuda-python < 12.6
-    err, props = cudart.cudaGetDeviceProperties(index)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"no usable CUDA device {index}: {err}")
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return DeviceInfo(name.rstrip("\x00"), f"{props.major}.{props.minor}", int(props.totalGlobalMem))
-
-
-def profile_shapes(manifest: dict[str, Any], graph: str, batch: tuple[int, int, int]) -> Profile:
-    """(min, opt, max) shape of every dynamic input, from the manifest's dims."""
-    h, w = manifest["image"]["size"]
-    k, d = manifest["model"]["num_prompts"], manifest["model"]["hidden_size"]
-    lo, opt, hi = batch
-    if graph == "scorer":
-        few, typical, many = SCORER_CANDIDATES
-        return {
-            "queries": ((1, k, d), (opt, k, d), (hi, k, d)),
-            "candidates": ((few, k, d), (typical, k, d), (many, k, d)),
-        }
-    length = manifest["dims"]["image_length" if graph == "image_encoder" else "text_length"]
-    typical = min(length["max"], length["min"] + 16)
-    tokens = ((lo, length["min"]), (opt, typical), (hi, length["max"]))
-    shapes: Profile = {"input_ids": tokens, "attention_mask": tokens}
-    if graph == "image_encoder":
-        shapes["pixel_values"] = ((lo, 3, h, w), (opt, 3, h, w), (hi, 3, h, w))
-    return shapes
 
 
 def build_engine(onnx_path: Path, profile: Profile, workspace_bytes: int, cache_path: Path | None) -> bytes:
@@ -137,9 +105,19 @@ class BuildRequest:
     workspace_gb: float
     timing_cache: Path | None
     target: Target
+    gate_images: tuple[int, int] = GATE_IMAGES
+    agreement_pairs: int = 256
 
 
-def check_memory(request: BuildRequest, manifest: dict[str, Any], usable: int) -> str:
+@dataclass(frozen=True)
+class EngineBuild:
+    """Engines built and gated: recorded in the manifest (and in the bundle) only when `report.passed`."""
+
+    engines: Engines
+    report: GateReport
+
+
+def check_memory(request: BuildRequest, manifest: Manifest, usable: int) -> str:
     """The engines' estimated device memory (export.engine_memory) against `usable`: a note when they fit, otherwise a
     ValueError with the numbers and what of this bundle would fit, so nobody waits for a build that cannot load."""
     from .engine_memory import BundleMemory, gib  # engine_memory reads this module's profile shapes
@@ -166,7 +144,7 @@ def check_memory(request: BuildRequest, manifest: dict[str, Any], usable: int) -
     raise ValueError(f"too large: {message}. Would fit: {advice}")
 
 
-def preflight(request: BuildRequest, manifest: dict[str, Any]) -> list[Path]:
+def preflight(request: BuildRequest, manifest: Manifest) -> list[Path]:
     """Everything that can be checked without TensorRT: precision, opset, lint, and memory on a target that fixes
     its memory (a Jetson board). Returns the graphs to build."""
     target, precision = request.target, request.precision
@@ -175,16 +153,16 @@ def preflight(request: BuildRequest, manifest: dict[str, Any]) -> list[Path]:
             f"--precision {precision} cannot build for {target.name}; choose {', '.join(target.precisions)}"
         )
     lo, opt, hi = request.batch
-    bundle_batch = manifest["dims"]["batch"]
-    if not bundle_batch["min"] <= lo <= opt <= hi <= bundle_batch["max"]:
+    bundle_batch = manifest.dims.batch
+    if not bundle_batch.min <= lo <= opt <= hi <= bundle_batch.max:
         raise ValueError(
             f"--batch {lo} {opt} {hi} must lie within the bundle's exported batch range "
-            f"{bundle_batch['min']}..{bundle_batch['max']}; re-export with --batch to widen it"
+            f"{bundle_batch.min}..{bundle_batch.max}; re-export with --batch to widen it"
         )
-    entries = [graph_entry(manifest, precision, name) for name in ENGINE_FILES]
+    entries = [manifest.graph(precision, name) for name in ENGINE_FILES]
     for entry in entries:
         check_external_data(request.bundle, entry)
-    paths = [request.bundle / entry["file"] for entry in entries]
+    paths = [request.bundle / entry.file for entry in entries]
     for path in paths:
         problems = lint_file(path, target)
         if problems:
@@ -194,7 +172,8 @@ def preflight(request: BuildRequest, manifest: dict[str, Any]) -> list[Path]:
     return paths
 
 
-def build_bundle_engines(request: BuildRequest) -> dict[str, Any]:
+def build_bundle_engines(request: BuildRequest) -> EngineBuild:
+    """Build the engines of one precision, gate them, and only if they pass put them in place and record them."""
     manifest = read_manifest(request.bundle)
     paths = preflight(request, manifest)
     version = tensorrt_version()
@@ -204,31 +183,54 @@ def build_bundle_engines(request: BuildRequest) -> dict[str, Any]:
     workspace = int(request.workspace_gb * 2**30)
     if request.target.memory_gb is None:
         print(check_memory(request, manifest, request.target.usable_bytes(device.memory_bytes)))
-    engines = {}
-    for name, onnx_path in zip(ENGINE_FILES, paths, strict=True):
-        profile = profile_shapes(manifest, name, request.batch)
-        print(f"building {ENGINE_FILES[name]} from {onnx_path.relative_to(request.bundle)} ...")
-        plan = build_engine(onnx_path, profile, workspace, request.timing_cache)
-        out = request.bundle / ENGINE_FILES[name]
-        _write_atomically(out, plan)
-        engines[name] = {
-            "file": ENGINE_FILES[name],
-            "sha256": sha256_file(out),
-            "source": str(onnx_path.relative_to(request.bundle)),
-            "source_sha256": sha256_file(onnx_path),
-            "profile": {k: [list(s) for s in v] for k, v in profile.items()},
-        }
-    manifest["engines"] = {
-        "precision": request.precision,
-        "tensorrt": version,
-        "gpu": device.name,
-        "compute_capability": device.compute_capability,
-        "target": request.target.name,
-        "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "graphs": engines,
+    plans: dict[str, Path] = {}  # built plans under temporary names until the gate passes them
+    try:
+        entries = {}
+        for name, onnx_path in zip(ENGINE_FILES, paths, strict=True):
+            print(f"building {ENGINE_FILES[name]} from {onnx_path.relative_to(request.bundle)} ...")
+            plan = build_engine(
+                onnx_path, profile_shapes(manifest, name, request.batch), workspace, request.timing_cache
+            )
+            plans[name] = request.bundle / f".{ENGINE_FILES[name]}.tmp-{os.getpid()}"
+            plans[name].write_bytes(plan)
+            source = str(onnx_path.relative_to(request.bundle))
+            entries[name] = EngineEntry(ENGINE_FILES[name], sha256_file(plans[name]), source, sha256_file(onnx_path))
+        engines = Engines(request.precision, version, device.name, entries)
+        print("parity gate: the engines against the fp32 graphs in ONNX Runtime ...")
+        report = gate_engines(request, manifest, engines, plans)
+        if report.passed:
+            for name, plan_path in plans.items():
+                plan_path.replace(request.bundle / ENGINE_FILES[name])
+            write_manifest(request.bundle, dataclasses.replace(manifest, engines=engines))
+        return EngineBuild(engines, report)
+    finally:
+        for plan_path in plans.values():
+            plan_path.unlink(missing_ok=True)
+
+
+def gate_engines(request: BuildRequest, manifest: Manifest, engines: Engines, plans: dict[str, Path]) -> GateReport:
+    """The engines in `plans` (graph -> plan file) against the bundle's fp32 graphs in ONNX Runtime on the CPU."""
+    encoder = ModelSpec.from_manifest(request.bundle, manifest).feed_encoder()
+    input_sets = parity_input_sets(
+        encoder, manifest.sizes(), manifest.fusion, request.gate_images, request.agreement_pairs
+    )
+    specs = resolved_graphs(manifest.sizes())
+    reference = ort_runners(request.bundle, manifest, "fp32", providers=CPU, graphs=tuple(plans))
+    candidates: dict[str, Runner] = {
+        name: TrtRunner(EngineLoader(path, engines, engines.graphs[name].sha256), specs[name])
+        for name, path in plans.items()
     }
-    write_manifest(request.bundle, manifest)
-    return manifest["engines"]
+    bars = {name: engine_bar(manifest, engines.precision, name) for name in plans}
+    return GateReport(compare(reference, candidates, input_sets, bars, engines.precision), {})
+
+
+def engine_bar(manifest: Manifest, precision: str, graph: str) -> Bar:
+    """The bar an engine of `graph` at `precision` meets against the fp32 graph: the contract's bar against PyTorch,
+    widened by the fp32 graph's own error against PyTorch as the export gate recorded it (none recorded: not
+    widened). The scorer is always built from the fp32 scorer graph."""
+    bar = GRAPHS[graph].bars["fp32" if graph == SCORER.name else precision]
+    recorded = manifest.parity.error("fp32", graph) if manifest.parity else None
+    return bar if recorded is None else bar.widened(*recorded)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,21 +243,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workspace", type=float, default=2.0, help="builder workspace in GiB (default: %(default)s)")
     p.add_argument("--timing-cache", type=Path, help="timing cache file to read and update")
     p.add_argument("--target", default="generic", choices=sorted(TARGETS))
+    p.add_argument(
+        "--gate-images",
+        type=int,
+        nargs=2,
+        default=list(GATE_IMAGES),
+        metavar=("A", "B"),
+        help="images in the gate's input sets A and B (default: %(default)s)",
+    )
+    p.add_argument(
+        "--agreement-pairs",
+        type=int,
+        default=256,
+        help="held-out pairs for the int8 top-1 agreement check, each run through the fp32 encoders on the CPU "
+        "(0 skips it; default: %(default)s)",
+    )
     args = p.parse_args(argv)
     try:
-        batch = args.batch or [read_manifest(args.bundle)["dims"]["batch"][k] for k in ("min", "opt", "max")]
+        batch = args.batch or read_manifest(args.bundle).dims.batch.as_tuple()
         request = BuildRequest(
-            args.bundle, args.precision, tuple(batch), args.workspace, args.timing_cache, get_target(args.target)
+            args.bundle,
+            args.precision,
+            tuple(batch),
+            args.workspace,
+            args.timing_cache,
+            get_target(args.target),
+            tuple(args.gate_images),
+            args.agreement_pairs,
         )
-        engines = build_bundle_engines(request)
+        build = build_bundle_engines(request)
     except TensorRTMissing as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    files = ", ".join(e["file"] for e in engines["graphs"].values())
-    print(f"built {files} with TensorRT {engines['tensorrt']} on {engines['gpu']}")
+    # ValueError, KeyError, RuntimeError: agff_deploy/manifest.py, preflight, the memory check and the TensorRT build
+    # still raise users' mistakes as such.
+    except (AgffError, OSError, ValueError, KeyError, RuntimeError) as err:
+        return print_error(err)
+    print(build.report.table())
+    engines = build.engines
+    if not build.report.passed:
+        failures = "; ".join(build.report.failures(engines.precision))
+        print(
+            f"error: parity gate FAILED for the {engines.precision} engines: {failures}; "
+            f"not kept, the manifest is unchanged",
+            file=sys.stderr,
+        )
+        return 1
+    files = ", ".join(e.file for e in engines.graphs.values())
+    print(f"built {files} with TensorRT {engines.tensorrt} on {engines.gpu}")
     return 0
 
 

@@ -22,28 +22,28 @@ itself could not run.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 from tqdm import tqdm
 
-from agff_deploy.images import DEFAULT_MAX_PIXELS, ImageLoadError, open_image
+from agff_deploy.atomic_files import write_atomically
+from agff_deploy.errors import AgffError
+from agff_deploy.images import DEFAULT_MAX_PIXELS
 
-from .embedder import BACKENDS, Embedder
-from .index import EmbeddingIndex, write_atomically
+from .embedder import Embedder
+from .index import EmbeddingIndex
+from .input_files import Inputs, expand_inputs
+from .loading import BACKENDS
+from .pipeline import Outcome
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TABLE_ROWS = 5  # rows of a ranked table a person sees; --json lists all
 ERROR_LINES = 3  # errors repeated in a person's summary (each is also on stderr)
 SCORE_SCALE = "fused score (higher = closer)"
@@ -79,60 +79,6 @@ def report(summary: dict, as_json: bool, human: Callable[[], list[str]]) -> None
     print("\n".join(human()) if for_people(sys.stdout, as_json) else json.dumps(summary))
 
 
-@dataclass
-class Outcome:
-    """What a batch job did: embedded paths in order, their embeddings, and every failure."""
-
-    paths: list[str] = field(default_factory=list)
-    embeddings: list[np.ndarray] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    inference_s: float = 0.0
-    wall_s: float = 0.0
-
-    def stacked(self) -> np.ndarray:
-        return np.concatenate(self.embeddings) if self.embeddings else np.zeros((0, 0, 0), np.float32)
-
-
-@dataclass
-class Inputs:
-    """What the command line's files, folders and globs come to: every entry found is counted somewhere."""
-
-    paths: list[Path] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)  # files in folders whose names are not image names
-
-
-def expand_inputs(inputs: list[str]) -> Inputs:
-    """Files, folders (recursive, image file names) and globs -> paths; patterns matching nothing and dangling
-    symlinks are errors (the user meant those files to be embedded)."""
-    found = Inputs()
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for entry in sorted(path.rglob("*")):
-                _classify_entry(entry, found, images_only=True)
-        elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            for entry in matches:
-                _classify_entry(entry, found, images_only=False)
-            if not matches:
-                found.errors.append(f"{item}: no files match")
-        else:
-            found.paths.append(path)
-    return found
-
-
-def _classify_entry(entry: Path, found: Inputs, images_only: bool) -> None:
-    """One folder entry or glob match into paths, errors or skipped; folders themselves are walked, not counted."""
-    if images_only and entry.suffix.lower() not in IMAGE_SUFFIXES:
-        if entry.is_file() or (entry.is_symlink() and not entry.exists()):
-            found.skipped.append(entry)
-    elif entry.is_symlink() and not entry.exists():
-        found.errors.append(f"{entry}: dangling symlink to {os.readlink(entry)}")
-    elif entry.is_file():
-        found.paths.append(entry)
-
-
 def _report_inputs(found: Inputs, verbose: bool) -> None:
     for line in found.errors:
         say(f"error: {line}")
@@ -140,56 +86,17 @@ def _report_inputs(found: Inputs, verbose: bool) -> None:
         say(f"skipped: {path}: not an image file name ({path.suffix or 'no suffix'})")
 
 
-def _prepare(embedder: Embedder, paths: list[Path], max_pixels: int):
-    """Decode and preprocess one batch (runs in a worker thread, overlapping inference)."""
-    ok, arrays, errors, notes = [], [], [], []
-    for path in paths:
-        try:
-            image, image_notes = open_image(path, max_pixels)
-            arrays.append(embedder.preprocessor.resize(image))
-            ok.append(str(path))
-            notes += image_notes
-        except ImageLoadError as err:
-            errors.append(str(err))
-    pixels = embedder.preprocessor.normalize(np.stack(arrays)) if arrays else None
-    return ok, pixels, errors, notes
-
-
-def embed_files(
-    embedder: Embedder, paths: list[Path], instruction: str, max_pixels: int, progress: bool = True
-) -> Outcome:
-    """Batches of images through the model, decoding the next batches while the current one runs."""
-    outcome = Outcome()
-    started = time.perf_counter()
-    batches = [paths[i : i + embedder.batch_size] for i in range(0, len(paths), embedder.batch_size)]
-    with (
-        ThreadPoolExecutor(max_workers=2) as pool,
-        tqdm(total=len(paths), unit="img", desc="embed", disable=not progress, file=sys.stderr) as bar,
-    ):
-        for ok, pixels, errors, notes in _ahead(pool, batches, lambda b: _prepare(embedder, b, max_pixels)):
-            for line in errors:
-                say(f"error: {line}")
-            for line in notes:
-                say(f"warning: {line}")
-            outcome.errors += errors
-            if pixels is not None:
-                t0 = time.perf_counter()
-                outcome.embeddings.append(embedder.embed_pixels(pixels, instruction))
-                outcome.inference_s += time.perf_counter() - t0
-                outcome.paths += ok
-            bar.update(len(ok) + len(errors))
-    outcome.wall_s = time.perf_counter() - started
-    return outcome
-
-
-def _ahead(pool: ThreadPoolExecutor, items: list, fn, depth: int = 2) -> Iterator:
-    """`map(fn, items)` computed `depth` items ahead in `pool`, in order."""
-    pending = [pool.submit(fn, item) for item in items[:depth]]
-    for i in range(len(items)):
-        result = pending.pop(0).result()
-        if i + depth < len(items):
-            pending.append(pool.submit(fn, items[i + depth]))
-        yield result
+def embed_files(embedder: Embedder, paths: list[Path], instruction: str, max_pixels: int, progress: bool) -> Outcome:
+    """The pipeline over `paths`, each error and notice a line on stderr as its batch comes up, with a progress bar."""
+    with tqdm(total=len(paths), unit="img", desc="embed", disable=not progress, file=sys.stderr) as bar:
+        return embedder.try_embed_images(
+            paths,
+            instruction,
+            max_pixels,
+            on_error=lambda line: say(f"error: {line}"),
+            on_note=lambda line: say(f"warning: {line}"),
+            on_done=bar.update,
+        )
 
 
 def write_output(out: Path, names: list[str], embeddings: np.ndarray, key: str) -> None:
@@ -244,21 +151,21 @@ def _embed_summary(embedder: Embedder, args: argparse.Namespace, found: Inputs, 
         "backend": embedder.backend,
         "engine": str(args.engine),
         "inputs": len(found.paths) + len(found.errors) + len(args.text or []),
-        "embedded": len(outcome.paths) + len(args.text or []),
+        "embedded": len(outcome.names) + len(args.text or []),
         "failed": len(outcome.errors),
         "skipped_unsupported": len(found.skipped),
     }
-    if len(outcome.paths):
-        summary["images_per_s"] = round(len(outcome.paths) / max(outcome.wall_s, 1e-9), 1)
+    if len(outcome.names):
+        summary["images_per_s"] = round(len(outcome.names) / max(outcome.wall_s, 1e-9), 1)
         summary["time_outside_inference"] = round(1 - outcome.inference_s / max(outcome.wall_s, 1e-9), 3)
-        summary["image_items"] = _summary_items(outcome.paths, images, "path")
+        summary["image_items"] = _summary_items(outcome.names, images, "path")
     if texts is not None:
         summary["text_items"] = _summary_items(args.text, texts, "text")
     if len(images):
-        summary.update(_image_rankings(embedder, args, outcome.paths, images, texts))
+        summary.update(_image_rankings(embedder, args, outcome.names, images, texts))
     if args.out:
         names, data, key = (
-            (outcome.paths, images, "path") if texts is None or len(images) else (args.text, texts, "text")
+            (outcome.names, images, "path") if texts is None or len(images) else (args.text, texts, "text")
         )
         write_output(Path(args.out), names, data, key)
         summary["out"] = str(args.out)
@@ -339,15 +246,15 @@ def run_index(args: argparse.Namespace) -> int:
         existing = [p for p in found.paths if p.is_file()]
         todo = index.stale(existing) + [p for p in found.paths if not p.is_file()]
         done = embed_files(embedder, todo, "", args.max_pixels, progress=not args.quiet)
-        if done.paths:
-            index.add([Path(p) for p in done.paths], done.stacked())
-        if done.paths or index.embeddings_file is None:  # nothing new: no rewrite of a large index
+        if done.names:
+            index.add([Path(p) for p in done.names], done.stacked())
+        if done.names or index.embeddings_file is None:  # nothing new: no rewrite of a large index
             index.save(args.index)
     failed = found.errors + done.errors
     summary = {
         "index": str(args.index),
         "items": len(index),
-        "added": len(done.paths),
+        "added": len(done.names),
         "skipped_unchanged": len(found.paths) - len(todo),
         "skipped_unsupported": len(found.skipped),
         "failed": len(failed),
@@ -454,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     with warnings_as_lines():
         try:
             return {"embed": run_embed, "index": run_index, "search": run_search}[command](args)
-        except (OSError, ValueError, KeyError, ImportError, RuntimeError) as err:
+        # ValueError, KeyError, RuntimeError, ImportError: agff_deploy/manifest.py, loading.py, embedder.py,
+        # write_output and the runners still raise users' mistakes (an unknown --engine or --precision, a stale
+        # engine, a plan without TensorRT here) as such.
+        except (AgffError, OSError, ValueError, KeyError, RuntimeError, ImportError) as err:
             say(f"error: {err}")
             return 2
 

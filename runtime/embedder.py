@@ -8,27 +8,28 @@
 Scoring convention: put the image side first. AGFF's fusion is not symmetric
 (global-fine vs fine-global) and the trainer scores (image, text) pairs, so a
 text query against images is `score(images, text).T`; `rank` does that for you.
+
+Runners are activated on entering the `with` block (or on first use) and
+deactivated in reverse order on leaving it (or `close()`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from agff_deploy.images import open_image
-from agff_deploy.manifest import MANIFEST_FILE, check_external_data, graph_entry
+from agff_deploy.contract import CANDIDATES, IMAGE_ENCODER, QUERIES, SCORER, TEXT_ENCODER, Feed
+from agff_deploy.images import DEFAULT_MAX_PIXELS, ImageLoadError
 
+from .loading import load_model
+from .pipeline import ImageInput, Outcome, decode, embed_in_batches
 from .runner import Runner
 from .scoring import fused_similarity
 from .spec import ModelSpec
-
-BACKENDS = ("tensorrt", "onnxruntime", "pytorch")
-GRAPHS = ("image_encoder", "text_encoder", "scorer")
-ImageInput = str | Path | Image.Image | np.ndarray
 
 
 class Embedder:
@@ -38,9 +39,11 @@ class Embedder:
         self.backend = backend
         self.source = source
         self.model_id = model_id  # sha256 of the checkpoint weights every artifact of this model comes from
-        self.formatter = spec.formatter()
-        self.preprocessor = spec.preprocessor()
+        self.encoder = spec.feed_encoder()
+        self.formatter = self.encoder.formatter
+        self.preprocessor = self.encoder.preprocessor
         self.batch_size = spec.batch_size
+        self._active = ExitStack()
 
     @classmethod
     def load(
@@ -51,83 +54,100 @@ class Embedder:
         threads: int | None = None,
     ) -> Embedder:
         """A TensorRT plan, an ONNX graph, a bundle folder or a checkpoint folder; the backend follows the path."""
-        from .loading import load_embedder
-
-        return load_embedder(cls, Path(path), backend, precision, threads)
+        loaded = load_model(Path(path), backend, precision, threads)
+        return cls(loaded.spec, loaded.runners, loaded.backend, loaded.source, loaded.model_id)
 
     def __enter__(self) -> Embedder:
-        for runner in self.runners.values():
-            runner.activate()
+        for name in self.runners:
+            self._runner(name)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        for runner in self.runners.values():
-            if runner.active:
-                runner.deactivate()
+        self._active.close()
 
-    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _runner(self, graph: str) -> Runner:
         runner = self.runners[graph]
-        if not runner.active:
-            runner.activate()
-        return next(iter(runner(feeds).values()))
+        if not runner.is_active:
+            self._active.enter_context(runner)
+        return runner
+
+    def _run(self, graph: str, feed: Feed) -> np.ndarray:
+        runner = self._runner(graph)
+        return runner.infer(feed)[runner.spec.output]
 
     def pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
         """`[N, 3, H, W]` float32 for paths, PIL images or HxWx3 uint8 arrays."""
-        loaded = []
-        for image in images:
-            if isinstance(image, (str, Path)):
-                image = open_image(image)[0]
-            elif isinstance(image, np.ndarray):
-                image = Image.fromarray(image)
-            loaded.append(self.preprocessor.resize(image))
-        return self.preprocessor.normalize(np.stack(loaded))
+        resized = [self.preprocessor.resize(decode(image, DEFAULT_MAX_PIXELS)[0]) for image in images]
+        return self.preprocessor.normalize(np.stack(resized))
 
     def embed_pixels(self, pixels: np.ndarray, instructions: str | Sequence[str] = "") -> np.ndarray:
         """Preprocessed pixels (+ an instruction per image, or one for all) -> `[N, K+1, D]`."""
-        prompts = [instructions] * len(pixels) if isinstance(instructions, str) else list(instructions)
-        if len(prompts) != len(pixels):
-            raise ValueError(f"{len(prompts)} instructions for {len(pixels)} images")
+        prompts = self._instructions(instructions, len(pixels))
         parts = []
         for i in range(0, len(pixels), self.batch_size):
-            tokens = self.formatter.encode(
-                prompts[i : i + self.batch_size], with_image=True, names=["instruction"] * self.batch_size
-            )
-            feeds = {
-                "pixel_values": np.ascontiguousarray(pixels[i : i + self.batch_size], dtype=np.float32),
-                "input_ids": tokens.input_ids,
-                "attention_mask": tokens.attention_mask,
-            }
-            parts.append(self._run("image_encoder", feeds))
+            batch = prompts[i : i + self.batch_size]
+            feed = self.encoder.image_feed(pixels[i : i + self.batch_size], batch, names=["instruction"] * len(batch))
+            parts.append(self._run(IMAGE_ENCODER.name, feed))
         return np.concatenate(parts) if parts else self._empty()
 
+    def try_embed_images(
+        self,
+        images: Sequence[ImageInput],
+        instructions: str | Sequence[str] = "",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        on_error: Callable[[str], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
+        on_done: Callable[[int], None] | None = None,
+    ) -> Outcome:
+        """Every image that can be read, embedded in batches with decoding overlapped (`runtime.pipeline`); the
+        outcome names the embedded items in order and holds one error line for each image that could not be."""
+        prompts = self._instructions(instructions, len(images))
+        return embed_in_batches(
+            images,
+            prompts,
+            self.embed_pixels,
+            self.preprocessor,
+            self.batch_size,
+            max_pixels,
+            on_error,
+            on_note,
+            on_done,
+        )
+
     def embed_images(self, images: Sequence[ImageInput], instructions: str | Sequence[str] = "") -> np.ndarray:
-        return self.embed_pixels(self.pixels(images), instructions)
+        """`[N, K+1, D]`, or an ImageLoadError naming every image that could not be read (and why)."""
+        outcome = self.try_embed_images(images, instructions)
+        if outcome.errors:
+            raise ImageLoadError("; ".join(outcome.errors))
+        return outcome.stacked()
 
     def embed_texts(self, texts: Sequence[str], names: Sequence[str] | None = None) -> np.ndarray:
         """`[N, K+1, D]`; `names` label the texts in truncation warnings (default: `text <index>`)."""
         names = list(names) if names else [f"text {i}" for i in range(len(texts))]
         parts = []
         for i in range(0, len(texts), self.batch_size):
-            tokens = self.formatter.encode(
-                texts[i : i + self.batch_size], with_image=False, names=names[i : i + self.batch_size]
-            )
-            parts.append(
-                self._run("text_encoder", {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask})
-            )
+            feed = self.encoder.text_feed(texts[i : i + self.batch_size], names[i : i + self.batch_size])
+            parts.append(self._run(TEXT_ENCODER.name, feed))
         return np.concatenate(parts) if parts else self._empty()
+
+    @staticmethod
+    def _instructions(instructions: str | Sequence[str], count: int) -> list[str]:
+        prompts = [instructions] * count if isinstance(instructions, str) else list(instructions)
+        if len(prompts) != count:
+            raise ValueError(f"{len(prompts)} instructions for {count} images")
+        return prompts
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, 0, 0), np.float32)
 
     def score(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Fused similarity `[Nq, Nc]`: the bundle's scorer graph when there is one, numpy otherwise."""
-        if "scorer" in self.runners:
-            return self._run(
-                "scorer", {"queries": queries.astype(np.float32), "candidates": candidates.astype(np.float32)}
-            )
+        if SCORER.name in self.runners:
+            feed = {QUERIES.name: queries.astype(np.float32), CANDIDATES.name: candidates.astype(np.float32)}
+            return self._run(SCORER.name, feed)
         return self.numpy_score(queries, candidates)
 
     def numpy_score(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -157,24 +177,3 @@ class Embedder:
             }
             for p, s in zip(probs, scores, strict=True)
         ]
-
-
-def bundle_folder_of(path: Path) -> Path | None:
-    """The bundle folder holding `path` (itself, its parent or grandparent), if any."""
-    for folder in (path, path.parent, path.parent.parent):
-        if (folder / MANIFEST_FILE).is_file():
-            return folder
-    return None
-
-
-def precision_of_graph(manifest: dict[str, Any], bundle: Path, graph: Path) -> str:
-    for precision, graphs in manifest["graphs"].items():
-        if any((bundle / e["file"]).resolve() == graph.resolve() for e in graphs.values()):
-            return precision
-    raise ValueError(f"{graph} is not listed in {bundle / MANIFEST_FILE}")
-
-
-def graph_file(manifest: dict[str, Any], bundle: Path, precision: str, name: str) -> tuple[Path, str]:
-    entry = graph_entry(manifest, precision, name)
-    check_external_data(bundle, entry)
-    return bundle / entry["file"], entry["sha256"]

@@ -22,30 +22,18 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from agff_deploy.atomic_files import write_atomically
+from agff_deploy.errors import ArtifactError, MissingFileError
 
 ITEMS_FILE = "items.json"
 LEGACY_EMBEDDINGS_FILE = "embeddings.npy"  # version-1 indexes
 _WRITER_PID = re.compile(r"^embeddings-(\d+)-|\.tmp-(\d+)$")
-
-
-def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible (power loss)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def file_key(path: Path) -> dict[str, Any]:
@@ -98,14 +86,14 @@ class EmbeddingIndex:
         folder = Path(folder)
         items_path = folder / ITEMS_FILE
         if not items_path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{items_path} not found: build an index with `agff-run index FOLDER --index {folder}`"
             )
         meta = json.loads(items_path.read_text())
         name = meta.get("embeddings", LEGACY_EMBEDDINGS_FILE)
         embeddings = np.load(folder / name, allow_pickle=False)
         if len(embeddings) != len(meta["items"]):
-            raise ValueError(
+            raise ArtifactError(
                 f"{folder}: {len(embeddings)} embeddings for {len(meta['items'])} items; rebuild the index"
             )
         return cls(meta["model_id"], meta["items"], embeddings, name)
@@ -125,7 +113,7 @@ class EmbeddingIndex:
 
     def require_model(self, model_id: str) -> None:
         if model_id != self.model_id:
-            raise ValueError(
+            raise ArtifactError(
                 "this index was built with another model (weights sha256 "
                 f"{self.model_id[:12]}…, the engine's model is {model_id[:12]}…); rebuild it with `agff-run index`"
             )

@@ -2,24 +2,87 @@
 
 model.plan / *.plan / *.engine   TensorRT (its bundle's manifest beside it)
 *.onnx                           ONNX Runtime (the bundle's manifest in a parent folder)
-folder with manifest.json        a bundle: TensorRT if it holds engines and TensorRT is here, else ONNX Runtime
+folder with manifest.json        a bundle: TensorRT if it holds engines of the precision asked for (any, if none
+                                 is) and TensorRT is here, else ONNX Runtime
 folder with agff_config.json     a checkpoint: PyTorch
+
+Every runner gets its graph's contract resolved for this model; a bundle
+whose recorded graph tensors differ from it is refused before anything loads.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from agff_deploy.manifest import MANIFEST_FILE, read_manifest
+from agff_deploy.contract import GRAPH_NAMES, GraphSpec, model_sizes, resolved_graphs
+from agff_deploy.manifest import MANIFEST_FILE, GraphEntry, Manifest, check_external_data, read_manifest
 
-from .embedder import BACKENDS, GRAPHS, Embedder, bundle_folder_of, graph_file, precision_of_graph
-from .ort_runner import OrtRunner
-from .runner import Runner
+from .ort_runner import REEXPORT, OnnxSessionLoader, OrtRunner
+from .runner import ArtifactMismatch, Runner, verify_sha256
 from .spec import ModelSpec
 
+BACKENDS = ("tensorrt", "onnxruntime", "pytorch")
 PLAN_SUFFIXES = (".plan", ".engine")
+
+
+@dataclass
+class LoadedModel:
+    """What an `Embedder` is made of."""
+
+    spec: ModelSpec
+    runners: dict[str, Runner]
+    backend: str
+    source: Path
+    model_id: str  # sha256 of the checkpoint weights every artifact of this model comes from
+
+
+def load_model(
+    path: Path, backend: str | None = None, precision: str | None = None, threads: int | None = None
+) -> LoadedModel:
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    kind = _what(path)
+    if kind == "checkpoint":
+        if backend not in (None, "pytorch"):
+            raise ValueError(
+                f"{path} is a checkpoint: export it first (`python -m export.to_onnx {path}`) to use {backend}"
+            )
+        return _torch_model(path, None)
+    bundle = bundle_folder_of(path if kind == "bundle" else path.parent)
+    if bundle is None:
+        raise FileNotFoundError(f"no {MANIFEST_FILE} beside {path}: keep graphs and engines in their bundle folder")
+    manifest = read_manifest(bundle)
+    if kind == "onnx" and precision is None:
+        precision = precision_of_graph(manifest, bundle, path)
+    chosen = backend or {"plan": "tensorrt", "onnx": "onnxruntime"}.get(kind) or _bundle_backend(manifest, precision)
+    if chosen == "pytorch":
+        return _torch_model(Path(manifest.source.checkpoint), manifest.image.size)
+    spec = ModelSpec.from_manifest(bundle, manifest)
+    verify_sha256(spec.tokenizer_file, manifest.tokenizer.sha256, REEXPORT)
+    model_id = manifest.source.weights_sha256
+    if chosen == "tensorrt":
+        return LoadedModel(spec, _trt_runners(bundle, manifest, precision), "tensorrt", bundle, model_id)
+    runners = ort_runners(bundle, manifest, precision or "fp32", threads)
+    return LoadedModel(spec, runners, "onnxruntime", bundle, model_id)
+
+
+def bundle_folder_of(path: Path) -> Path | None:
+    """The bundle folder holding `path` (itself, its parent or grandparent), if any."""
+    for folder in (path, path.parent, path.parent.parent):
+        if (folder / MANIFEST_FILE).is_file():
+            return folder
+    return None
+
+
+def precision_of_graph(manifest: Manifest, bundle: Path, graph: Path) -> str:
+    for precision, graphs in manifest.graphs.items():
+        if any((bundle / e.file).resolve() == graph.resolve() for e in graphs.values()):
+            return precision
+    raise ValueError(f"{graph} is not listed in {bundle / MANIFEST_FILE}")
 
 
 def _tensorrt_here() -> bool:
@@ -43,65 +106,86 @@ def _what(path: Path) -> str:
     )
 
 
-def _ort_runners(bundle: Path, manifest: dict[str, Any], precision: str, threads: int | None) -> dict[str, Runner]:
+def _bundle_backend(manifest: Manifest, precision: str | None) -> str:
+    engines = manifest.engines
+    usable = engines is not None and precision in (None, engines.precision)
+    return "tensorrt" if usable and _tensorrt_here() else "onnxruntime"
+
+
+def _checked(bundle: Path, entry: GraphEntry, spec: GraphSpec) -> GraphEntry:
+    """`entry`, once its data files are whole and its recorded tensors are the contract's."""
+    check_external_data(bundle, entry)
+    if (entry.inputs, entry.outputs) != (spec.inputs, spec.outputs):
+        raise ArtifactMismatch(
+            f"{bundle / entry.file} was exported with other inputs or outputs than this agff-deploy runs; "
+            f"re-export the bundle with `{REEXPORT}`"
+        )
+    return entry
+
+
+def ort_runners(
+    bundle: Path,
+    manifest: Manifest,
+    precision: str,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    graphs: Sequence[str] = GRAPH_NAMES,
+    check_hashes: bool = True,
+) -> dict[str, Runner]:
+    """ONNX Runtime runners of `graphs` at `precision` (not yet active: each opens its session on activation);
+    without `check_hashes` a graph is not compared with its manifest's sha256 when it loads."""
+    specs = resolved_graphs(manifest.sizes())
     runners: dict[str, Runner] = {}
-    for name in GRAPHS:
-        path, sha = graph_file(manifest, bundle, precision, name)
-        runners[name] = OrtRunner(path, sha, threads=threads)
+    for name in graphs:
+        entry = _checked(bundle, manifest.graph(precision, name), specs[name])
+        if entry.ungated:
+            warnings.warn(
+                f"{bundle / entry.file} was added without the parity gate: its accuracy is not checked", stacklevel=2
+            )
+        loader = OnnxSessionLoader(bundle / entry.file, entry.sha256 if check_hashes else None, providers, threads)
+        runners[name] = OrtRunner(loader, specs[name])
     return runners
 
 
-def _trt_runners(bundle: Path, manifest: dict[str, Any]) -> dict[str, Runner]:
-    from .trt_runner import TrtRunner
+def _trt_runners(bundle: Path, manifest: Manifest, precision: str | None) -> dict[str, Runner]:
+    from .trt_runner import EngineLoader, TrtRunner
 
-    engines = manifest.get("engines")
-    if not engines:
-        raise FileNotFoundError(f"{bundle} has no TensorRT engines; build them with `python -m export.to_trt {bundle}`")
-    return {name: TrtRunner(bundle / e["file"], engines, e["sha256"]) for name, e in engines["graphs"].items()}
+    engines = manifest.engines
+    rebuild = f"python -m export.to_trt {bundle} --precision {precision or 'fp16'}"
+    if engines is None:
+        raise FileNotFoundError(f"{bundle} has no TensorRT engines; build them with `{rebuild}`")
+    if precision not in (None, engines.precision):
+        raise ValueError(
+            f"{bundle}'s TensorRT engines are {engines.precision}; build {precision} ones with `{rebuild}`"
+        )
+    specs = resolved_graphs(manifest.sizes())
+    runners: dict[str, Runner] = {}
+    for name, entry in engines.graphs.items():
+        graph = _checked(bundle, manifest.graph(engines.precision, name), specs[name])
+        if (graph.file, graph.sha256) != (entry.source, entry.source_sha256):
+            raise ArtifactMismatch(
+                f"{bundle / entry.file} was built from another {entry.source} than the bundle holds now; "
+                f"rebuild it with `python -m export.to_trt {bundle} --precision {engines.precision}`"
+            )
+        runners[name] = TrtRunner(EngineLoader(bundle / entry.file, engines, entry.sha256), specs[name])
+    return runners
 
 
-def _torch_embedder(cls: type[Embedder], checkpoint: Path, image_size: tuple[int, int] | None) -> Embedder:
+def _torch_model(checkpoint: Path, image_size: tuple[int, int] | None) -> LoadedModel:
+    from agff_deploy.checkpoint import load_checkpoint
     from agff_deploy.weights import weights_sha256
 
     from .torch_runner import TorchRunner
 
-    runners = TorchRunner.from_checkpoint(checkpoint, GRAPHS, image_size)
-    model = runners["image_encoder"].model
+    model, _ = load_checkpoint(checkpoint, image_size=image_size)
+    config = model.config
     fusion = {
         "t_in": model.fusion.t_in,
         "t_f": float(model.fusion.t_f.detach()),
         "pattern_bias": tuple(float(b) for b in model.fusion.pattern_bias.detach()),
         "temperature": float(model.temperature.detach()),
     }
+    specs = resolved_graphs(model_sizes(config.image_size, config.num_prompts, config.hidden_size))
+    runners: dict[str, Runner] = {name: TorchRunner(model, spec) for name, spec in specs.items()}
     spec = ModelSpec.from_checkpoint(checkpoint, fusion, image_size)
-    return cls(spec, dict(runners), "pytorch", checkpoint, weights_sha256(checkpoint))
-
-
-def load_embedder(
-    cls: type[Embedder], path: Path, backend: str | None, precision: str | None, threads: int | None
-) -> Embedder:
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
-    kind = _what(path)
-    if kind == "checkpoint":
-        if backend not in (None, "pytorch"):
-            raise ValueError(
-                f"{path} is a checkpoint: export it first (`python -m export.to_onnx {path}`) to use {backend}"
-            )
-        return _torch_embedder(cls, path, None)
-    bundle = bundle_folder_of(path if kind == "bundle" else path.parent)
-    if bundle is None:
-        raise FileNotFoundError(f"no {MANIFEST_FILE} beside {path}: keep graphs and engines in their bundle folder")
-    manifest = read_manifest(bundle)
-    spec = ModelSpec.from_manifest(bundle, manifest)
-    if kind == "onnx" and precision is None:
-        precision = precision_of_graph(manifest, bundle, path)
-    chosen = backend or {"plan": "tensorrt", "onnx": "onnxruntime"}.get(kind)
-    if chosen is None:
-        chosen = "tensorrt" if manifest.get("engines") and _tensorrt_here() else "onnxruntime"
-    if chosen == "pytorch":
-        return _torch_embedder(cls, Path(manifest["source"]["checkpoint"]), tuple(manifest["image"]["size"]))
-    model_id = manifest["source"]["weights_sha256"]
-    if chosen == "tensorrt":
-        return cls(spec, _trt_runners(bundle, manifest), "tensorrt", bundle, model_id)
-    return cls(spec, _ort_runners(bundle, manifest, precision or "fp32", threads), "onnxruntime", bundle, model_id)
+    return LoadedModel(spec, runners, "pytorch", checkpoint, weights_sha256(checkpoint))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from agff_deploy.errors import MissingDependencyError
+
 MISSING_ONNXRUNTIME = (
     "ONNX Runtime is not installed. Install exactly one flavour: "
     "pip install 'agff-deploy[cpu]' (onnxruntime) or, on an NVIDIA host, pip install 'agff-deploy[gpu]' "
@@ -20,5 +22,5 @@ def import_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as err:
-        raise ImportError(MISSING_ONNXRUNTIME) from err
+        raise MissingDependencyError(MISSING_ONNXRUNTIME) from err
     return onnxruntime

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from agff_deploy.feeds import FeedEncoder
+from agff_deploy.manifest import Manifest
 from agff_deploy.preprocessing import ImagePreprocessor
 from agff_deploy.tokenization import ChatFormatter
 
@@ -32,20 +34,20 @@ class ModelSpec:
     batch_size: int
 
     @classmethod
-    def from_manifest(cls, folder: Path, manifest: dict[str, Any]) -> ModelSpec:
-        image, fusion = manifest["image"], manifest["fusion"]
+    def from_manifest(cls, folder: Path, manifest: Manifest) -> ModelSpec:
+        image, fusion = manifest.image, manifest.fusion
         return cls(
-            image_size=tuple(image["size"]),
-            mean=tuple(image["mean"]),
-            std=tuple(image["std"]),
-            num_image_tokens=image["num_image_tokens"],
-            max_text_tokens=manifest["tokenizer"]["max_text_tokens"],
-            tokenizer_file=folder / manifest["tokenizer"]["file"],
-            t_in=fusion["t_in"],
-            t_f=fusion["t_f"],
-            pattern_bias=tuple(fusion["pattern_bias"]),
-            temperature=fusion["temperature"],
-            batch_size=manifest["dims"]["batch"]["opt"],
+            image_size=image.size,
+            mean=image.mean,
+            std=image.std,
+            num_image_tokens=image.num_image_tokens,
+            max_text_tokens=manifest.tokenizer.max_text_tokens,
+            tokenizer_file=folder / manifest.tokenizer.file,
+            t_in=fusion.t_in,
+            t_f=fusion.t_f,
+            pattern_bias=fusion.pattern_bias,
+            temperature=fusion.temperature,
+            batch_size=manifest.dims.batch.opt,
         )
 
     @classmethod
@@ -74,6 +76,9 @@ class ModelSpec:
 
     def formatter(self) -> ChatFormatter:
         return ChatFormatter.from_file(self.tokenizer_file, self.num_image_tokens, self.max_text_tokens)
+
+    def feed_encoder(self) -> FeedEncoder:
+        return FeedEncoder(self.formatter(), self.preprocessor())
 
     @property
     def bias(self) -> np.ndarray:

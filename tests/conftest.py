@@ -73,3 +73,36 @@ def export_bundle(ckpt, out, **options):
     model, tokenizer = load_checkpoint(ckpt)
     builder = BundleBuilder(model, item_encoder(model.config, tokenizer), ckpt, ExportOptions(**options), log=print)
     return builder.build(out, get_target("generic"))
+
+
+def sample_manifest(**fields):
+    """A small valid manifest (graphs without files) with `fields` replaced: for tests that only read it."""
+    from agff_deploy.contract import IMAGE_ENCODER, model_sizes
+    from agff_deploy.manifest import (
+        BatchRange,
+        Dims,
+        Fusion,
+        GraphEntry,
+        ImageFormat,
+        LengthRange,
+        Manifest,
+        ModelDims,
+        Source,
+        TokenizerFile,
+    )
+
+    image = IMAGE_ENCODER.resolve(model_sizes((56, 56), num_prompts=3, hidden_size=32))
+    entry = GraphEntry(
+        "fp32/image_encoder.onnx", "0" * 64, (), image.inputs, image.outputs, ("onnxruntime", "tensorrt")
+    )
+    values = {
+        "created_by": "agff-deploy 0.1.0",
+        "model": ModelDims(num_prompts=3, hidden_size=32),
+        "image": ImageFormat((56, 56), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 4),
+        "tokenizer": TokenizerFile("tokenizer.json", "1" * 64, 48),
+        "fusion": Fusion(0.05, 0.05, (0.0, 0.1, -0.1, 0.0), 0.05),
+        "dims": Dims(BatchRange(1, 4, 16), LengthRange(21, 69), LengthRange(15, 63)),
+        "graphs": {"fp32": {"image_encoder": entry}},
+        "source": Source("/ckpt", "2" * 64, "3" * 64),
+    }
+    return Manifest(**{**values, **fields})

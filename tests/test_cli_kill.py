@@ -35,12 +35,28 @@ def run_index(bundle: Path, index: Path, *folders: Path) -> None:
 
 
 def add_stand_ins(folder: Path, count: int) -> None:
-    """Rows for files indexed elsewhere: they make every save of this index write megabytes."""
-    index = EmbeddingIndex.load(folder)
-    rows = np.random.default_rng(0).normal(size=(count, *index.embeddings.shape[1:])).astype(np.float32)
-    index.items += [{"path": f"/elsewhere/{i}.jpg", "size": i, "mtime_ns": i} for i in range(count)]
-    index.embeddings = np.concatenate([index.embeddings, rows])
-    index.save(folder)
+    """Rows for files indexed elsewhere: they make every save of this index write megabytes.
+
+    Saved by a process of its own, as every real writer is: the files of a writer still
+    running (this test process) are never removed by the next one.
+    """
+    save = subprocess.run(
+        [sys.executable, "-c", STAND_IN_WRITER, str(folder), str(count)], capture_output=True, text=True
+    )
+    assert save.returncode == 0, save.stderr
+
+
+STAND_IN_WRITER = """
+import sys
+import numpy as np
+from runtime.index import EmbeddingIndex
+folder, count = sys.argv[1], int(sys.argv[2])
+index = EmbeddingIndex.load(folder)
+rows = np.random.default_rng(0).normal(size=(count, *index.embeddings.shape[1:])).astype(np.float32)
+index.items += [{"path": f"/elsewhere/{i}.jpg", "size": i, "mtime_ns": i} for i in range(count)]
+index.embeddings = np.concatenate([index.embeddings, rows])
+index.save(folder)
+"""
 
 
 @pytest.fixture(scope="module")

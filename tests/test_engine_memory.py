@@ -6,7 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from agff_deploy.manifest import TRT_PRECISIONS, read_manifest
+from agff_deploy.contract import TRT_PRECISIONS
+from agff_deploy.manifest import read_manifest
 from export.engine_memory import BundleMemory, gib, graph_memory, main, weight_bytes
 from export.targets import ORIN_BOARDS, Target, get_target
 from export.to_trt import BuildRequest, preflight, profile_shapes

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agff_deploy.eval.__main__ import _item_scores, evaluate, main, mmeb, table
+from agff_deploy.eval.__main__ import main, table
+from agff_deploy.eval.evaluate import _item_scores, evaluate, mmeb
 from agff_deploy.eval.metrics import hit_at_1, mmvp_pair_correct, recall_at_k
 from agff_deploy.eval.mmeb import META_TASKS, MMEBItem, Side, load_mmeb, meta_task
 from agff_deploy.eval.mmvp_vlm import load_mmvp_vlm

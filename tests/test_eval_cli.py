@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from agff_deploy.errors import MissingFileError
 from agff_deploy.eval import __main__ as cli
 
 GLOBAL_RESULT = {
@@ -54,3 +55,21 @@ def test_a_json_path_that_is_a_folder_is_refused_before_evaluating(calls, tmp_pa
     assert capsys.readouterr().err == (
         f"error: --json {tmp_path} is a folder; give a file name such as {tmp_path / 'result.json'}\n"
     )
+
+
+def test_a_users_mistake_raised_while_evaluating_is_one_error_line_with_status_2(monkeypatch, capsys):
+    def missing_data(*args):
+        raise MissingFileError("MMEB folder mmeb/ not found")
+
+    monkeypatch.setattr(cli, "evaluate", missing_data)
+    assert cli.main(["ckpt", "--bench", "mmeb", "--data", "mmeb"]) == 2
+    assert capsys.readouterr().err == "error: MMEB folder mmeb/ not found\n"
+
+
+def test_a_bug_raised_while_evaluating_keeps_its_traceback(monkeypatch):
+    def bug(*args):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(cli, "evaluate", bug)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        cli.main(["ckpt", "--bench", "synthetic-global"])

@@ -13,13 +13,17 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from agff_deploy import contract
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.config import AGFFConfig
+from agff_deploy.contract import BARS, IMAGE_ENCODER, TEXT_ENCODER, model_sizes, resolved_graphs
 from agff_deploy.manifest import MANIFEST_FILE, read_manifest, sha256_file
-from export.check import BARS, compare, gate_reference, parity_input_sets, run_gate, session, torch_embeddings
+from export.check import agreement, gate_bundle, parity_sets, pytorch_reference
 from export.check import main as check_main
 from export.targets import get_target
 from export.to_onnx import main as to_onnx_main
+from runtime.ort_runner import OnnxSessionLoader, OrtRunner
+from runtime.torch_runner import TorchRunner
 
 REPO = Path(__file__).resolve().parents[1]
 FP32_ONLY = ["--precision", "fp32", "--agreement-pairs", "0", "--gate-images", "1", "2", "--batch", "1", "2", "4"]
@@ -31,39 +35,54 @@ def model_and_encoder(tiny_checkpoint):
     return model, item_encoder(model.config, tokenizer)
 
 
+def sizes_of(config):
+    return model_sizes(config.image_size, config.num_prompts, config.hidden_size)
+
+
+def specs_of(config):
+    return resolved_graphs(sizes_of(config))
+
+
 def test_bundle_holds_one_graph_per_modality_and_precision(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
-    assert set(manifest["graphs"]) == {"fp32", "fp16", "int8", "int8-dynamic"}
-    for graphs in manifest["graphs"].values():
+    assert set(manifest.graphs) == {"fp32", "fp16", "int8", "int8-dynamic"}
+    for graphs in manifest.graphs.values():
         assert set(graphs) == {"image_encoder", "text_encoder", "scorer"}
         for entry in graphs.values():
-            assert sha256_file(tiny_bundle / entry["file"]) == entry["sha256"]
+            assert sha256_file(tiny_bundle / entry.file) == entry.sha256
 
 
 def test_manifest_says_everything_the_runtime_needs(tiny_bundle, tiny_checkpoint):
     manifest = read_manifest(tiny_bundle)
     config = AGFFConfig.load(tiny_checkpoint)
-    assert manifest["image"]["size"] == list(config.image_size)
-    assert manifest["model"]["num_prompts"] == config.num_prompts
-    assert manifest["tokenizer"]["file"] == "tokenizer.json" and (tiny_bundle / "tokenizer.json").is_file()
-    assert manifest["source"]["weights_sha256"] == sha256_file(tiny_checkpoint / "model.safetensors")
-    assert manifest["dims"]["batch"] == {"min": 1, "opt": 4, "max": 16}
-    image_inputs = manifest["graphs"]["fp32"]["image_encoder"]["inputs"]
+    assert manifest.image.size == tuple(config.image_size)
+    assert manifest.model.num_prompts == config.num_prompts
+    assert manifest.tokenizer.file == "tokenizer.json" and (tiny_bundle / "tokenizer.json").is_file()
+    assert manifest.tokenizer.sha256 == sha256_file(tiny_bundle / "tokenizer.json")
+    assert manifest.source.weights_sha256 == sha256_file(tiny_checkpoint / "model.safetensors")
+    assert manifest.dims.batch.as_tuple() == (1, 4, 16)
+    stored = json.loads((tiny_bundle / MANIFEST_FILE).read_text())
+    assert stored["dims"]["batch"] == {"min": 1, "opt": 4, "max": 16}
+    image_inputs = stored["graphs"]["fp32"]["image_encoder"]["inputs"]
     assert image_inputs[0] == {"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 56, 56]}
-    assert manifest["graphs"]["int8-dynamic"]["image_encoder"]["backends"] == ["onnxruntime"]
-    assert manifest["parity"]["passed"] is True
+    assert manifest.graphs["fp32"]["image_encoder"].inputs == specs_of(config)["image_encoder"].inputs
+    assert manifest.graphs["int8-dynamic"]["image_encoder"].backends == ("onnxruntime",)
+    assert manifest.parity.passed is True
 
 
 def test_image_graph_is_the_whole_multi_prompt_pass_with_dynamic_batch(tiny_bundle, model_and_encoder):
     model, encoder = model_and_encoder
-    sess = session(tiny_bundle / "fp32" / "image_encoder.onnx")
-    for batch in (1, 3, 7):
-        feeds = parity_input_sets(encoder)["B"]["image_encoder"]
-        feeds = {k: np.repeat(v, 2, axis=0)[:batch] for k, v in feeds.items()}
-        out = sess.run(None, feeds)[0]
-        assert out.shape == (batch, model.config.num_prompts, model.config.hidden_size)
-        cos, err = compare(out, torch_embeddings(model, feeds))
-        assert cos >= BARS["fp32"].min_cosine and err <= BARS["fp32"].max_abs
+    spec = specs_of(model.config)["image_encoder"]
+    graph = OrtRunner(OnnxSessionLoader(tiny_bundle / "fp32" / "image_encoder.onnx"), spec)
+    reference = TorchRunner(model, spec, device="cpu")
+    feeds = parity_sets(encoder, sizes_of(model.config))["B"]["image_encoder"]
+    with graph, reference:
+        for batch in (1, 3, 7):
+            feed = {k: np.repeat(v, 2, axis=0)[:batch] for k, v in feeds.items()}
+            out = graph.infer(feed)[IMAGE_ENCODER.output]
+            assert out.shape == (batch, model.config.num_prompts, model.config.hidden_size)
+            cos, err = agreement(out, reference.infer(feed)[IMAGE_ENCODER.output])
+            assert cos >= BARS["fp32"].min_cosine and err <= BARS["fp32"].max_abs
 
 
 def test_fp16_graph_keeps_norms_and_softmax_in_fp32(tiny_bundle):
@@ -79,9 +98,10 @@ def test_fp16_graph_keeps_norms_and_softmax_in_fp32(tiny_bundle):
 def test_fp16_text_graph_meets_its_bar_in_the_onnx_reference_evaluator(tiny_bundle, model_and_encoder):
     """A second, independent fp16 check: onnx's reference evaluator runs fp16 exactly (ORT CPU inserts casts)."""
     model, encoder = model_and_encoder
-    feeds = parity_input_sets(encoder)["A"]["text_encoder"]
+    feeds = parity_sets(encoder, sizes_of(model.config))["A"]["text_encoder"]
     out = ReferenceEvaluator(str(tiny_bundle / "fp16" / "text_encoder.onnx")).run(None, feeds)[0]
-    cos, _ = compare(out, torch_embeddings(model, feeds))
+    with TorchRunner(model, specs_of(model.config)["text_encoder"], device="cpu") as reference:
+        cos, _ = agreement(out, reference.infer(feeds)[TEXT_ENCODER.output])
     assert cos >= BARS["fp16"].min_cosine
 
 
@@ -101,13 +121,13 @@ def test_int8_graph_is_symmetric_qdq_on_weighted_matmuls_only(tiny_bundle, tiny_
 
 
 def test_int8_and_fp16_meet_their_bars_on_both_input_sets(tiny_bundle):
-    rows = read_manifest(tiny_bundle)["parity"]["rows"]
-    by_precision = {(r["precision"], r["graph"], r["inputs"]): r for r in rows}
+    rows = read_manifest(tiny_bundle).parity.rows
+    by_precision = {(r.precision, r.graph, r.inputs): r for r in rows}
     for precision in ("fp16", "int8", "int8-dynamic"):
         for graph in ("image_encoder", "text_encoder"):
             for inputs in ("A", "B"):
                 row = by_precision[(precision, graph, inputs)]
-                assert row["min_cosine"] >= BARS[precision].min_cosine and row["passed"]
+                assert row.min_cosine >= BARS[precision].min_cosine and row.passed
 
 
 def test_gate_fails_a_graph_whose_numbers_drift(tmp_path, tiny_bundle, model_and_encoder):
@@ -119,7 +139,8 @@ def test_gate_fails_a_graph_whose_numbers_drift(tmp_path, tiny_bundle, model_and
     weight = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
     onnx.save(graph, str(path))
-    report = run_gate(broken, gate_reference(model, encoder, agreement_pairs=0), get_target("generic"))
+    reference = pytorch_reference(model, encoder, read_manifest(tiny_bundle).fusion, agreement_pairs=0)
+    report = gate_bundle(broken, *reference, get_target("generic"))
     failed = {(r.precision, r.graph) for r in report.rows if not r.passed}
     assert failed == {("fp32", "text_encoder")}
     assert not report.passed and "FAIL" in report.table()
@@ -161,10 +182,9 @@ def negate_output(path):
 def export_with_int8_out_of_reach(ckpt, out, tiny_bundle, monkeypatch) -> int:
     """Export fp32, fp16 and int8 (the fixture bundle's graphs) under an int8 bar no int8 graph can meet."""
     import export.bundle as bundle
-    import export.check as check
 
     monkeypatch.setattr(bundle.BundleBuilder, "write_graphs", copied_graphs(tiny_bundle, ("fp32", "fp16", "int8")))
-    monkeypatch.setitem(check.BARS, "int8", check.Bar(0.99999999))
+    monkeypatch.setitem(contract.BARS, "int8", contract.Bar(0.99999999))
     return to_onnx_main([str(ckpt), "-o", str(out), "--precision", "fp16", "int8", "--agreement-pairs", "0"])
 
 
@@ -172,11 +192,11 @@ def test_a_precision_that_fails_the_gate_is_left_out_of_the_bundle(tmp_path, tin
     out = tmp_path / "bundle"
     assert export_with_int8_out_of_reach(tiny_checkpoint, out, tiny_bundle, monkeypatch) == 1
     manifest = read_manifest(out)
-    assert set(manifest["graphs"]) == {"fp32", "fp16"}
+    assert set(manifest.graphs) == {"fp32", "fp16"}
     assert sorted(p.name for p in out.iterdir()) == ["fp16", "fp32", "manifest.json", "scorer.onnx", "tokenizer.json"]
-    assert manifest["parity"]["passed"] is True
-    assert {row["precision"] for row in manifest["parity"]["rows"]} == {"fp32", "fp16"}
-    assert list(manifest["parity"]["left_out"]) == ["int8"]
+    assert manifest.parity.passed is True
+    assert {row.precision for row in manifest.parity.rows} == {"fp32", "fp16"}
+    assert list(manifest.parity.left_out) == ["int8"]
     assert not list(tmp_path.glob(".bundle*"))
 
 

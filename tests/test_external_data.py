@@ -34,11 +34,11 @@ def test_every_encoder_keeps_its_weights_in_a_data_file_the_manifest_lists(split
     manifest = read_manifest(split_bundle)
     for precision in ("fp32", "int8", "int8-dynamic"):
         for name in ENCODERS:
-            entry = manifest["graphs"][precision][name]
-            (data,) = entry["external_data"]
-            assert data["file"] == f"{entry['file']}.data"
-            assert (split_bundle / data["file"]).stat().st_size == data["bytes"] > 0
-            onnx.checker.check_model(str(split_bundle / entry["file"]))
+            entry = manifest.graphs[precision][name]
+            (data,) = entry.external_data
+            assert data.file == f"{entry.file}.data"
+            assert (split_bundle / data.file).stat().st_size == data.bytes > 0
+            onnx.checker.check_model(str(split_bundle / entry.file))
 
 
 def test_int8_dynamic_of_a_split_graph_streams_its_weights_to_int8_matmul_integer(split_bundle):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agff_deploy.manifest import read_manifest, sha256_file
+from agff_deploy.manifest import Manifest, read_manifest, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 # Lines the exporter prints as it enters each stage: PyTorch reference, graph export, parity gate.
@@ -35,11 +35,11 @@ def kill_when_printed(ckpt: Path, out: Path, stage: str) -> None:
     assert run.returncode == -signal.SIGKILL
 
 
-def assert_complete(bundle: Path, manifest: dict) -> None:
+def assert_complete(bundle: Path, manifest: Manifest) -> None:
     assert read_manifest(bundle) == manifest
-    for graphs in manifest["graphs"].values():
+    for graphs in manifest.graphs.values():
         for entry in graphs.values():
-            assert sha256_file(bundle / entry["file"]) == entry["sha256"]
+            assert sha256_file(bundle / entry.file) == entry.sha256
 
 
 @pytest.fixture(scope="module")

@@ -49,3 +49,13 @@ def test_demo_trains_exports_and_runs(tmp_path):
     assert ran.returncode == 0, ran.stderr
     ranking = json.loads(ran.stdout.strip().splitlines()[-1])["ranking"]
     assert ranking[0]["path"].endswith("two-red-circles.png")
+
+    labels = "beach forest night snow desert room".split()
+    classified = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "--engine", str(tmp_path / "bundle"), "samples/two-red-circles.png",
+         "samples/orange-circles.png", "--labels", *labels, "--label-template", "a photo of a {} scene", "--json"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert classified.returncode == 0, classified.stderr
+    summary = json.loads(classified.stdout.strip().splitlines()[-1])
+    assert [item["label"] for item in summary["labels"]] == ["forest", "beach"], summary

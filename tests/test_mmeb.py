@@ -76,3 +76,11 @@ def test_image_paths_resolve_against_the_given_image_root(tmp_path, image_folder
     data.mkdir()
     pairs = read_mmeb(write_rows(data, [GOOD]), image_root=image_folder)
     assert pairs[0].query_image == image_folder / "images/a.jpg"
+
+
+def test_rows_with_an_image_the_runtime_would_refuse_are_skipped(image_folder, capsys):
+    Image.new("L", (9000, 9000)).save(image_folder / "images" / "bomb.png")
+    path = write_rows(image_folder, [GOOD] * 20 + [dict(GOOD, qry_image_path="images/bomb.png")])
+    assert len(read_mmeb(path)) == 20
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{path}:21: skipped:")]
+    assert len(skipped) == 1 and "9000x9000 is 81 MP, over the 64 MP cap" in skipped[0]

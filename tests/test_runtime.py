@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from agff_deploy.contract import BARS, SCORER, TEXT_ENCODER
+from agff_deploy.manifest import Engines
 from agff_deploy.scenes import make_scene
 from agff_deploy.similarity import fused_similarity as torch_fused
-from export.check import BARS, compare
+from export.check import agreement
 from runtime.embedder import Embedder
-from runtime.ort_runner import OrtRunner
+from runtime.ort_runner import OnnxSessionLoader, OrtRunner
 from runtime.runner import ArtifactMismatch, infer_in_chunks
 from runtime.scoring import fused_similarity
 from runtime.trt_runner import check_engine_origin
@@ -46,7 +48,7 @@ def test_onnxruntime_runner_matches_pytorch_runner_within_the_fp32_bar(ort_model
         (ort_model.embed_images(pics, instructions), torch_model.embed_images(pics, instructions)),
         (ort_model.embed_texts(texts), torch_model.embed_texts(texts)),
     ):
-        cos, err = compare(ours, ref)
+        cos, err = agreement(ours, ref)
         assert cos >= BARS["fp32"].min_cosine and err <= BARS["fp32"].max_abs
 
 
@@ -59,7 +61,7 @@ def test_backend_follows_the_path(tiny_bundle, tiny_checkpoint):
 
 def test_an_onnx_path_selects_its_precision(tiny_bundle):
     model = Embedder.load(tiny_bundle / "int8" / "text_encoder.onnx")
-    assert model.runners["text_encoder"].path == tiny_bundle / "int8" / "text_encoder.onnx"
+    assert model.runners["text_encoder"].load_session.path == tiny_bundle / "int8" / "text_encoder.onnx"
 
 
 def test_scorer_graph_equals_numpy_fusion_within_1e5(ort_model):
@@ -103,25 +105,39 @@ def test_a_graph_that_differs_from_its_manifest_is_refused(tmp_path, tiny_bundle
 
 
 def test_runner_must_be_active():
-    runner = OrtRunner("missing.onnx")
+    runner = OrtRunner(OnnxSessionLoader("missing.onnx"), TEXT_ENCODER)
     with pytest.raises(RuntimeError, match="not active"):
-        runner({"x": np.zeros(1)})
+        runner.infer({"input_ids": np.zeros((1, 2), np.int64), "attention_mask": np.zeros((1, 2), np.int64)})
 
 
 def test_batches_over_an_engine_limit_are_split_and_rejoined():
     calls = []
 
-    def infer(feeds):
-        calls.append(len(feeds["x"]))
-        return {"y": feeds["x"] * 2}
+    def infer(feed):
+        calls.append(len(feed["input_ids"]))
+        return {"embeddings": feed["input_ids"][:, :, None] * 2}
 
-    out = infer_in_chunks(infer, {"x": np.arange(10)}, max_batch=4)
+    ids = np.arange(10)[:, None]
+    out = infer_in_chunks(infer, {"input_ids": ids, "attention_mask": ids}, TEXT_ENCODER, {"batch": 4})
     assert calls == [4, 4, 2]
-    assert out["y"].tolist() == [2 * i for i in range(10)]
+    assert out["embeddings"][:, 0, 0].tolist() == [2 * i for i in range(10)]
+
+
+def test_candidates_over_an_engine_limit_are_split_and_their_scores_joined_side_by_side():
+    calls = []
+
+    def infer(feed):
+        calls.append((len(feed["queries"]), len(feed["candidates"])))
+        return {"scores": feed["queries"][:, None, 0, 0] + feed["candidates"][None, :, 0, 0]}
+
+    queries, candidates = np.arange(3.0)[:, None, None], 10 * np.arange(5.0)[:, None, None]
+    out = infer_in_chunks(infer, {"queries": queries, "candidates": candidates}, SCORER, {"candidates": 2})
+    assert calls == [(3, 2), (3, 2), (3, 1)]
+    assert out["scores"].tolist() == [[q + 10 * c for c in range(5)] for q in range(3)]
 
 
 def test_engines_from_another_tensorrt_or_gpu_are_refused_with_the_rebuild_command():
-    built = {"tensorrt": "10.3.0", "gpu": "Orin"}
+    built = Engines("fp16", "10.3.0", "Orin", {})
     with pytest.raises(
         ArtifactMismatch, match="built with TensorRT 10.3.0, this host has 10.13.0.*python -m export.to_trt"
     ):

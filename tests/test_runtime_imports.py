@@ -23,6 +23,7 @@ def test_runtime_and_shared_preprocessing_import_without_torch_or_transformers()
         ["torch", "transformers"],
         """
         import runtime.cli, runtime.embedder, runtime.index, runtime.loading, runtime.ort_runner, runtime.trt_runner
+        import runtime.pipeline, runtime.input_files, agff_deploy.contract, agff_deploy.manifest, agff_deploy.feeds
         from agff_deploy.tokenization import ChatFormatter
         from agff_deploy.preprocessing import ImagePreprocessor
         import numpy as np
@@ -31,6 +32,17 @@ def test_runtime_and_shared_preprocessing_import_without_torch_or_transformers()
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(3, 28, 28)"
+
+
+def test_the_tensorrt_build_and_its_parity_gate_import_without_torch():
+    """A Jetson builds and gates engines with TensorRT, ONNX Runtime and onnx only."""
+    result = run_blocking(["torch", "transformers"], "import export.to_trt, export.check")
+    assert result.returncode == 0, result.stderr
+
+
+def test_loading_a_model_does_not_import_the_embedder_that_uses_it():
+    result = run_blocking([], "import sys, runtime.loading; print('runtime.embedder' in sys.modules)")
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_a_missing_onnxruntime_names_the_extra_to_install():

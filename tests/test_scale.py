@@ -28,12 +28,12 @@ def train_from_base(base, out, image_size: int) -> Trainer:
 
 def check_split_bundle(bundle, image_size: int) -> None:
     manifest = read_manifest(bundle)
-    assert manifest["parity"]["passed"] and manifest["image"]["size"] == [image_size, image_size]
+    assert manifest.parity.passed and manifest.image.size == (image_size, image_size)
     for name in ("image_encoder", "text_encoder"):
-        assert manifest["graphs"]["fp32"][name]["external_data"], name
+        assert manifest.graphs["fp32"][name].external_data, name
     with Embedder.load(bundle) as model:
         embeddings = model.embed_images(scene_images(1, image_size, 3))
-    assert embeddings.shape == (1, manifest["model"]["num_prompts"], 1536)
+    assert embeddings.shape == (1, manifest.model.num_prompts, 1536)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, atol=1e-5)
 
 

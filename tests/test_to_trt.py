@@ -1,22 +1,20 @@
 """The TensorRT engine builder: pre-flight checks everywhere, real builds where TensorRT and a GPU exist."""
 
+import dataclasses
 import importlib.util
 import json
+import shutil
 
+import numpy as np
 import pytest
 
-from agff_deploy.manifest import read_manifest
+from agff_deploy.manifest import read_manifest, sha256_file, write_manifest
 from export.targets import get_target
-from export.to_trt import (
-    ENGINE_FILES,
-    BuildRequest,
-    build_bundle_engines,
-    check_memory,
-    main,
-    preflight,
-    profile_shapes,
-    tensorrt_version,
-)
+from export.to_trt import BuildRequest, build_bundle_engines, check_memory, main, preflight, tensorrt_version
+from export.trt_profiles import ENGINE_FILES, profile_shapes
+from runtime.embedder import Embedder
+from runtime.runner import ArtifactMismatch
+from tests import fake_tensorrt
 
 
 def has_tensorrt_gpu() -> bool:
@@ -53,9 +51,9 @@ def test_without_tensorrt_the_builder_says_where_and_how_to_build(tiny_bundle, c
 def test_profiles_span_the_manifest_dims(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
     shapes = profile_shapes(manifest, "image_encoder", (1, 4, 8))
-    length = manifest["dims"]["image_length"]
+    length = manifest.dims.image_length
     assert shapes["pixel_values"] == ((1, 3, 56, 56), (4, 3, 56, 56), (8, 3, 56, 56))
-    assert shapes["input_ids"][0] == (1, length["min"]) and shapes["input_ids"][2] == (8, length["max"])
+    assert shapes["input_ids"][0] == (1, length.min) and shapes["input_ids"][2] == (8, length.max)
     assert set(profile_shapes(manifest, "text_encoder", (1, 4, 8))) == {"input_ids", "attention_mask"}
     assert profile_shapes(manifest, "scorer", (1, 4, 8))["candidates"][2][0] == 65536
 
@@ -91,9 +89,91 @@ def test_engines_build_and_the_manifest_records_them(tmp_path, tiny_bundle, prec
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     cache = tmp_path / "timing.cache"
-    engines = build_bundle_engines(request(bundle, precision=precision, timing_cache=cache))
+    build = build_bundle_engines(request(bundle, precision=precision, timing_cache=cache, agreement_pairs=0))
+    assert build.report.passed, build.report.table()
     assert cache.is_file()
-    assert {e["file"] for e in engines["graphs"].values()} == set(ENGINE_FILES.values())
+    assert {e.file for e in build.engines.graphs.values()} == set(ENGINE_FILES.values())
     assert (bundle / "model.plan").stat().st_size > 0
     recorded = json.loads((bundle / "manifest.json").read_text())["engines"]
     assert recorded["precision"] == precision and recorded["tensorrt"] == tensorrt_version()
+
+
+FAKE_BUILD = ["--batch", "1", "4", "8", "--agreement-pairs", "0"]
+
+
+def built_with_fakes(monkeypatch, source, folder, precision, scale=1.0):
+    """`python -m export.to_trt` on a copy of `source`, with TensorRT and cuda-python faked: (exit status, copy)."""
+    fake_tensorrt.install(monkeypatch)
+    monkeypatch.setattr(fake_tensorrt.Build, "scale", scale)
+    bundle = folder / "bundle"
+    shutil.copytree(source, bundle)
+    return main([str(bundle), "--precision", precision, *FAKE_BUILD]), bundle
+
+
+@pytest.fixture
+def fp32_engines(monkeypatch, tmp_path, tiny_bundle, capsys):
+    """A copy of the tiny bundle with faithful fp32 engines built (and gated) by the fake TensorRT."""
+    code, bundle = built_with_fakes(monkeypatch, tiny_bundle, tmp_path, "fp32")
+    return code, bundle, capsys.readouterr()
+
+
+def test_engines_that_pass_the_gate_are_put_in_place_and_recorded(fp32_engines):
+    code, bundle, printed = fp32_engines
+    assert code == 0
+    engines = read_manifest(bundle).engines
+    assert (engines.precision, engines.tensorrt, engines.gpu) == ("fp32", fake_tensorrt.VERSION, fake_tensorrt.GPU)
+    for name, entry in engines.graphs.items():
+        assert entry.file == ENGINE_FILES[name] and sha256_file(bundle / entry.file) == entry.sha256
+    assert not list(bundle.glob(".*.tmp-*"))
+    assert "built model.plan, text_encoder.plan, scorer.plan with TensorRT 10.3.0 on Fake GPU" in printed.out
+
+
+def test_the_gate_compares_each_engine_with_the_fp32_graph_under_the_widened_bar(fp32_engines):
+    _, bundle, printed = fp32_engines
+    rows = [row for row in map(str.split, printed.out.splitlines()) if row[:1] == ["fp32"] and row[1] in ENGINE_FILES]
+    assert [(row[1], row[2], row[-1]) for row in rows] == [
+        (graph, inputs, "pass") for graph in ENGINE_FILES for inputs in ("A", "B")
+    ]
+    bar = next(row for row in rows if row[1] == "image_encoder")[5]
+    recorded = read_manifest(bundle).parity.error("fp32", "image_encoder")
+    assert bar == f"cos>={round(0.99999 - recorded[0], 9)}"
+
+
+def test_an_engine_that_misses_the_gate_is_not_kept_and_the_build_exits_1_with_the_table(
+    monkeypatch, tmp_path, tiny_bundle, capsys
+):
+    code, bundle = built_with_fakes(monkeypatch, tiny_bundle, tmp_path, "fp16", scale=-1.0)
+    printed = capsys.readouterr()
+    assert code == 1
+    assert "FAIL" in printed.out and "min cos" in printed.out
+    assert "error: parity gate FAILED for the fp16 engines: image_encoder on input set A: min cos -1.0" in printed.err
+    assert read_manifest(bundle).engines is None
+    assert not list(bundle.glob("*.plan")) and not list(bundle.glob(".*.tmp-*"))
+
+
+def test_the_embedder_runs_recorded_engines_as_onnx_runtime_runs_their_graphs(fp32_engines, monkeypatch):
+    _, bundle, _ = fp32_engines
+    monkeypatch.setattr("runtime.loading._tensorrt_here", lambda: True)
+    texts = ["a red circle", "two small stars at the top left"]
+    with Embedder.load(bundle) as engine, Embedder.load(bundle, backend="onnxruntime") as graph:
+        assert engine.backend == "tensorrt"
+        np.testing.assert_allclose(engine.embed_texts(texts), graph.embed_texts(texts), atol=1e-6)
+        images = engine.embed_images(scene_pictures(5))
+        np.testing.assert_allclose(images, graph.embed_images(scene_pictures(5)), atol=1e-6)
+        np.testing.assert_allclose(engine.score(images, images), graph.score(images, images), atol=1e-6)
+
+
+def test_engines_built_from_graphs_the_bundle_no_longer_holds_are_refused(fp32_engines):
+    _, bundle, _ = fp32_engines
+    manifest = read_manifest(bundle)
+    entry = manifest.engines.graphs["text_encoder"]
+    stale = dict(manifest.engines.graphs, text_encoder=dataclasses.replace(entry, source_sha256="0" * 64))
+    write_manifest(bundle, dataclasses.replace(manifest, engines=dataclasses.replace(manifest.engines, graphs=stale)))
+    with pytest.raises(ArtifactMismatch, match="text_encoder.plan was built from another fp32/text_encoder.onnx"):
+        Embedder.load(bundle, backend="tensorrt")
+
+
+def scene_pictures(count):
+    from agff_deploy.scenes import make_scene
+
+    return [make_scene(60 + i).render(56) for i in range(count)]

@@ -14,6 +14,11 @@ each row of (Pbar - I) still sums to zero: the positive is pulled with exactly
 the extra force the negatives receive. alpha = 0 gives autograd's gradient.
 The loss is symmetric: the same treatment on the transposed matrix
 (candidate -> query), averaged.
+
+Everything is per row, so a rank of a distributed run takes the b rows of its
+own items against all B columns of the global batch (positives on the diagonal
+shifted by the rank's offset); the mean over its rows, averaged over ranks, is
+the single-process loss.
 """
 
 from __future__ import annotations
@@ -22,36 +27,47 @@ import torch
 import torch.nn.functional as F
 
 
-def amplified_probabilities(logits: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Pbar for rows of `logits` (positives on the diagonal)."""
+def positive_mask(logits: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """`[b, N]` True where row i meets its positive, column offset + i."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    mask = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    mask[rows, rows + offset] = True
+    return mask
+
+
+def amplified_probabilities(logits: torch.Tensor, alpha: float, offset: int = 0) -> torch.Tensor:
+    """Pbar for rows of `logits` (the positive of row i in column offset + i)."""
     p = torch.exp(F.log_softmax(logits, dim=1))
-    eye = torch.eye(p.shape[0], dtype=torch.bool, device=p.device)
-    positive = p.diagonal().unsqueeze(1)
+    is_positive = positive_mask(logits, offset)
+    positive = p[is_positive].unsqueeze(1)
     hardness = (p / positive.clamp_min(torch.finfo(p.dtype).tiny)).clamp(max=1.0)
-    extra = torch.where(eye, torch.zeros_like(p), p * hardness)
-    return p + alpha * (extra - torch.diag_embed(extra.sum(dim=1)))
+    extra = torch.where(is_positive, torch.zeros_like(p), p * hardness)
+    return p + alpha * (extra - is_positive * extra.sum(dim=1, keepdim=True))
 
 
 class _EGACrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, alpha: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, logits: torch.Tensor, alpha: float, offset: int) -> torch.Tensor:
         ctx.save_for_backward(logits)
-        ctx.alpha = alpha
-        return -F.log_softmax(logits, dim=1).diagonal().mean()
+        ctx.alpha, ctx.offset = alpha, offset
+        return -F.log_softmax(logits, dim=1)[positive_mask(logits, offset)].mean()
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (logits,) = ctx.saved_tensors
-        p_bar = amplified_probabilities(logits, ctx.alpha)
-        eye = torch.eye(logits.shape[0], dtype=logits.dtype, device=logits.device)
-        return (p_bar - eye) * (grad_output / logits.shape[0]), None
+        p_bar = amplified_probabilities(logits, ctx.alpha, ctx.offset)
+        one_hot = positive_mask(logits, ctx.offset).to(logits.dtype)
+        return (p_bar - one_hot) * (grad_output / logits.shape[0]), None, None
 
 
-def ega_cross_entropy(logits: torch.Tensor, alpha: float) -> torch.Tensor:
-    """One direction of EGA InfoNCE over a square logit matrix."""
-    if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
-        raise ValueError(f"EGA needs a square B x B logit matrix, got {tuple(logits.shape)}")
-    return _EGACrossEntropy.apply(logits, alpha)
+def ega_cross_entropy(logits: torch.Tensor, alpha: float, offset: int = 0) -> torch.Tensor:
+    """One direction of EGA InfoNCE over `[b, N]` logits whose row i has its positive in column offset + i."""
+    if logits.ndim != 2 or not 0 <= offset <= logits.shape[1] - logits.shape[0]:
+        raise ValueError(
+            f"EGA needs a b x N logit matrix with the positives of its b rows at columns offset..offset+b-1 "
+            f"inside its N columns, got {tuple(logits.shape)} at offset {offset}"
+        )
+    return _EGACrossEntropy.apply(logits, alpha, offset)
 
 
 def ega_loss(similarity: torch.Tensor, temperature: torch.Tensor, alpha: float, same: torch.Tensor | None = None):
@@ -60,8 +76,32 @@ def ega_loss(similarity: torch.Tensor, temperature: torch.Tensor, alpha: float, 
     `same[i, j]` marks off-diagonal pairs that are not true negatives (two rows
     with the same answer text, say); they are removed from both softmaxes.
     """
-    logits = similarity / temperature
+    return sharded_ega_loss(similarity, similarity.T, temperature, alpha, same)
+
+
+def sharded_ega_loss(
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    temperature: torch.Tensor,
+    alpha: float,
+    same: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """Symmetric EGA InfoNCE of the b items a rank owns, global items offset..offset+b-1.
+
+    `rows` `[b, B]` scores the rank's queries against every candidate of the
+    global batch, `columns` `[b, B]` its candidates against every query; `same`
+    is the global `[B, B]` mask of pairs that are not negatives. With b = B
+    and `columns = rows.T` this is the single-process loss.
+    """
+    b = rows.shape[0]
+    row_logits = rows / temperature
+    column_logits = columns / temperature
     if same is not None:
-        off_diagonal = same & ~torch.eye(same.shape[0], dtype=torch.bool, device=same.device)
-        logits = logits.masked_fill(off_diagonal, float("-inf"))
-    return 0.5 * (ega_cross_entropy(logits, alpha) + ega_cross_entropy(logits.T, alpha))
+        row_logits = _mask_non_negatives(row_logits, same[offset : offset + b], offset)
+        column_logits = _mask_non_negatives(column_logits, same[:, offset : offset + b].T, offset)
+    return 0.5 * (ega_cross_entropy(row_logits, alpha, offset) + ega_cross_entropy(column_logits, alpha, offset))
+
+
+def _mask_non_negatives(logits: torch.Tensor, same: torch.Tensor, offset: int) -> torch.Tensor:
+    return logits.masked_fill(same & ~positive_mask(logits, offset), float("-inf"))

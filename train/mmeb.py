@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
+from agff_deploy.errors import InputError, MissingFileError
+from agff_deploy.images import ImageLoadError, verify_image
 from agff_deploy.tokenization import IMAGE_PLACEHOLDER
 
 from .pairs import Pair
@@ -56,9 +56,8 @@ def _image(row: dict, field: str, image_root: Path) -> Path | None:
     if not path.is_file():
         raise BadRow(f"{field} {value!r}: no such file under {image_root}")
     try:
-        with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        verify_image(path)
+    except ImageLoadError as err:
         raise BadRow(f"{field} {value!r}: unreadable image ({err})") from err
     return path
 
@@ -87,7 +86,7 @@ def read_mmeb(path: str | Path, image_root: str | Path | None = None, max_bad_fr
     """Pairs of an MMEB-train file; bad rows are reported on stderr and skipped."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"MMEB data file {path} not found")
+        raise MissingFileError(f"MMEB data file {path} not found")
     root = Path(image_root) if image_root is not None else path.parent
     pairs, bad = [], 0
     for number, row in _rows(path):
@@ -98,9 +97,9 @@ def read_mmeb(path: str | Path, image_root: str | Path | None = None, max_bad_fr
             print(f"{path}:{number}: skipped: {err}", file=sys.stderr)
     total = len(pairs) + bad
     if total == 0:
-        raise ValueError(f"{path} has no rows")
+        raise InputError(f"{path} has no rows")
     if bad / total > max_bad_fraction:
-        raise ValueError(
+        raise InputError(
             f"{path}: {bad} of {total} rows are bad, more than the allowed {max_bad_fraction:.0%}; "
             "fix the rows listed above or raise --max-bad-fraction"
         )

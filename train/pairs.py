@@ -14,6 +14,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from agff_deploy.errors import InputError
+from agff_deploy.images import open_image
 from agff_deploy.scenes import ATTRIBUTES, HELD_OUT_COMBOS, SCENES, Scene, change_attribute, make_scene
 
 ImageRef = np.ndarray | Path | None
@@ -42,9 +44,9 @@ class BatchSource(Protocol):
 
 
 def load_image(ref: ImageRef) -> np.ndarray | Image.Image | None:
+    """A file decoded as the runtime decodes it (upright, transparency on white), so training sees its pixels."""
     if isinstance(ref, Path):
-        with Image.open(ref) as image:
-            return image.convert("RGB")
+        return open_image(ref)[0]
     return ref
 
 
@@ -76,8 +78,11 @@ def parse_task_mix(text: str) -> dict[str, float]:
         name, _, weight = part.partition(":")
         name = name.strip()
         if name not in TASKS:
-            raise ValueError(f"--tasks: unknown task {name!r}; tasks are {', '.join(TASKS)}")
-        mix[name] = float(weight) if weight else 1.0
+            raise InputError(f"--tasks: unknown task {name!r}; tasks are {', '.join(TASKS)}")
+        try:
+            mix[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise InputError(f"--tasks: the weight of {name}, {weight!r}, is not a number") from None
     return mix
 
 
@@ -126,7 +131,7 @@ class ListPairs:
 
     def __init__(self, pairs: list[Pair], seed: int, batch_size: int) -> None:
         if len(pairs) < 2:
-            raise ValueError(f"need at least 2 training pairs for in-batch negatives, got {len(pairs)}")
+            raise InputError(f"need at least 2 training pairs for in-batch negatives, got {len(pairs)}")
         self.pairs = pairs
         self.seed = seed
         self.batch_size = min(batch_size, len(pairs))

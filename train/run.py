@@ -1,4 +1,7 @@
-"""`python -m train.run`: train AGFF-Embed (the demo preset on built-in scenes by default) into ckpt/."""
+"""`python -m train.run`: train AGFF-Embed (the demo preset on built-in scenes by default) into ckpt/.
+
+`torchrun --nproc_per_node N -m train.run ...` trains on N processes (GPUs) with the same global batch.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from agff_deploy.errors import AgffError, print_error
 from agff_deploy.presets import PRESETS
 
 from .pairs import TASKS
@@ -25,7 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--steps", type=int, help=f"training steps (default: {defaults.steps}; with --resume: the run's own)"
     )
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="pairs per step over all processes of a torchrun (default: %(default)s)",
+    )
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--warmup", type=int, default=defaults.warmup)
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -51,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="recompute block activations in backward (the memory saver for 2B+ bases)",
     )
+    p.add_argument(
+        "--chunk-size",
+        type=_positive,
+        help="GradCache: embed at most this many pairs per pass on each process; same result, less memory, "
+        "one extra forward pass (default: the whole batch at once)",
+    )
     p.add_argument("--image-size", type=int, help="square input resolution, a multiple of 28 (default: the preset's)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     existing = p.add_mutually_exclusive_group()
@@ -64,22 +79,35 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         trainer = _trainer(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"training {trainer.model.config.preset} model ({_millions(trainer.model)}M parameters) on {trainer.device}")
-    trainer.run()
+    # ValueError: _check_out and train/trainer.py still raise users' mistakes as such.
+    except (AgffError, OSError, ValueError) as err:
+        return print_error(err)
+    reports = trainer.replica.is_main  # the other processes of a torchrun train silently
+    if reports:
+        model = trainer.model
+        print(f"training {model.config.preset} model ({_millions(model)}M parameters) on {_where(trainer)}")
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    if reports:
+        _report(trainer, started)
+    return 0
+
+
+def _report(trainer: Trainer, started: float) -> None:
     print(f"trained to step {trainer.step} in {time.perf_counter() - started:.0f} s")
     if trainer.settings.eval_pairs and not trainer.settings.data:
         for line in trainer.evaluate().lines():
             print(line)
     print(f"checkpoint: {trainer.out.resolve()}")
-    return 0
 
 
 def _trainer(args: argparse.Namespace) -> Trainer:
+    """Every process checks --out before building its trainer, and rank 0 writes only after the DDP set-up
+    that waits for all of them, so no process finds files that another process of the same run wrote."""
     if args.resume:
-        return Trainer.resume(args.out, steps=args.steps, threads=args.threads)
+        return Trainer.resume(args.out, steps=args.steps, threads=args.threads, chunk_size=args.chunk_size)
     _check_out(Path(args.out), args.overwrite)
     names = {f.name for f in fields(TrainSettings)}
     chosen = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -95,6 +123,18 @@ def _check_out(out: Path, overwrite: bool) -> None:
             f"--out {out} already holds files (an earlier run?); continue that run with --resume, "
             "replace it with --overwrite, or choose another --out"
         )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def _where(trainer: Trainer) -> str:
+    world = trainer.replica.world_size
+    return f"{trainer.device.type} x {world} processes" if world > 1 else str(trainer.device)
 
 
 def _millions(model) -> str:

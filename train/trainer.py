@@ -3,12 +3,18 @@
 Resume is exact because everything that varies between steps is a function of
 the step number (the batch, the learning rate) or is saved in the checkpoint
 (weights, AdamW moments); the run never draws from a global RNG after init.
+
+Under torchrun every process is one replica: it trains on its shard of the
+global batch, DDP keeps the weights equal, and rank 0 alone logs and writes
+checkpoints. The shards depend on (seed, step, rank) only, so a run resumes at
+any world size that divides `batch_size`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -32,11 +38,13 @@ from agff_deploy.presets import local_tokenizer, preset_config
 from agff_deploy.tokenization import TOKENIZER_FILE
 from agff_deploy.weights import weights_metadata
 
-from .ega import ega_loss
+from .contrastive import ContrastiveStep, Shard
+from .distributed import Replica
 from .evaluate import HeldOutReport, evaluate_held_out
+from .grad_cache import chunked_backward
 from .lora import add_lora, lora_merged_weights
 from .mmeb import read_mmeb
-from .pairs import BatchSource, ListPairs, Pair, SyntheticPairs, load_image, parse_task_mix
+from .pairs import BatchSource, ListPairs, SyntheticPairs, parse_task_mix
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -49,7 +57,7 @@ class TrainSettings:
     preset: str = "demo"
     base: str | None = None
     steps: int = 1000
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch, split over the processes of a torchrun
     lr: float = 1e-3
     warmup: int = 40
     seed: int = 0
@@ -64,6 +72,7 @@ class TrainSettings:
     eval_pairs: int = 256
     lora_rank: int = 0
     gradient_checkpointing: bool = False
+    chunk_size: int | None = None  # GradCache: pairs per forward pass on each process (None: all at once)
     image_size: int | None = None
     threads: int | None = None
 
@@ -76,14 +85,19 @@ def learning_rate(settings: TrainSettings, step: int) -> float:
     return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class Trainer:
-    def __init__(self, settings: TrainSettings, model: AGFFEmbedder, tokenizer: Tokenizer, start_step: int = 0):
+    def __init__(
+        self,
+        settings: TrainSettings,
+        model: AGFFEmbedder,
+        tokenizer: Tokenizer,
+        start_step: int = 0,
+        replica: Replica | None = None,
+    ):
         self.settings = settings
-        self.device = _device()
+        self.replica = replica or Replica()
+        self.device = self.replica.device()
+        self.replica.start()
         self.model = model.to(self.device).train()
         self.tokenizer = tokenizer
         self.encoder = item_encoder(model.config, tokenizer)
@@ -94,12 +108,20 @@ class Trainer:
             add_lora(self.model, settings.lora_rank)
         if settings.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
+        self.contrastive = ContrastiveStep(self.model, self.encoder, self.replica, self.device)
+        self.step_module = self.replica.wrap(self.contrastive, find_unused=self._may_leave_parameters_unused())
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.01)
+
+    def _may_leave_parameters_unused(self) -> bool:
+        """K = 0 never uses the fusion, and a shard of --data rows may hold no image for the vision tower
+        (every built-in task has an image on the query side)."""
+        return self.model.config.num_fine == 0 or self.settings.data is not None
 
     @classmethod
     def create(cls, settings: TrainSettings) -> Trainer:
         """A fresh run: build (or load) the backbone, the tokenizer and the AGFF config."""
+        replica = _replica(settings)
         if settings.threads:
             torch.set_num_threads(settings.threads)
         torch.manual_seed(settings.seed)
@@ -120,11 +142,14 @@ class Trainer:
         else:
             tokenizer = local_tokenizer()
             model = AGFFEmbedder(preset_config(settings.preset, tokenizer, **overrides))
-        return cls(settings, model, tokenizer)
+        return cls(settings, model, tokenizer, replica=replica)
 
     @classmethod
-    def resume(cls, folder: str | Path, steps: int | None = None, threads: int | None = None) -> Trainer:
-        """Continue the run saved in `folder` from its last checkpoint (optionally to a new step count)."""
+    def resume(
+        cls, folder: str | Path, steps: int | None = None, threads: int | None = None, chunk_size: int | None = None
+    ) -> Trainer:
+        """Continue the run saved in `folder` from its last checkpoint (optionally to a new step count;
+        `chunk_size` changes the memory a step takes, not its result)."""
         folder = Path(folder)
         state_path = folder / STATE_FILE
         if not state_path.is_file():
@@ -133,11 +158,14 @@ class Trainer:
                 f"--resume: {state_path} not found; start a run with `python -m train.run --out {folder}{overwrite}`"
             )
         state = json.loads(state_path.read_text())
-        settings = TrainSettings(**dict(state["settings"], out=str(folder), steps=steps or state["settings"]["steps"]))
+        saved = state["settings"]
+        chunk_size = chunk_size or saved.get("chunk_size")  # runs saved before GradCache have no chunk_size
+        settings = TrainSettings(**dict(saved, out=str(folder), steps=steps or saved["steps"], chunk_size=chunk_size))
         if settings.lora_rank:
             raise ValueError(
                 f"{folder}: resuming a LoRA run is not supported; its checkpoint holds merged weights only"
             )
+        replica = _replica(settings)
         if threads:
             torch.set_num_threads(threads)
         _check_step(folder, weights_metadata(folder), state["step"])
@@ -147,7 +175,7 @@ class Trainer:
         with safe_open(optimizer_path, "pt") as f:
             _check_step(optimizer_path, f.metadata() or {}, state["step"])
         model, tokenizer = load_checkpoint(folder)
-        trainer = cls(settings, model, tokenizer, start_step=state["step"])
+        trainer = cls(settings, model, tokenizer, start_step=state["step"], replica=replica)
         trainer._load_optimizer(optimizer_path)
         return trainer
 
@@ -157,45 +185,36 @@ class Trainer:
             return ListPairs(read_mmeb(s.data, s.image_root, s.max_bad_fraction), s.seed, s.batch_size)
         return SyntheticPairs(s.seed, s.batch_size, self.model.config.image_size[0], parse_task_mix(s.tasks))
 
-    def _embed_side(self, texts: list[str], images: list) -> torch.Tensor:
-        def run(inputs):
-            inputs = inputs.to(self.device)
-            return self.model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values)
-
-        return self.encoder.embed_mixed(run, texts, images)
-
-    def loss(self, pairs: list[Pair]) -> torch.Tensor:
-        queries = self._embed_side([p.query_text for p in pairs], [load_image(p.query_image) for p in pairs])
-        candidates = self._embed_side([p.pos_text for p in pairs], [load_image(p.pos_image) for p in pairs])
-        keys = [p.candidate_key for p in pairs]
-        same = torch.tensor([[a == b for b in keys] for a in keys], device=self.device)
-        similarity = self.model.similarity(queries.float(), candidates.float())
-        return ega_loss(similarity, self.model.temperature, self.model.config.ega_alpha, same)
-
     def train_step(self) -> float:
+        """One optimizer step on the global batch of this step; returns the global batch's loss."""
         lr = learning_rate(self.settings, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        pairs = self.source.batch(self.step)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = self.loss(pairs)
+        shard = Shard.of(self.source.batch(self.step), self.replica, self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        chunk = self.settings.chunk_size
+        if chunk and chunk < len(shard):
+            loss = chunked_backward(self.step_module, shard, chunk)
+        else:
+            loss = self.step_module(shard)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.step += 1
-        return loss.item()
+        return self.replica.average(loss)
 
     def run(self, until: int | None = None) -> None:
         """Train up to step `until` (default: all steps), checkpointing every `save_every` steps and at the end."""
         end = min(until or self.settings.steps, self.settings.steps)
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.step == 0:
-            self._forget_older_run()
+        main = self.replica.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.step == 0:
+                self._forget_older_run()
         started, first = time.perf_counter(), self.step
         with (
-            tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True) as bar,
-            (self.out / LOG_FILE).open("a") as log,
+            tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True, disable=not main) as bar,
+            open(self.out / LOG_FILE if main else os.devnull, "a") as log,
         ):
             while self.step < end:
                 loss = self.train_step()
@@ -206,6 +225,11 @@ class Trainer:
                 if self.step % self.settings.save_every == 0 or self.step == end:
                     log.flush()
                     self.save()
+
+    def close(self) -> None:
+        """Leave the process group of a torchrun (nothing to do for one process)."""
+        self.step_module = self.contrastive
+        self.replica.stop()
 
     def _forget_older_run(self) -> None:
         """A fresh run over an older one (`--overwrite`) starts its own log, and until its first save
@@ -224,7 +248,10 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Weights, optimizer moments and state, moved into place with the state file last."""
+        """Weights, optimizer moments and state, moved into place with the state file last (by rank 0 alone:
+        DDP keeps every rank's weights and moments equal)."""
+        if not self.replica.is_main:
+            return
         metadata = {"step": str(self.step)}
 
         def write(tmp: Path) -> None:
@@ -257,6 +284,13 @@ class Trainer:
 
     def evaluate(self) -> HeldOutReport:
         return evaluate_held_out(self.model, self.encoder, self.settings.eval_pairs, seed=self.settings.seed)
+
+
+def _replica(settings: TrainSettings) -> Replica:
+    """This process's place in a torchrun (refused before any weights load if the batch does not split)."""
+    replica = Replica.from_environment()
+    replica.check_divides(settings.batch_size)
+    return replica
 
 
 def _check_step(path: Path, metadata: dict[str, str], step: int) -> None:

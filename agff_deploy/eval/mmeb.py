@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from agff_deploy.errors import InputError, MissingFileError
 from agff_deploy.tokenization import IMAGE_PLACEHOLDER
 
 PHI3V_IMAGE_TOKEN = "<|image_1|>"
@@ -59,7 +60,7 @@ def _side(text: str | None, image: str | None, root: Path, where: str) -> Side:
     if image:
         path = root / image
         if not path.is_file():
-            raise FileNotFoundError(f"{where}: image {image!r} not found under {root}")
+            raise MissingFileError(f"{where}: image {image!r} not found under {root}")
     return Side((text or "").replace(PHI3V_IMAGE_TOKEN, IMAGE_PLACEHOLDER).replace(IMAGE_PLACEHOLDER, "").strip(), path)
 
 
@@ -70,7 +71,7 @@ def _row_files(folder: Path) -> list[Path]:
 def _rows(folder: Path) -> list[tuple[str, dict]]:
     files = _row_files(folder)
     if not files:
-        raise FileNotFoundError(f"{folder}: no .parquet or .jsonl file in this MMEB subset folder")
+        raise MissingFileError(f"{folder}: no .parquet or .jsonl file in this MMEB subset folder")
     rows = []
     for path in files:
         if path.suffix == ".parquet":
@@ -83,7 +84,7 @@ def _rows(folder: Path) -> list[tuple[str, dict]]:
                 try:
                     rows.append((f"{path}:{i + 1}", json.loads(line)))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{i + 1}: not valid JSON ({err.msg})") from err
+                    raise InputError(f"{path}:{i + 1}: not valid JSON ({err.msg})") from err
     return rows
 
 
@@ -93,10 +94,10 @@ def load_mmeb_subset(folder: str | Path, image_root: str | Path) -> list[MMEBIte
     for where, row in _rows(folder):
         missing = [k for k in ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path") if k not in row]
         if missing:
-            raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+            raise InputError(f"{where}: missing field(s) {', '.join(missing)}")
         texts, images = row["tgt_text"], row["tgt_img_path"]
         if not isinstance(texts, list) or not isinstance(images, list) or len(texts) != len(images) or not texts:
-            raise ValueError(f"{where}: tgt_text and tgt_img_path must be lists of the same, non-zero length")
+            raise InputError(f"{where}: tgt_text and tgt_img_path must be lists of the same, non-zero length")
         query = _side(row["qry_text"], row["qry_img_path"], root, where)
         candidates = tuple(_side(t, i, root, where) for t, i in zip(texts, images, strict=True))
         items.append(MMEBItem(query, candidates))
@@ -112,10 +113,10 @@ def load_mmeb(folder: str | Path, image_root: str | Path | None = None) -> dict[
     """Every subset folder under `folder` (images relative to `image_root`, default `folder`)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"MMEB folder {folder} not found")
+        raise MissingFileError(f"MMEB folder {folder} not found")
     subsets = sorted(p for p in folder.iterdir() if _is_subset(p))
     if not subsets:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder}: no subset folders (expected one folder per MMEB subset, each with .parquet or .jsonl files)"
         )
     return {s.name: load_mmeb_subset(s, image_root or folder) for s in subsets}

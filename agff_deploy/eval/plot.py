@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agff_deploy.errors import MissingDependencyError
+
 
 def pattern_bar_chart(variants: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
     """`variants[name][pattern] = accuracy` (0..1) -> PNG at `path`."""
@@ -16,7 +18,7 @@ def pattern_bar_chart(variants: dict[str, dict[str, float]], path: str | Path, t
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise ImportError("plots need matplotlib: pip install 'agff-deploy[plot]'") from err
+        raise MissingDependencyError("plots need matplotlib: pip install 'agff-deploy[plot]'") from err
     patterns = list(next(iter(variants.values())))
     width = 0.8 / len(variants)
     fig, ax = plt.subplots(figsize=(1.1 * len(patterns) + 2, 4))

@@ -1,0 +1,45 @@
+"""Users' mistakes are `AgffError`s: one `error:` line and exit status 2 from every command, and still the builtin
+exceptions callers caught before the family existed."""
+
+import pytest
+
+from agff_deploy.errors import (
+    AgffError,
+    ArtifactError,
+    InputError,
+    MissingDependencyError,
+    MissingFileError,
+    NotInBundleError,
+    print_error,
+)
+from agff_deploy.images import ImageLoadError
+from train.run import main as train_main
+
+
+@pytest.mark.parametrize(
+    ("error", "builtin"),
+    [
+        (InputError, ValueError),
+        (ImageLoadError, ValueError),
+        (MissingFileError, FileNotFoundError),
+        (ArtifactError, ValueError),
+        (NotInBundleError, KeyError),
+        (MissingDependencyError, ImportError),
+    ],
+)
+def test_each_error_is_an_agff_error_and_the_builtin_callers_caught_before(error, builtin):
+    assert issubclass(error, AgffError) and issubclass(error, builtin)
+
+
+def test_a_precision_a_bundle_lacks_reads_as_a_sentence_not_a_quoted_key():
+    assert str(NotInBundleError("bundle has no fp8 graphs")) == "bundle has no fp8 graphs"
+
+
+def test_print_error_writes_one_error_line_and_returns_status_2(capsys):
+    assert print_error(MissingFileError("ckpt/model.safetensors is missing")) == 2
+    assert capsys.readouterr().err == "error: ckpt/model.safetensors is missing\n"
+
+
+def test_train_run_reports_an_unknown_task_as_one_error_line_with_status_2(tmp_path, capsys):
+    assert train_main(["--preset", "tiny", "--tasks", "ocr", "--out", str(tmp_path / "ckpt")]) == 2
+    assert capsys.readouterr().err == "error: --tasks: unknown task 'ocr'; tasks are i2t, i2t-contrast, vqa, cls\n"

@@ -1,0 +1,75 @@
+"""One image decoder: a photo file is the same pixels in training, in int8 calibration and in the runtime."""
+
+import json
+
+import numpy as np
+import torch
+from PIL import ExifTags, Image
+
+from export.calibration import calibration_feeds
+from runtime.embedder import Embedder
+from train.trainer import Trainer, TrainSettings
+
+EXIF_ROTATE_90_CLOCKWISE = 6
+
+
+def sideways_transparent_photo(path):
+    """A 40x24 RGBA PNG stored sideways (EXIF orientation 6), its left half fully transparent, colours that vary
+    along both axes: decoded without turning it upright or compositing it on white, its pixels differ."""
+    pixels = np.zeros((24, 40, 4), np.uint8)
+    pixels[..., 0] = np.arange(40, dtype=np.uint8)[None, :] * 6
+    pixels[..., 1] = np.arange(24, dtype=np.uint8)[:, None] * 10
+    pixels[..., 2] = 90
+    pixels[..., 3] = 255
+    pixels[:, :20, 3] = 0
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = EXIF_ROTATE_90_CLOCKWISE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGBA").save(path, exif=exif)
+    return path
+
+
+def upright_on_white(path) -> Image.Image:
+    """What a viewer shows: the stored pixels turned 90 degrees clockwise, transparency over white."""
+    with Image.open(path) as stored:
+        upright = stored.transpose(Image.Transpose.ROTATE_270)
+    white = Image.new("RGBA", upright.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, upright).convert("RGB")
+
+
+def captured_pixel_values(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every `pixel_values` batch `model` is called with from now on."""
+    seen: list[torch.Tensor] = []
+
+    def capture(module, args, kwargs):
+        pixels = args[2] if len(args) > 2 else kwargs.get("pixel_values")
+        if pixels is not None:
+            seen.append(pixels.detach().cpu())
+
+    model.register_forward_pre_hook(capture, with_kwargs=True)
+    return seen
+
+
+def test_the_trainer_sees_the_pixels_the_runtime_sees_for_a_sideways_transparent_photo(tmp_path):
+    photo = sideways_transparent_photo(tmp_path / "images" / "photo.png")
+    rows = [{"qry": "<|image_1|>", "qry_image_path": "images/photo.png", "pos_text": text} for text in ("a", "b")]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "ckpt"
+    trainer = Trainer.create(
+        TrainSettings(out=str(out), preset="tiny", steps=1, batch_size=2, eval_pairs=0, data=str(data))
+    )
+    seen = captured_pixel_values(trainer.model)
+    trainer.run()
+    with Embedder.load(out) as runtime:
+        expected = runtime.pixels([photo])[0]
+    trained_on = torch.cat(seen).numpy()
+    assert trained_on.shape == (2, *expected.shape)
+    assert all(np.array_equal(pixels, expected) for pixels in trained_on)
+
+
+def test_a_calibration_folder_photo_is_calibrated_upright_on_white(tmp_path, encoder):
+    photo = sideways_transparent_photo(tmp_path / "calib" / "photo.png")
+    feeds = calibration_feeds(encoder, "image_encoder", tmp_path / "calib")
+    assert len(feeds) == 1
+    assert np.array_equal(feeds[0]["pixel_values"], encoder.pixels([upright_on_white(photo)]))
