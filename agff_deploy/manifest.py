@@ -23,6 +23,7 @@ from typing import Any
 
 from . import __version__
 from .contract import PRECISIONS, TensorSpec, model_sizes
+from .errors import ArtifactError, MissingFileError, NotInBundleError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "agff-bundle"
@@ -187,11 +188,11 @@ class Manifest:
     def graph(self, precision: str, name: str) -> GraphEntry:
         """One graph's entry, or a KeyError that says what to export or choose instead."""
         if precision not in self.graphs:
-            raise KeyError(
+            raise NotInBundleError(
                 f"bundle has no {precision} graphs (it has {', '.join(self.graphs)}); {self._advice(precision)}"
             )
         if name not in self.graphs[precision]:
-            raise KeyError(f"bundle's {precision} graphs lack {name}")
+            raise NotInBundleError(f"bundle's {precision} graphs lack {name}")
         return self.graphs[precision][name]
 
     def _advice(self, precision: str) -> str:
@@ -219,16 +220,23 @@ class Manifest:
     def from_json(cls, data: Mapping[str, Any], where: str = MANIFEST_FILE) -> Manifest:
         """A manifest of this or an older format version; a newer one is refused, naming both versions."""
         if data.get("format") != FORMAT:
-            raise ValueError(f"{where}: format is {data.get('format')!r}, expected {FORMAT!r}")
+            raise ArtifactError(f"{where}: format is {data.get('format')!r}, expected {FORMAT!r}")
         version = data.get("format_version", 0)
         if version > FORMAT_VERSION:
-            raise ValueError(
+            raise ArtifactError(
                 f"{where}: format_version {version} (written by {data.get('created_by', 'a newer agff-deploy')}) is "
                 f"newer than agff-deploy {__version__} reads (format_version {FORMAT_VERSION}); upgrade agff-deploy"
             )
         missing = [key for key in ("model", "image", "tokenizer", "fusion", "graphs") if key not in data]
         if missing:
-            raise ValueError(f"{where} lacks {', '.join(missing)}; re-export the bundle")
+            raise ArtifactError(f"{where} lacks {', '.join(missing)}; re-export the bundle")
+        try:
+            return cls._from_fields(data)
+        except (KeyError, TypeError) as err:
+            raise ArtifactError(f"{where}: malformed manifest (field {err}); re-export the bundle") from err
+
+    @classmethod
+    def _from_fields(cls, data: Mapping[str, Any]) -> Manifest:
         return cls(
             created_by=data.get("created_by", "an unknown agff-deploy"),
             model=ModelDims(data["model"]["num_prompts"], data["model"]["hidden_size"]),
@@ -247,11 +255,11 @@ def read_manifest(folder: str | Path) -> Manifest:
     """The manifest of a bundle folder, checked for format, version and the fields every runtime reads."""
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a bundle folder is written by `python -m export.to_onnx CKPT`")
+        raise MissingFileError(f"{path} not found: a bundle folder is written by `python -m export.to_onnx CKPT`")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise ArtifactError(f"{path} is not valid JSON: {err}") from err
     return Manifest.from_json(data, str(path))
 
 
@@ -274,13 +282,13 @@ def check_external_data(bundle: str | Path, entry: GraphEntry) -> None:
     for data in entry.external_data:
         path = Path(bundle) / data.file
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path} is missing: it holds the weights of {graph}; copy the whole bundle folder, "
                 ".onnx.data files included"
             )
         size = path.stat().st_size
         if size != data.bytes:
-            raise ValueError(
+            raise ArtifactError(
                 f"{path} is {size} bytes but {graph} needs {data.bytes}: a truncated or altered copy; copy it again"
             )
 

@@ -49,6 +49,7 @@ from agff_deploy.contract import (
     model_sizes,
     resolved_graphs,
 )
+from agff_deploy.errors import AgffError, InputError
 from agff_deploy.inputs import ItemEncoder
 from agff_deploy.manifest import (
     BatchRange,
@@ -83,7 +84,7 @@ from .precision import quantize_dynamic_int8, quantize_qdq
 from .targets import Target
 
 
-class DiskFull(OSError):
+class DiskFull(AgffError, OSError):
     """The bundle does not fit where it is written; nothing partial is left."""
 
 
@@ -101,9 +102,9 @@ class ExportOptions:
     def validate(self) -> None:
         lo, opt, hi = self.batch
         if not 1 <= lo <= opt <= hi or hi < 2:
-            raise ValueError(f"--batch {lo} {opt} {hi}: need 1 <= MIN <= OPT <= MAX and MAX >= 2")
+            raise InputError(f"--batch {lo} {opt} {hi}: need 1 <= MIN <= OPT <= MAX and MAX >= 2")
         if not 17 <= self.opset <= 20:
-            raise ValueError(
+            raise InputError(
                 f"--opset {self.opset}: choose 17..20 (LayerNormalization needs 17; TensorRT 10 reads up to 20)"
             )
         check_gate_images(self.gate_images)
@@ -320,7 +321,7 @@ def _require_calibration_memory(weight_bytes: int, streamed: bool) -> None:
     needed = int(weight_bytes * (1.25 if streamed else 3))
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > total:
-        raise ValueError(
+        raise InputError(
             f"--precision int8: calibrating the {weight_bytes / 2**30:.1f} GiB image encoder needs about "
             f"{needed / 2**30:.0f} GiB and this machine has {total / 2**30:.0f} GiB: export int8 "
             "on a machine with more memory, or choose fp16 (TensorRT) or int8-dynamic (ONNX Runtime on CPU) here"
@@ -381,5 +382,5 @@ def _replace_folder(src: Path, dst: Path) -> None:
 def parse_precisions(values: Sequence[str]) -> tuple[str, ...]:
     unknown = [v for v in values if v not in PRECISIONS]
     if unknown:
-        raise ValueError(f"--precision {' '.join(unknown)}: choose from {', '.join(PRECISIONS)}")
+        raise InputError(f"--precision {' '.join(unknown)}: choose from {', '.join(PRECISIONS)}")
     return tuple(dict.fromkeys(["fp32", *values]))

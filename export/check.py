@@ -36,7 +36,7 @@ from agff_deploy.contract import (
     model_sizes,
     resolved_graphs,
 )
-from agff_deploy.errors import AgffError, print_error
+from agff_deploy.errors import AgffError, ArtifactError, InputError, MissingFileError, print_error
 from agff_deploy.feeds import FeedEncoder
 from agff_deploy.manifest import Fusion, Manifest, ParityRow, read_manifest, sha256_file
 from agff_deploy.scenes import make_scene
@@ -125,7 +125,7 @@ def _describe_failure(row: ParityRow) -> str:
 def check_gate_images(images: tuple[int, int]) -> tuple[int, int]:
     a, b = images
     if not 1 <= a < b:
-        raise ValueError(f"--gate-images {a} {b}: set B needs more images than set A, and A at least one")
+        raise InputError(f"--gate-images {a} {b}: set B needs more images than set A, and A at least one")
     return a, b
 
 
@@ -359,11 +359,13 @@ def _source_checkpoint(bundle: Path, manifest: Manifest, override: str | None) -
 
     ckpt = Path(override or manifest.source.checkpoint)
     if not ckpt.is_dir():
-        raise FileNotFoundError(f"source checkpoint {ckpt} not found; pass --ckpt with the folder the bundle came from")
+        raise MissingFileError(f"source checkpoint {ckpt} not found; pass --ckpt with the folder the bundle came from")
     if weights_sha256(ckpt) != manifest.source.weights_sha256:
-        raise ValueError(f"the weights in {ckpt} are not those {bundle} was exported from (hash differs); re-export")
+        raise ArtifactError(f"the weights in {ckpt} are not those {bundle} was exported from (hash differs); re-export")
     if sha256_file(ckpt / CONFIG_FILE) != manifest.source.config_sha256:
-        raise ValueError(f"{ckpt / CONFIG_FILE} is not the config {bundle} was exported with (hash differs); re-export")
+        raise ArtifactError(
+            f"{ckpt / CONFIG_FILE} is not the config {bundle} was exported with (hash differs); re-export"
+        )
     return ckpt
 
 
@@ -391,9 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         del model
         report = gate_bundle(args.bundle, reference, input_sets, get_target(args.target))
-    # ValueError, KeyError: agff_deploy/manifest.py, _source_checkpoint and the --gate-images check still raise
-    # users' mistakes as such.
-    except (AgffError, OSError, ValueError, KeyError) as err:
+    except (AgffError, OSError) as err:
         return print_error(err)
     print(report.table())
     print("parity gate: " + ("passed" if report.passed else "FAILED"))

@@ -324,9 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             "(sizes in GiB; activations at the profile's max shapes, an upper bound)"
         )
         print(budget_table(memory, (lo, opt, hi), ORIN_BOARDS))
-    # ValueError, KeyError: agff_deploy/manifest.py still raises users' mistakes (an unreadable manifest, a precision
-    # the bundle lacks) as such.
-    except (AgffError, OSError, ValueError, KeyError) as err:
+    except (AgffError, OSError) as err:
         return print_error(err)
     return 0
 

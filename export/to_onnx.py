@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         options.validate()
         target = get_target(args.target)
         model, tokenizer = load_checkpoint(args.ckpt, image_size=args.image_size)
-    # ValueError: export/bundle.py's option checks still raise users' mistakes as such.
-    except (AgffError, OSError, ValueError) as err:
+    except (AgffError, OSError) as err:
         return print_error(err)
     out = args.out or args.ckpt.resolve().parent / "bundle"
     print(f"exporting {args.ckpt} -> {out} ({', '.join(options.precisions)})")
@@ -99,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         report = BundleBuilder(model, item_encoder(model.config, tokenizer), args.ckpt, options).build(out, target)
     except DiskFull as err:
         return print_error(err.strerror or err)
-    # ValueError: export/bundle.py still raises users' mistakes (too little memory to calibrate) as such.
-    except (AgffError, OSError, ValueError) as err:
+    except (AgffError, OSError) as err:
         return print_error(err)
     print(report.table())
     elapsed = time.perf_counter() - started

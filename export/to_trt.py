@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agff_deploy.contract import GRAPHS, SCORER, TRT_PRECISIONS, Bar, resolved_graphs
-from agff_deploy.errors import AgffError, print_error
+from agff_deploy.errors import AgffError, ArtifactError, InputError, MissingDependencyError, print_error
 from agff_deploy.manifest import (
     EngineEntry,
     Engines,
@@ -50,7 +50,7 @@ NO_TENSORRT = (
 )
 
 
-class TensorRTMissing(RuntimeError):
+class TensorRTMissing(MissingDependencyError):
     pass
 
 
@@ -74,7 +74,7 @@ def build_engine(onnx_path: Path, profile: Profile, workspace_bytes: int, cache_
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise ArtifactError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     optimization = builder.create_optimization_profile()
@@ -85,7 +85,7 @@ def build_engine(onnx_path: Path, profile: Profile, workspace_bytes: int, cache_
     config.set_timing_cache(cache, False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+        raise ArtifactError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     if cache_path:
         _write_atomically(cache_path, bytes(cache.serialize()))
     return bytes(plan)
@@ -141,7 +141,7 @@ def check_memory(request: BuildRequest, manifest: Manifest, usable: int) -> str:
         " or ".join(fits)
         or f"nothing this bundle holds at --workspace {request.workspace_gb:g}; lower it or use a bigger board"
     )
-    raise ValueError(f"too large: {message}. Would fit: {advice}")
+    raise InputError(f"too large: {message}. Would fit: {advice}")
 
 
 def preflight(request: BuildRequest, manifest: Manifest) -> list[Path]:
@@ -149,13 +149,13 @@ def preflight(request: BuildRequest, manifest: Manifest) -> list[Path]:
     its memory (a Jetson board). Returns the graphs to build."""
     target, precision = request.target, request.precision
     if precision not in TRT_PRECISIONS or precision not in target.precisions:
-        raise ValueError(
+        raise InputError(
             f"--precision {precision} cannot build for {target.name}; choose {', '.join(target.precisions)}"
         )
     lo, opt, hi = request.batch
     bundle_batch = manifest.dims.batch
     if not bundle_batch.min <= lo <= opt <= hi <= bundle_batch.max:
-        raise ValueError(
+        raise InputError(
             f"--batch {lo} {opt} {hi} must lie within the bundle's exported batch range "
             f"{bundle_batch.min}..{bundle_batch.max}; re-export with --batch to widen it"
         )
@@ -166,7 +166,7 @@ def preflight(request: BuildRequest, manifest: Manifest) -> list[Path]:
     for path in paths:
         problems = lint_file(path, target)
         if problems:
-            raise ValueError(f"{path} will not build for {target.name}: {'; '.join(problems)}")
+            raise ArtifactError(f"{path} will not build for {target.name}: {'; '.join(problems)}")
     if target.memory_gb is not None:
         print(check_memory(request, manifest, target.usable_bytes()))
     return paths
@@ -178,7 +178,7 @@ def build_bundle_engines(request: BuildRequest) -> EngineBuild:
     paths = preflight(request, manifest)
     version = tensorrt_version()
     if int(version.split(".")[0]) < 10:
-        raise RuntimeError(f"TensorRT {version} is too old: strongly typed Q/DQ builds need TensorRT >= 10")
+        raise MissingDependencyError(f"TensorRT {version} is too old: strongly typed Q/DQ builds need TensorRT >= 10")
     device = query_device()
     workspace = int(request.workspace_gb * 2**30)
     if request.target.memory_gb is None:
@@ -275,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     except TensorRTMissing as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    # ValueError, KeyError, RuntimeError: agff_deploy/manifest.py, preflight, the memory check and the TensorRT build
-    # still raise users' mistakes as such.
-    except (AgffError, OSError, ValueError, KeyError, RuntimeError) as err:
+    except (AgffError, OSError) as err:
         return print_error(err)
     print(build.report.table())
     engines = build.engines

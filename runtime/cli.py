@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agff_deploy.atomic_files import write_atomically
-from agff_deploy.errors import AgffError
+from agff_deploy.errors import AgffError, InputError
 from agff_deploy.images import DEFAULT_MAX_PIXELS
 
 from .embedder import Embedder
@@ -107,7 +107,7 @@ def write_output(out: Path, names: list[str], embeddings: np.ndarray, key: str) 
         rows = (json.dumps({key: n, "embedding": e.tolist()}) + "\n" for n, e in zip(names, embeddings, strict=True))
         write_atomically(out, lambda f: f.writelines(r.encode() for r in rows))
     else:
-        raise ValueError(f"--out {out}: use a .npy or .jsonl file")
+        raise InputError(f"--out {out}: use a .npy or .jsonl file")
 
 
 def _embed_texts(embedder: Embedder, texts: list[str]) -> np.ndarray:
@@ -361,10 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings_as_lines():
         try:
             return {"embed": run_embed, "index": run_index, "search": run_search}[command](args)
-        # ValueError, KeyError, RuntimeError, ImportError: agff_deploy/manifest.py, loading.py, embedder.py,
-        # write_output and the runners still raise users' mistakes (an unknown --engine or --precision, a stale
-        # engine, a plan without TensorRT here) as such.
-        except (AgffError, OSError, ValueError, KeyError, RuntimeError, ImportError) as err:
+        except (AgffError, OSError) as err:
             say(f"error: {err}")
             return 2
 

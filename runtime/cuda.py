@@ -9,12 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from agff_deploy.errors import MissingDependencyError
+
 
 def cudart() -> Any:
     try:
         from cuda.bindings import runtime
     except ImportError:
-        from cuda import cudart as runtime  # cuda-python < 12.6
+        try:
+            from cuda import cudart as runtime  # cuda-python < 12.6
+        except ImportError as err:
+            raise MissingDependencyError(
+                "cuda-python is not installed: TensorRT engines need the `gpu` extra (pip install -e '.[gpu]'); "
+                "or run the bundle's ONNX graphs with --backend onnxruntime"
+            ) from err
     return runtime
 
 
@@ -37,7 +45,10 @@ def query_device(index: int = 0) -> DeviceInfo:
     try:
         props = check(cudart().cudaGetDeviceProperties(index))
     except RuntimeError as err:
-        raise RuntimeError(f"no usable CUDA device {index}: {err}") from err
+        raise MissingDependencyError(
+            f"no usable CUDA device {index} ({err}): TensorRT engines need an NVIDIA GPU; "
+            "run the bundle's ONNX graphs with --backend onnxruntime instead"
+        ) from err
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     return DeviceInfo(name.rstrip("\x00"), int(props.totalGlobalMem))
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from agff_deploy.contract import CANDIDATES, IMAGE_ENCODER, QUERIES, SCORER, TEXT_ENCODER, Feed
+from agff_deploy.errors import InputError
 from agff_deploy.images import DEFAULT_MAX_PIXELS, ImageLoadError
 
 from .loading import load_model
@@ -137,7 +138,7 @@ class Embedder:
     def _instructions(instructions: str | Sequence[str], count: int) -> list[str]:
         prompts = [instructions] * count if isinstance(instructions, str) else list(instructions)
         if len(prompts) != count:
-            raise ValueError(f"{len(prompts)} instructions for {count} images")
+            raise InputError(f"{len(prompts)} instructions for {count} images")
         return prompts
 
     def _empty(self) -> np.ndarray:
@@ -163,7 +164,7 @@ class Embedder:
     ) -> list[dict[str, Any]]:
         """Zero-shot: each image's best label and the softmax over labels at the model's temperature."""
         if not labels:
-            raise ValueError("classify needs at least one label")
+            raise InputError("classify needs at least one label")
         image_emb = images if isinstance(images, np.ndarray) and images.ndim == 3 else self.embed_images(images)
         scores = self.score(image_emb, self.embed_texts([template.format(label) for label in labels]))
         logits = scores / self.spec.temperature

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agff_deploy.contract import GRAPH_NAMES, GraphSpec, model_sizes, resolved_graphs
+from agff_deploy.errors import ArtifactError, InputError, MissingFileError, NotInBundleError
 from agff_deploy.manifest import MANIFEST_FILE, GraphEntry, Manifest, check_external_data, read_manifest
 
 from .ort_runner import REEXPORT, OnnxSessionLoader, OrtRunner
@@ -44,17 +45,17 @@ def load_model(
     path: Path, backend: str | None = None, precision: str | None = None, threads: int | None = None
 ) -> LoadedModel:
     if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+        raise InputError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     kind = _what(path)
     if kind == "checkpoint":
         if backend not in (None, "pytorch"):
-            raise ValueError(
+            raise InputError(
                 f"{path} is a checkpoint: export it first (`python -m export.to_onnx {path}`) to use {backend}"
             )
         return _torch_model(path, None)
     bundle = bundle_folder_of(path if kind == "bundle" else path.parent)
     if bundle is None:
-        raise FileNotFoundError(f"no {MANIFEST_FILE} beside {path}: keep graphs and engines in their bundle folder")
+        raise MissingFileError(f"no {MANIFEST_FILE} beside {path}: keep graphs and engines in their bundle folder")
     manifest = read_manifest(bundle)
     if kind == "onnx" and precision is None:
         precision = precision_of_graph(manifest, bundle, path)
@@ -82,7 +83,7 @@ def precision_of_graph(manifest: Manifest, bundle: Path, graph: Path) -> str:
     for precision, graphs in manifest.graphs.items():
         if any((bundle / e.file).resolve() == graph.resolve() for e in graphs.values()):
             return precision
-    raise ValueError(f"{graph} is not listed in {bundle / MANIFEST_FILE}")
+    raise ArtifactError(f"{graph} is not listed in {bundle / MANIFEST_FILE}")
 
 
 def _tensorrt_here() -> bool:
@@ -99,8 +100,8 @@ def _what(path: Path) -> str:
     if path.is_dir() and (path / "agff_config.json").is_file():
         return "checkpoint"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    raise ValueError(
+        raise MissingFileError(f"{path} does not exist")
+    raise InputError(
         f"{path} is neither a TensorRT plan (.plan), an ONNX graph (.onnx), a bundle folder (with {MANIFEST_FILE}) "
         "nor a checkpoint folder (with agff_config.json)"
     )
@@ -153,9 +154,9 @@ def _trt_runners(bundle: Path, manifest: Manifest, precision: str | None) -> dic
     engines = manifest.engines
     rebuild = f"python -m export.to_trt {bundle} --precision {precision or 'fp16'}"
     if engines is None:
-        raise FileNotFoundError(f"{bundle} has no TensorRT engines; build them with `{rebuild}`")
+        raise MissingFileError(f"{bundle} has no TensorRT engines; build them with `{rebuild}`")
     if precision not in (None, engines.precision):
-        raise ValueError(
+        raise NotInBundleError(
             f"{bundle}'s TensorRT engines are {engines.precision}; build {precision} ones with `{rebuild}`"
         )
     specs = resolved_graphs(manifest.sizes())

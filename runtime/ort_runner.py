@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agff_deploy.contract import Feed, GraphSpec
+from agff_deploy.errors import MissingFileError
 
 from .onnxruntime_loader import import_onnxruntime
 from .runner import ArtifactMismatch, Outputs, Runner, verify_sha256
@@ -38,7 +39,7 @@ class OnnxSessionLoader:
 
     def __call__(self) -> Any:
         if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX graph {self.path} not found")
+            raise MissingFileError(f"ONNX graph {self.path} not found")
         verify_sha256(self.path, self.expected_sha256, REEXPORT)
         ort = import_onnxruntime()
         options = ort.SessionOptions()

@@ -20,12 +20,13 @@ from typing import Self
 import numpy as np
 
 from agff_deploy.contract import BATCH_DIMS, Feed, GraphSpec
+from agff_deploy.errors import ArtifactError
 from agff_deploy.manifest import sha256_file
 
 Outputs = dict[str, np.ndarray]
 
 
-class ArtifactMismatch(RuntimeError):
+class ArtifactMismatch(ArtifactError):
     """What a runner loads differs from what the manifest promised."""
 
 

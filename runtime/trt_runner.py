@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agff_deploy.contract import BATCH_DIMS, Feed, GraphSpec
+from agff_deploy.errors import ArtifactError, InputError, MissingDependencyError, MissingFileError
 from agff_deploy.manifest import Engines
 
 from .cuda import DeviceBuffer, check, cudart, query_device
@@ -49,16 +50,15 @@ class EngineLoader:
         self.trt_runtime: trt.Runtime | None = None  # must outlive the engines it deserialized
 
     def __call__(self) -> trt.ICudaEngine:
-        import tensorrt as trt
-
+        trt = _tensorrt()
         if not self.plan.is_file():
-            raise FileNotFoundError(f"TensorRT plan {self.plan} not found; build it with `{REBUILD}`")
+            raise MissingFileError(f"TensorRT plan {self.plan} not found; build it with `{REBUILD}`")
         check_engine_origin(self.engines, trt.__version__, query_device().name)
         verify_sha256(self.plan, self.expected_sha256, REBUILD)
         self.trt_runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = self.trt_runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {self.plan}; rebuild it with `{REBUILD}`")
+            raise ArtifactError(f"TensorRT could not deserialize {self.plan}; rebuild it with `{REBUILD}`")
         return engine
 
 
@@ -155,7 +155,7 @@ class TrtRunner(Runner):
         """A shape outside the profile (a text longer than the engine was built for) is refused by name."""
         low, high = self.profile[name]
         if not all(lo <= size <= hi for lo, size, hi in zip(low, shape, high, strict=True)):
-            raise ValueError(
+            raise InputError(
                 f"{self.spec.name}: {name} of shape {shape} is outside the engine's profile {low}..{high}; "
                 f"rebuild with `{REBUILD} --batch ...` within the bundle's exported range"
             )
@@ -163,3 +163,18 @@ class TrtRunner(Runner):
 
 def _shape(dims: trt.Dims) -> tuple[int, ...]:
     return tuple(dims[i] for i in range(len(dims)))
+
+
+def _tensorrt() -> Any:
+    """The TensorRT module, or one `error:` line that says what to install (a stubs-only package counts as none)."""
+    missing = MissingDependencyError(
+        "TensorRT is not installed: install the `gpu` extra (pip install -e '.[gpu]'; on Jetson use JetPack's "
+        "TensorRT), or run the bundle's ONNX graphs with --backend onnxruntime"
+    )
+    try:
+        import tensorrt
+    except ImportError as err:
+        raise missing from err
+    if not hasattr(tensorrt, "Runtime"):
+        raise missing
+    return tensorrt

@@ -13,6 +13,7 @@ from agff_deploy.errors import (
     print_error,
 )
 from agff_deploy.images import ImageLoadError
+from export import to_onnx
 from train.run import main as train_main
 
 
@@ -43,3 +44,14 @@ def test_print_error_writes_one_error_line_and_returns_status_2(capsys):
 def test_train_run_reports_an_unknown_task_as_one_error_line_with_status_2(tmp_path, capsys):
     assert train_main(["--preset", "tiny", "--tasks", "ocr", "--out", str(tmp_path / "ckpt")]) == 2
     assert capsys.readouterr().err == "error: --tasks: unknown task 'ocr'; tasks are i2t, i2t-contrast, vqa, cls\n"
+
+
+def test_a_cli_lets_a_bug_escape_with_its_traceback_instead_of_an_error_line(tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not the user's mistake")
+
+    monkeypatch.setattr(to_onnx, "load_checkpoint", broken)
+    with pytest.raises(ValueError, match="a bug") as raised:
+        to_onnx.main([str(tmp_path / "ckpt")])
+    assert not isinstance(raised.value, AgffError)
+    assert "error:" not in capsys.readouterr().err

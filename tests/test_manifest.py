@@ -5,6 +5,7 @@ import json
 import pytest
 
 from agff_deploy import __version__
+from agff_deploy.errors import ArtifactError
 from agff_deploy.manifest import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -90,3 +91,10 @@ def test_the_recorded_fp32_error_of_a_graph_is_its_worst_over_the_input_sets():
     cosine_error, abs_error = parity.error("fp32", "text_encoder")
     assert cosine_error == pytest.approx(3e-7) and abs_error == 3.0e-7
     assert parity.error("fp32", "scorer") is None
+
+
+def test_a_manifest_missing_a_nested_field_is_an_artifact_error_naming_the_file(tmp_path):
+    data = sample_manifest().to_json()
+    del data["dims"]
+    with pytest.raises(ArtifactError, match=r"manifest.json: malformed manifest \(field 'dims'\); re-export"):
+        Manifest.from_json(data)

@@ -1,9 +1,12 @@
 """The TensorRT runner and loader through a stand-in for TensorRT's engine and cuda-python's memory calls."""
 
+import sys
+
 import numpy as np
 import pytest
 
 from agff_deploy.contract import TEXT_ENCODER, model_sizes
+from agff_deploy.errors import MissingDependencyError
 from agff_deploy.manifest import Engines
 from runtime.runner import ArtifactMismatch
 from runtime.trt_runner import EngineLoader, TrtRunner
@@ -82,3 +85,11 @@ def test_a_plan_built_for_another_gpu_is_refused_before_it_is_read(memory, tmp_p
     engines = Engines("fp16", fake_tensorrt.VERSION, "Orin", {})
     with pytest.raises(ArtifactMismatch, match="built for Orin, this host has Fake GPU"):
         EngineLoader(plan, engines)()
+
+
+def test_a_plan_on_a_host_without_tensorrt_is_one_missing_dependency_error(tmp_path, monkeypatch):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(MissingDependencyError, match="TensorRT is not installed.*--backend onnxruntime"):
+        EngineLoader(plan, Engines("fp16", "10.3", "Orin", {}))()

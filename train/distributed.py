@@ -18,6 +18,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from agff_deploy.errors import InputError
+
 T = TypeVar("T")
 
 # torch 2.13 renamed the tensor collectives; the older names still work there, with a warning
@@ -54,7 +56,7 @@ class Replica:
     def check_divides(self, batch_size: int) -> None:
         """The global batch splits into equal shards, or the shards' losses would not average to its loss."""
         if batch_size % self.world_size:
-            raise ValueError(
+            raise InputError(
                 f"--batch-size {batch_size} is the global batch and must split evenly over the "
                 f"{self.world_size} processes; choose a batch size that is a multiple of {self.world_size}"
             )
@@ -93,7 +95,7 @@ class Replica:
     def shard(self, batch: Sequence[T]) -> tuple[list[T], int]:
         """This rank's contiguous slice of the global batch and the global index of its first item."""
         if len(batch) % self.world_size:
-            raise ValueError(
+            raise InputError(
                 f"a batch of {len(batch)} pairs does not split evenly over {self.world_size} processes "
                 "(the data holds fewer rows than --batch-size?)"
             )

@@ -24,7 +24,7 @@ from .pairs import Pair
 PHI3V_IMAGE_TOKEN = "<|image_1|>"
 
 
-class BadRow(ValueError):
+class BadRow(InputError):
     pass
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from agff_deploy.errors import AgffError, print_error
+from agff_deploy.errors import AgffError, InputError, print_error
 from agff_deploy.presets import PRESETS
 
 from .pairs import TASKS
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         trainer = _trainer(args)
-    # ValueError: _check_out and train/trainer.py still raise users' mistakes as such.
-    except (AgffError, OSError, ValueError) as err:
+    except (AgffError, OSError) as err:
         return print_error(err)
     reports = trainer.replica.is_main  # the other processes of a torchrun train silently
     if reports:
@@ -117,9 +116,9 @@ def _trainer(args: argparse.Namespace) -> Trainer:
 def _check_out(out: Path, overwrite: bool) -> None:
     """A fresh run replaces the weights of whatever run is in `out`: never without the user saying so."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; choose a folder")
+        raise InputError(f"--out {out} is a file; choose a folder")
     if not overwrite and any(out.glob("*")):
-        raise ValueError(
+        raise InputError(
             f"--out {out} already holds files (an earlier run?); continue that run with --resume, "
             "replace it with --overwrite, or choose another --out"
         )

@@ -33,6 +33,7 @@ from agff_deploy.checkpoint import (
     write_atomically,
     write_model_files,
 )
+from agff_deploy.errors import ArtifactError, InputError, MissingFileError
 from agff_deploy.model import AGFFEmbedder, load_base_folder
 from agff_deploy.presets import local_tokenizer, preset_config
 from agff_deploy.tokenization import TOKENIZER_FILE
@@ -154,7 +155,7 @@ class Trainer:
         state_path = folder / STATE_FILE
         if not state_path.is_file():
             overwrite = " --overwrite" if folder.is_dir() and any(folder.iterdir()) else ""
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"--resume: {state_path} not found; start a run with `python -m train.run --out {folder}{overwrite}`"
             )
         state = json.loads(state_path.read_text())
@@ -162,7 +163,7 @@ class Trainer:
         chunk_size = chunk_size or saved.get("chunk_size")  # runs saved before GradCache have no chunk_size
         settings = TrainSettings(**dict(saved, out=str(folder), steps=steps or saved["steps"], chunk_size=chunk_size))
         if settings.lora_rank:
-            raise ValueError(
+            raise InputError(
                 f"{folder}: resuming a LoRA run is not supported; its checkpoint holds merged weights only"
             )
         replica = _replica(settings)
@@ -171,7 +172,7 @@ class Trainer:
         _check_step(folder, weights_metadata(folder), state["step"])
         optimizer_path = folder / OPTIMIZER_FILE
         if not optimizer_path.is_file():
-            raise FileNotFoundError(f"--resume: {optimizer_path} is missing")
+            raise MissingFileError(f"--resume: {optimizer_path} is missing")
         with safe_open(optimizer_path, "pt") as f:
             _check_step(optimizer_path, f.metadata() or {}, state["step"])
         model, tokenizer = load_checkpoint(folder)
@@ -297,7 +298,7 @@ def _check_step(path: Path, metadata: dict[str, str], step: int) -> None:
     """A checkpoint whose files disagree on the step was cut off mid-write: refuse it."""
     found = metadata.get("step")
     if found != str(step):
-        raise ValueError(
+        raise ArtifactError(
             f"--resume: {path} is from step {found}, {STATE_FILE} says {step}; the checkpoint is inconsistent"
         )
 
@@ -305,5 +306,5 @@ def _check_step(path: Path, metadata: dict[str, str], step: int) -> None:
 def _base_tokenizer(folder: Path) -> Tokenizer:
     path = folder / TOKENIZER_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: --base needs the checkpoint's tokenizer.json beside its weights")
+        raise MissingFileError(f"{path} not found: --base needs the checkpoint's tokenizer.json beside its weights")
     return Tokenizer.from_file(str(path))

@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             _prepare_json(args.json)
         result = evaluate(args.source, args.bench, args.seed, args.pairs_per_pattern, args.data, args.image_root,
                           args.backend, args.precision)  # fmt: skip
-    # ValueError, KeyError: agff_deploy/manifest.py, runtime/loading.py and runtime/embedder.py still raise users'
-    # mistakes (an unknown source or --precision, an unreadable manifest) as such.
-    except (AgffError, OSError, ValueError, KeyError) as err:
+    except (AgffError, OSError) as err:
         return print_error(err)
     print(table(args.bench, result))
     if args.json:
