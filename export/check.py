@@ -53,6 +53,25 @@ GATE_IMAGES = (2, 5)
 CPU = ("CPUExecutionProvider",)  # the gate's ONNX Runtime sessions: exact fp32, whatever the host has
 
 
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gate's input-set and agreement options, shared by every command that gates (export and engine build)."""
+    parser.add_argument(
+        "--gate-images",
+        type=int,
+        nargs=2,
+        default=list(GATE_IMAGES),
+        metavar=("A", "B"),
+        help="images in the gate's input sets A and B (default: %(default)s; 1 2 saves minutes on a 2B model)",
+    )
+    parser.add_argument(
+        "--agreement-pairs",
+        type=int,
+        default=256,
+        help="held-out pairs for the int8 top-1 agreement check, each run through the fp32 encoders on the CPU "
+        "(0 skips it; default: %(default)s)",
+    )
+
+
 @dataclass
 class GateReport:
     rows: list[ParityRow]
@@ -374,12 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--ckpt", help="source checkpoint (default: the one recorded in the manifest)")
     parser.add_argument("--target", default="generic", help="TensorRT target for the lint (default: %(default)s)")
-    parser.add_argument(
-        "--agreement-pairs", type=int, default=256, help="held-out pairs for int8 top-1 agreement (0 skips it)"
-    )
-    parser.add_argument(
-        "--gate-images", type=int, nargs=2, default=GATE_IMAGES, metavar=("A", "B"), help="images in set A and set B"
-    )
+    add_gate_arguments(parser)
     args = parser.parse_args(argv)
     try:
         from agff_deploy.checkpoint import item_encoder, load_checkpoint

@@ -12,7 +12,7 @@ from agff_deploy.contract import PRECISIONS
 from agff_deploy.errors import AgffError, print_error
 
 from .bundle import BundleBuilder, DiskFull, ExportOptions, parse_precisions
-from .check import GATE_IMAGES, GateReport
+from .check import GateReport, add_gate_arguments
 from .graphs import EXTERNAL_DATA_BYTES
 from .targets import TARGETS, get_target
 
@@ -50,20 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--calib-samples", type=int, default=128, help="built-in scenes for int8 calibration (default: %(default)s)"
     )
     p.add_argument("--target", default="generic", choices=sorted(TARGETS), help="TensorRT target for the lint")
-    p.add_argument(
-        "--agreement-pairs",
-        type=int,
-        default=256,
-        help="held-out pairs for the int8 top-1 agreement check (0 skips it)",
-    )
-    p.add_argument(
-        "--gate-images",
-        type=int,
-        nargs=2,
-        default=list(GATE_IMAGES),
-        metavar=("A", "B"),
-        help="images in the gate's input sets A and B (default: %(default)s; 1 2 saves minutes on a 2B model)",
-    )
+    add_gate_arguments(p)
     p.add_argument(
         "--external-data-mb",
         type=float,

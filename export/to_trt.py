@@ -38,7 +38,7 @@ from runtime.runner import Runner
 from runtime.spec import ModelSpec
 from runtime.trt_runner import EngineLoader, TrtRunner
 
-from .check import CPU, GATE_IMAGES, GateReport, compare, parity_input_sets
+from .check import CPU, GATE_IMAGES, GateReport, add_gate_arguments, compare, parity_input_sets
 from .targets import TARGETS, Target, get_target
 from .trt_lint import lint_file
 from .trt_profiles import ENGINE_FILES, Profile, profile_shapes
@@ -243,21 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workspace", type=float, default=2.0, help="builder workspace in GiB (default: %(default)s)")
     p.add_argument("--timing-cache", type=Path, help="timing cache file to read and update")
     p.add_argument("--target", default="generic", choices=sorted(TARGETS))
-    p.add_argument(
-        "--gate-images",
-        type=int,
-        nargs=2,
-        default=list(GATE_IMAGES),
-        metavar=("A", "B"),
-        help="images in the gate's input sets A and B (default: %(default)s)",
-    )
-    p.add_argument(
-        "--agreement-pairs",
-        type=int,
-        default=256,
-        help="held-out pairs for the int8 top-1 agreement check, each run through the fp32 encoders on the CPU "
-        "(0 skips it; default: %(default)s)",
-    )
+    add_gate_arguments(p)
     args = p.parse_args(argv)
     try:
         batch = args.batch or read_manifest(args.bundle).dims.batch.as_tuple()
