@@ -26,3 +26,16 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def writer_running(pid: int) -> bool:
+    """Whether the writer whose pid a temporary name carries still runs (its files are then not leftovers)."""
+    if os.name != "posix":
+        return True  # os.kill would terminate the process on Windows: assume it is a live writer
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, and another user's
+    return True

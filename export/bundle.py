@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from agff_deploy import __version__
+from agff_deploy.atomic_files import writer_running
 from agff_deploy.config import CONFIG_FILE
 from agff_deploy.contract import (
     CANDIDATES,
@@ -357,18 +358,8 @@ def _remove_leftovers(out: Path) -> None:
     for path in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
         stem, _, pid = path.name.rpartition("-")
         ours = stem in (f".{out.name}.tmp", f".{out.name}.old") and pid.isdigit()
-        if ours and not _running(int(pid)):
+        if ours and not writer_running(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, and another user's
-    return True
 
 
 def _replace_folder(src: Path, dst: Path) -> None:

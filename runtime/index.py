@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from agff_deploy.atomic_files import write_atomically
+from agff_deploy.atomic_files import write_atomically, writer_running
 from agff_deploy.errors import ArtifactError, MissingFileError
 
 ITEMS_FILE = "items.json"
@@ -51,18 +51,6 @@ def shown_path(item: dict[str, Any]) -> str:
     return item["path"]
 
 
-def _is_running(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # os.kill would terminate the process on Windows: assume it is a live writer
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
 def _remove_leftovers(folder: Path, committed: str | None) -> None:
     """Delete temporary and uncommitted files of writers no longer running (killed mid-save)."""
     for path in folder.iterdir():
@@ -70,7 +58,7 @@ def _remove_leftovers(folder: Path, committed: str | None) -> None:
         if path.name == committed or not match:
             continue
         pid = int(match.group(1) or match.group(2))
-        if pid == os.getpid() or not _is_running(pid):
+        if pid == os.getpid() or not writer_running(pid):
             path.unlink(missing_ok=True)
 
 
