@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLModel
 
 from .checkpoint import write_atomically
 from .errors import AgffError, InputError, print_error
@@ -160,6 +161,27 @@ def write_base(
 
     write_atomically(out, write, last="config.json")
     return Path(out)
+
+
+def write_backbone_files(
+    folder: Path,
+    backbone: Qwen2VLModel,
+    tokenizer: Tokenizer,
+    image_size: tuple[int, int],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """The base folder files of a trained backbone, in the layout above, with the output layer tied to the
+    input embedding (how `train.generative` trains it); `load_base_folder` reads them back."""
+    config = Qwen2VLConfig.from_dict(backbone.config.to_dict())
+    config.tie_word_embeddings = True
+    config.architectures = ["Qwen2VLForConditionalGeneration"]
+    config.dtype = "float32"
+    weights = ((_saved_name(f"model.{name}"), value.detach()) for name, value in backbone.state_dict().items())
+    write_weights(folder, weights, metadata=dict(metadata or {}, format="pt"))
+    write_tokenizer_files(tokenizer, folder)
+    vision = config.vision_config
+    ImagePreprocessor(*image_size).save(folder, vision.patch_size, vision.spatial_merge_size)
+    config.save_pretrained(folder)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,21 @@ def load_base_folder(path: str | Path) -> Qwen2VLModel:
     return full.model
 
 
+def causal_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive float mask `[B, 1, L, L]`: each token sees the valid tokens up to itself.
+
+    Built here rather than left to transformers: with our registered attention function a 2D
+    padding mask reaches the attention unexpanded, and the pass would see the future.
+    """
+    idx = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    causal = idx[None, :] <= idx[:, None]
+    allowed = causal[None] & attention_mask.to(torch.bool)[:, None, :] | torch.eye(
+        idx.shape[0], dtype=torch.bool, device=idx.device
+    )
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
 class AGFFEmbedder(nn.Module):
     """Image, text or image+instruction -> `[B, K+1, D]` L2-normalised embeddings."""
 
@@ -133,9 +148,7 @@ class AGFFEmbedder(nn.Module):
     ) -> torch.Tensor:
         """Right-padded `[B, L]` tokens (+ `[B, 3, H, W]` pixels) -> `[B, K+1, D]`."""
         lm = self.mllm.language_model
-        embeds = lm.embed_tokens(input_ids)
-        if pixel_values is not None:
-            embeds = self.merge_image_tokens(embeds, input_ids, self.image_tokens(pixel_values))
+        embeds = self.token_embeddings(input_ids, pixel_values)
         prefix_positions, next_position = mrope_position_ids(
             input_ids, attention_mask, self.image_token_id, self.image_rows, self.image_cols
         )
@@ -146,6 +159,26 @@ class AGFFEmbedder(nn.Module):
         hidden = lm(inputs_embeds=sequence, attention_mask=mask, position_ids=positions).last_hidden_state
         pooled = hidden[:, self.prompts.pool_indices(length).to(hidden.device)]
         return F.normalize(pooled.float(), dim=-1)
+
+    def token_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """`[B, L, D]` input embeddings with the image tokens in place of the `<|image_pad|>` ids."""
+        embeds = self.mllm.language_model.embed_tokens(input_ids)
+        if pixel_values is not None:
+            embeds = self.merge_image_tokens(embeds, input_ids, self.image_tokens(pixel_values))
+        return embeds
+
+    def token_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`[B, L, D]` last hidden state of every token under a plain causal mask, no prompts: the generative
+        pass that next-token pretraining (`train.generative`) trains the backbone with."""
+        positions, _ = mrope_position_ids(
+            input_ids, attention_mask, self.image_token_id, self.image_rows, self.image_cols
+        )
+        embeds = self.token_embeddings(input_ids, pixel_values)
+        mask = causal_attention_mask(attention_mask, embeds.dtype)
+        lm = self.mllm.language_model
+        return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
 
     def similarity(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return self.fusion(queries, candidates)

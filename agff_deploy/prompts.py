@@ -11,6 +11,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# What fine prompt k is about when `train.run --prompt-init aspects` starts it from these words.
+ASPECT_TEXTS = (
+    "the colour",
+    "the shape",
+    "how many",
+    "where",
+    "which way it points",
+    "what is written",
+    "filled or outlined",
+    "small or large",
+)
+
 
 class PrefixSharedPrompts(nn.Module):
     """K+1 prompts of m vectors each (index 0 = global) and the attention layout they need."""

@@ -101,25 +101,40 @@ class Scene:
         return text
 
     def questions(self) -> list[tuple[str, str]]:
+        return [(question, answer) for _, question, answer in self.question_items()]
+
+    def question_items(self) -> list[tuple[str, str, str]]:
+        """(attribute, question, answer) about the scene and its first group; the answer is one of
+        `ANSWER_OPTIONS[attribute]`."""
         first = self.groups[0]
-        pairs = [
-            ("what kind of scene is this?", self.category),
-            (f"what colour is the {first.shape}?", first.colour),
-            (f"how many {plural(first.shape)} are there?", COUNT_WORDS[first.count]),
-            (f"where is the {first.shape}?", first.position),
-            (f"is the {first.shape} filled or outlined?", first.state),
-            (f"is the {first.shape} small or large?", first.size),
+        items = [
+            ("scene", "what kind of scene is this?", self.category),
+            ("colour", f"what colour is the {first.shape}?", first.colour),
+            ("count", f"how many {plural(first.shape)} are there?", COUNT_WORDS[first.count]),
+            ("position", f"where is the {first.shape}?", first.position),
+            ("state", f"is the {first.shape} filled or outlined?", first.state),
+            ("size", f"is the {first.shape} small or large?", first.size),
         ]
         if first.direction:
-            pairs.append((f"which way does the {first.shape} point?", first.direction))
+            items.append(("direction", f"which way does the {first.shape} point?", first.direction))
         if first.glyph:
-            pairs.append((f"what is written on the {first.shape}?", first.glyph))
-        return pairs
+            items.append(("glyph", f"what is written on the {first.shape}?", first.glyph))
+        return items
 
     def render(self, size: int) -> np.ndarray:
         return render_scene(self, size)
 
 
+ANSWER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "scene": tuple(SCENES),
+    "colour": tuple(COLOURS),
+    "count": COUNT_WORDS[1:],
+    "position": POSITIONS,
+    "state": STATES,
+    "size": tuple(SIZES),
+    "direction": DIRECTIONS,
+    "glyph": GLYPHS,
+}
 ATTRIBUTES = ("scene", "shape", "colour", "size", "state", "count", "position", "direction", "glyph")
 
 
@@ -144,6 +159,16 @@ def change_attribute(scene: Scene, attribute: str, rng: random.Random) -> Scene 
     if attribute == "shape":
         changed = dataclasses.replace(changed, direction=None)  # only triangles point somewhere
     return dataclasses.replace(scene, groups=(changed,) + scene.groups[1:])
+
+
+def mirrored(scene: Scene) -> Scene:
+    """The scene seen in a mirror: left and right swap, for positions and for where triangles point."""
+    swap = {"left": "right", "right": "left"}
+    groups = tuple(
+        dataclasses.replace(g, position=swap.get(g.position, g.position), direction=swap.get(g.direction, g.direction))
+        for g in scene.groups
+    )
+    return dataclasses.replace(scene, groups=groups)
 
 
 def _random_group(rng: random.Random, position: str, held_out: bool, avoid_shape: str | None) -> ObjectGroup:

@@ -53,16 +53,16 @@ def test_a_chunk_re_run_under_dropout_backpropagates_through_the_masks_of_its_fi
     trainer = Trainer(run_settings(tmp_path), AGFFEmbedder(config), tokenizer)
     shard = Shard.of(trainer.source.batch(0), trainer.replica, trainer.device)
     chunks = shard.chunks(3)
-    assert not torch.equal(trainer.contrastive.embed(chunks[0])[0], trainer.contrastive.embed(chunks[0])[0])
+    assert not torch.equal(trainer.objective.embed(chunks[0])[0], trainer.objective.embed(chunks[0])[0])
 
     torch.manual_seed(1)
     chunked_backward(trainer.step_module, shard, 3)
     chunked = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
     trainer.optimizer.zero_grad()
     torch.manual_seed(1)  # one graph through the chunks in the same order: the same masks, drawn once
-    embedded = [trainer.contrastive.embed(chunk) for chunk in chunks]
+    embedded = [trainer.objective.embed(chunk) for chunk in chunks]
     queries, candidates = torch.cat([q for q, _ in embedded]), torch.cat([c for _, c in embedded])
-    trainer.contrastive.loss(queries, candidates, shard).backward()
+    trainer.objective.loss(queries, candidates, shard).backward()
     for name, param in trainer.model.named_parameters():
         torch.testing.assert_close(chunked[name], param.grad, rtol=0, atol=1e-6, msg=name)
 

@@ -80,6 +80,9 @@ class ContrastiveStep(nn.Module):
         self.replica = replica
         self.device = device
 
+    def prepare(self, batch: Sequence[Pair]) -> Shard:
+        return Shard.of(batch, self.replica, self.device)
+
     def forward(self, shard: Shard, objective: Objective | None = None) -> torch.Tensor:
         """The shard's loss, or `objective` of its embeddings (GradCache's re-run of one chunk)."""
         queries, candidates = self.embed(shard)

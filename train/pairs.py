@@ -6,6 +6,7 @@ batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,18 @@ from PIL import Image
 
 from agff_deploy.errors import InputError
 from agff_deploy.images import open_image
-from agff_deploy.scenes import ATTRIBUTES, HELD_OUT_COMBOS, SCENES, Scene, change_attribute, make_scene
+from agff_deploy.scenes import (
+    ATTRIBUTES,
+    DIRECTIONS,
+    GLYPHS,
+    HELD_OUT_COMBOS,
+    OPPOSITE,
+    SCENES,
+    Scene,
+    change_attribute,
+    make_scene,
+    mirrored,
+)
 
 ImageRef = np.ndarray | Path | None
 TASKS = ("i2t", "i2t-contrast", "vqa", "cls")
@@ -86,25 +98,58 @@ def parse_task_mix(text: str) -> dict[str, float]:
     return mix
 
 
-def contrast_partner(scene: Scene, rng: random.Random) -> Scene | None:
-    """The scene with one attribute changed, staying inside the training combinations (None if none can)."""
-    for attribute in rng.sample(ATTRIBUTES, len(ATTRIBUTES)):
-        other = change_attribute(scene, attribute, rng)
-        if other is not None and not {(g.shape, g.colour) for g in other.groups} & HELD_OUT_COMBOS:
-            return other
+CONTRASTS = ATTRIBUTES + ("mirror",)
+
+
+def contrast_twins(scene: Scene, rng: random.Random) -> tuple[Scene, Scene] | None:
+    """The scene, made to show a contrast drawn uniformly from `CONTRASTS`, and its twin differing in that
+    alone; both inside the training combinations (None if no contrast fits).
+
+    Drawn over contrasts rather than over the scene's applicable attributes, so the patterns most
+    scenes cannot show (a triangle's direction, a glyph, a mirrored pair of groups) get as many hard
+    negatives as colour does.
+    """
+    for contrast in rng.sample(CONTRASTS, len(CONTRASTS)):
+        shown = showing(scene, contrast, rng)
+        if shown is None:
+            continue
+        twin = mirrored(shown) if contrast == "mirror" else change_attribute(shown, contrast, rng)
+        if twin is not None and not _held_out(shown) and not _held_out(twin):
+            return shown, twin
     return None
 
 
+def showing(scene: Scene, contrast: str, rng: random.Random) -> Scene | None:
+    """The scene changed as little as possible so that `contrast` can be shown (None if it cannot)."""
+    first = scene.groups[0]
+    if contrast == "direction" and first.direction is None:
+        first = dataclasses.replace(first, shape="triangle", direction=rng.choice(DIRECTIONS))
+    elif contrast == "glyph" and first.glyph is None:
+        first = dataclasses.replace(first, size="large", count=1, glyph=rng.choice(GLYPHS))
+    elif contrast == "position":
+        return dataclasses.replace(scene, groups=(first,))
+    elif contrast == "mirror":
+        if len(scene.groups) < 2:
+            return None
+        side = rng.choice(("left", "right"))
+        second = dataclasses.replace(scene.groups[1], position=OPPOSITE[side])
+        return dataclasses.replace(scene, groups=(dataclasses.replace(first, position=side), second))
+    return dataclasses.replace(scene, groups=(first,) + scene.groups[1:])
+
+
+def _held_out(scene: Scene) -> bool:
+    return bool({(g.shape, g.colour) for g in scene.groups} & HELD_OUT_COMBOS)
+
+
 def contrast_pairs(first: int, batch_size: int, image_size: int, rng: random.Random) -> list[Pair]:
-    """image->caption pairs in twins that differ in one attribute: in-batch hard negatives by construction."""
+    """image->caption pairs in twins that differ in one pattern: in-batch hard negatives by construction."""
     pairs: list[Pair] = []
     seed = first
     while len(pairs) < batch_size:
         scene = make_scene(seed)
         seed += 1
-        twin = contrast_partner(scene, rng)
-        for s in (scene, twin) if twin is not None else (scene,):
-            pairs.append(Pair("", s.render(image_size), s.caption()))
+        twins = contrast_twins(scene, rng) or (scene,)
+        pairs += [Pair("", s.render(image_size), s.caption()) for s in twins]
     return pairs[:batch_size]
 
 

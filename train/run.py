@@ -15,7 +15,7 @@ from agff_deploy.errors import AgffError, InputError, print_error
 from agff_deploy.presets import PRESETS
 
 from .pairs import TASKS
-from .trainer import Trainer, TrainSettings
+from .trainer import OBJECTIVES, PROMPT_INITS, Trainer, TrainSettings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +52,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-pairs", type=int, default=defaults.eval_pairs, help="held-out pairs for the final check (0 = skip)"
     )
     p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=defaults.objective,
+        help="contrastive: train the embedder (default); lm: generative pretraining of the backbone on the "
+        "built-in scenes' captions and questions, written as a base folder for --base",
+    )
+    p.add_argument(
         "--lora-rank", type=int, default=0, help="train LoRA adapters of this rank instead of the full backbone"
+    )
+    p.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        default=None,
+        help="train only the prompts, fusion and temperature on a fixed (pretrained --base) backbone",
+    )
+    p.add_argument(
+        "--prompt-init",
+        choices=PROMPT_INITS,
+        default=defaults.prompt_init,
+        help="random (default), or aspects: fine prompt k starts at the embedding of a phrase such as "
+        "'the colour', 'how many', 'where'",
     )
     p.add_argument(
         "--gradient-checkpointing",
@@ -84,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     reports = trainer.replica.is_main  # the other processes of a torchrun train silently
     if reports:
         model = trainer.model
-        print(f"training {model.config.preset} model ({_millions(model)}M parameters) on {_where(trainer)}")
+        what = "pretraining the backbone of" if trainer.settings.objective == "lm" else "training"
+        print(f"{what} {model.config.preset} model ({_millions(model)}M parameters) on {_where(trainer)}")
     try:
         trainer.run()
     finally:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from agff_deploy.base import write_backbone_files
 from agff_deploy.checkpoint import (
     WEIGHT_FILE_PATTERNS,
     item_encoder,
@@ -36,12 +37,15 @@ from agff_deploy.checkpoint import (
 from agff_deploy.errors import ArtifactError, InputError, MissingFileError
 from agff_deploy.model import AGFFEmbedder, load_base_folder
 from agff_deploy.presets import local_tokenizer, preset_config
+from agff_deploy.prompts import ASPECT_TEXTS
 from agff_deploy.tokenization import TOKENIZER_FILE
 from agff_deploy.weights import weights_metadata
 
 from .contrastive import ContrastiveStep, Shard
 from .distributed import Replica
 from .evaluate import HeldOutReport, evaluate_held_out
+from .generative import GenerativeStep, SceneExamples
+from .generative_probe import AnswerReport, probe_answers
 from .grad_cache import chunked_backward
 from .lora import add_lora, lora_merged_weights
 from .mmeb import read_mmeb
@@ -76,6 +80,30 @@ class TrainSettings:
     chunk_size: int | None = None  # GradCache: pairs per forward pass on each process (None: all at once)
     image_size: int | None = None
     threads: int | None = None
+    objective: str = "contrastive"  # or "lm": generative pretraining into a base folder (train.generative)
+    freeze_backbone: bool = False
+    prompt_init: str = "random"  # or "aspects": fine prompt k starts at the embedding of ASPECT_TEXTS[k]
+
+    def check(self) -> None:
+        """Refuse combinations that would silently train something else than asked."""
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"--objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.prompt_init not in PROMPT_INITS:
+            raise InputError(f"--prompt-init {self.prompt_init!r}: choose one of {', '.join(PROMPT_INITS)}")
+        if self.freeze_backbone and self.lora_rank:
+            raise InputError("--freeze-backbone and --lora-rank both set: LoRA already freezes the backbone")
+        if self.objective == "lm":
+            options = {"--lora-rank": self.lora_rank, "--freeze-backbone": self.freeze_backbone,
+                       "--chunk-size": self.chunk_size, "--data": self.data}  # fmt: skip
+            given = [flag for flag, value in options.items() if value]
+            if given:
+                raise InputError(
+                    f"--objective lm trains the whole backbone on the built-in scenes; drop {', '.join(given)}"
+                )
+
+
+OBJECTIVES = ("contrastive", "lm")
+PROMPT_INITS = ("random", "aspects")
 
 
 def learning_rate(settings: TrainSettings, step: int) -> float:
@@ -105,23 +133,41 @@ class Trainer:
         self.out = Path(settings.out)
         self.step = start_step
         self.source = self._source()
-        if settings.lora_rank:
-            add_lora(self.model, settings.lora_rank)
+        self._choose_trained_parameters()
         if settings.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
-        self.contrastive = ContrastiveStep(self.model, self.encoder, self.replica, self.device)
-        self.step_module = self.replica.wrap(self.contrastive, find_unused=self._may_leave_parameters_unused())
+        self.objective: ContrastiveStep | GenerativeStep
+        if settings.objective == "lm":
+            self.objective = GenerativeStep(self.model, self.encoder, self.replica, self.device)
+        else:
+            self.objective = ContrastiveStep(self.model, self.encoder, self.replica, self.device)
+        self.step_module = self.replica.wrap(self.objective, find_unused=self._may_leave_parameters_unused())
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.01)
+
+    def _choose_trained_parameters(self) -> None:
+        """Pretraining trains the backbone alone; fine-tuning trains everything, or with the backbone frozen
+        (or LoRA-adapted) the prompts, fusion and temperature (and the adapters)."""
+        s = self.settings
+        if s.objective == "lm":
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(name.startswith("mllm."))
+        elif s.lora_rank:
+            add_lora(self.model, s.lora_rank)
+        elif s.freeze_backbone:
+            self.model.mllm.requires_grad_(False)
 
     def _may_leave_parameters_unused(self) -> bool:
         """K = 0 never uses the fusion, and a shard of --data rows may hold no image for the vision tower
         (every built-in task has an image on the query side)."""
+        if self.settings.objective == "lm":
+            return False
         return self.model.config.num_fine == 0 or self.settings.data is not None
 
     @classmethod
     def create(cls, settings: TrainSettings) -> Trainer:
         """A fresh run: build (or load) the backbone, the tokenizer and the AGFF config."""
+        settings.check()
         replica = _replica(settings)
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -143,6 +189,8 @@ class Trainer:
         else:
             tokenizer = local_tokenizer()
             model = AGFFEmbedder(preset_config(settings.preset, tokenizer, **overrides))
+        if settings.prompt_init == "aspects":
+            init_prompts_from_aspects(model, tokenizer)
         return cls(settings, model, tokenizer, replica=replica)
 
     @classmethod
@@ -175,13 +223,15 @@ class Trainer:
             raise MissingFileError(f"--resume: {optimizer_path} is missing")
         with safe_open(optimizer_path, "pt") as f:
             _check_step(optimizer_path, f.metadata() or {}, state["step"])
-        model, tokenizer = load_checkpoint(folder)
+        model, tokenizer = _load_backbone(folder, settings) if settings.objective == "lm" else load_checkpoint(folder)
         trainer = cls(settings, model, tokenizer, start_step=state["step"], replica=replica)
         trainer._load_optimizer(optimizer_path)
         return trainer
 
     def _source(self) -> BatchSource:
         s = self.settings
+        if s.objective == "lm":
+            return SceneExamples(s.seed, s.batch_size, self.model.config.image_size[0])
         if s.data:
             return ListPairs(read_mmeb(s.data, s.image_root, s.max_bad_fraction), s.seed, s.batch_size)
         return SyntheticPairs(s.seed, s.batch_size, self.model.config.image_size[0], parse_task_mix(s.tasks))
@@ -191,13 +241,13 @@ class Trainer:
         lr = learning_rate(self.settings, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        shard = Shard.of(self.source.batch(self.step), self.replica, self.device)
+        batch = self.objective.prepare(self.source.batch(self.step))
         self.optimizer.zero_grad(set_to_none=True)
         chunk = self.settings.chunk_size
-        if chunk and chunk < len(shard):
-            loss = chunked_backward(self.step_module, shard, chunk)
+        if chunk and isinstance(batch, Shard) and chunk < len(batch):
+            loss = chunked_backward(self.step_module, batch, chunk)
         else:
-            loss = self.step_module(shard)
+            loss = self.step_module(batch)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -229,7 +279,7 @@ class Trainer:
 
     def close(self) -> None:
         """Leave the process group of a torchrun (nothing to do for one process)."""
-        self.step_module = self.contrastive
+        self.step_module = self.objective
         self.replica.stop()
 
     def _forget_older_run(self) -> None:
@@ -256,7 +306,10 @@ class Trainer:
         metadata = {"step": str(self.step)}
 
         def write(tmp: Path) -> None:
-            write_model_files(tmp, self.model, self.tokenizer, metadata, self._saved_weights())
+            if self.settings.objective == "lm":
+                write_backbone_files(tmp, self.model.mllm, self.tokenizer, self.model.config.image_size, metadata)
+            else:
+                write_model_files(tmp, self.model, self.tokenizer, metadata, self._saved_weights())
             save_file(self._optimizer_tensors(), tmp / OPTIMIZER_FILE, metadata=metadata)
             state = {"step": self.step, "settings": asdict(self.settings)}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
@@ -283,7 +336,11 @@ class Trainer:
             param_name, key = name.split("::")
             self.optimizer.state[params[param_name]][key] = value.to(self.device)
 
-    def evaluate(self) -> HeldOutReport:
+    def evaluate(self) -> HeldOutReport | AnswerReport:
+        """The held-out check of what this run trains: retrieval and pair accuracy, or (pretraining) question
+        answering over `eval_pairs` scenes."""
+        if self.settings.objective == "lm":
+            return probe_answers(self.model, self.encoder, self.settings.eval_pairs, seed=self.settings.seed)
         return evaluate_held_out(self.model, self.encoder, self.settings.eval_pairs, seed=self.settings.seed)
 
 
@@ -301,6 +358,28 @@ def _check_step(path: Path, metadata: dict[str, str], step: int) -> None:
         raise ArtifactError(
             f"--resume: {path} is from step {found}, {STATE_FILE} says {step}; the checkpoint is inconsistent"
         )
+
+
+def _load_backbone(folder: Path, settings: TrainSettings) -> tuple[AGFFEmbedder, Tokenizer]:
+    """A pretraining run's own base folder, inside the embedder whose forward pass it trains."""
+    tokenizer = _base_tokenizer(folder)
+    image_size = (settings.image_size,) * 2 if settings.image_size else None
+    config = preset_config(settings.preset, tokenizer, image_size=image_size)
+    backbone = load_base_folder(folder)
+    config.base = backbone.config.to_dict()
+    return AGFFEmbedder(config, backbone), tokenizer
+
+
+def init_prompts_from_aspects(model: AGFFEmbedder, tokenizer: Tokenizer) -> None:
+    """Start fine prompt k at the mean input embedding of the tokens of `ASPECT_TEXTS[k-1]`."""
+    k = model.config.num_fine
+    if k > len(ASPECT_TEXTS):
+        raise InputError(f"--prompt-init aspects names {len(ASPECT_TEXTS)} aspects, fewer than --num-fine {k}")
+    ids = [tokenizer.encode(text, add_special_tokens=False).ids for text in ASPECT_TEXTS[:k]]
+    table = model.mllm.language_model.embed_tokens.weight
+    with torch.no_grad():
+        for prompt, token_ids in enumerate(ids, start=1):
+            model.prompts.vectors[prompt] = table[torch.tensor(token_ids)].mean(dim=0)
 
 
 def _base_tokenizer(folder: Path) -> Tokenizer:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agff_deploy.scenes import COLOURS, GLYPHS, OPPOSITE, SHAPES, ObjectGroup, Scene, make_scene
+from agff_deploy.scenes import COLOURS, GLYPHS, OPPOSITE, SHAPES, ObjectGroup, Scene, make_scene, mirrored
 
 EVAL_SEED_BASE = 950_000_000
 EVAL_SEED = 7  # the seed every reported synthetic number uses; tuning happens on other seeds
@@ -104,15 +104,6 @@ def _position(scene: Scene, rng: random.Random) -> tuple[Scene, Scene]:
     return a, _first(a, position=OPPOSITE[a.groups[0].position])
 
 
-def _mirrored(scene: Scene) -> Scene:
-    swap = {"left": "right", "right": "left"}
-    groups = tuple(
-        dataclasses.replace(g, position=swap.get(g.position, g.position), direction=swap.get(g.direction, g.direction))
-        for g in scene.groups
-    )
-    return dataclasses.replace(scene, groups=groups)
-
-
 PAIR_MAKERS: dict[str, Callable[[Scene, random.Random], tuple[Scene, Scene]]] = {
     "orientation": _orientation,
     "presence": _presence,
@@ -133,7 +124,7 @@ def _viewpoint(seed: int, size: int) -> ImagePair:
     second = _presence(dataclasses.replace(scene, groups=(first,)), rng)[0].groups[1]
     scene = dataclasses.replace(scene, groups=(first, second))
     image = scene.render(size)
-    return ImagePair("viewpoint", (image, image[:, ::-1].copy()), (scene.caption(), _mirrored(scene).caption()))
+    return ImagePair("viewpoint", (image, image[:, ::-1].copy()), (scene.caption(), mirrored(scene).caption()))
 
 
 def mmvp_pairs(pairs_per_pattern: int = 150, seed: int = 0, size: int = 112) -> list[ImagePair]:
