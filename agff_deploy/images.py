@@ -8,10 +8,12 @@ is used. No torch. Every failure is an `ImageLoadError` that names the file.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -36,14 +38,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, list[str]]:
     """Decode `path` to an upright RGB image; notes say what was done that a user should know."""
-    notes = []
     with _opened(Path(path), max_pixels) as image:
-        frames = getattr(image, "n_frames", 1)
-        if frames > 1:
-            image.seek(0)
-            notes.append(f"{path}: has {frames} frames; used the first")
-        image.load()
-        return to_rgb(ImageOps.exif_transpose(image)), notes
+        return _upright_rgb(image, str(path))
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, list[str]]:
+    """`open_image` for an encoded file received in memory (a server request); `name` stands for the path."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty (0 bytes)")
+    with _pillow_opened(io.BytesIO(data), name, max_pixels) as image:
+        return _upright_rgb(image, name)
+
+
+def _upright_rgb(image: Image.Image, name: str) -> tuple[Image.Image, list[str]]:
+    notes = []
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        image.seek(0)
+        notes.append(f"{name}: has {frames} frames; used the first")
+    image.load()
+    return to_rgb(ImageOps.exif_transpose(image)), notes
 
 
 def verify_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
@@ -61,27 +75,34 @@ def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
         raise ImageLoadError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file")
+    with _pillow_opened(path, str(path), max_pixels) as image:
+        yield image
+
+
+@contextmanager
+def _pillow_opened(source: Path | IO[bytes], name: str, max_pixels: int) -> Iterator[Image.Image]:
+    """Pillow's image of a file or buffer; whatever Pillow raises becomes an ImageLoadError naming `name`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                _refuse_bombs(path, image, max_pixels)
+            with Image.open(source) as image:
+                _refuse_bombs(name, image, max_pixels)
                 yield image
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(f"{path}: {err}") from err
+        raise ImageLoadError(f"{name}: {err}") from err
     except UnidentifiedImageError as err:
-        raise ImageLoadError(f"{path}: not an image Pillow can read") from err
+        raise ImageLoadError(f"{name}: not an image Pillow can read") from err
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(f"{path}: unreadable or truncated image ({err})") from err
+        raise ImageLoadError(f"{name}: unreadable or truncated image ({err})") from err
 
 
-def _refuse_bombs(path: Path, image: Image.Image, max_pixels: int) -> None:
+def _refuse_bombs(name: str, image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageLoadError(
-            f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, over the "
+            f"{name}: {width}x{height} is {width * height / 1e6:.0f} MP, over the "
             f"{max_pixels / 1e6:.0f} MP cap (possible decompression bomb); "
             "raise --max-pixels if the image is genuine"
         )

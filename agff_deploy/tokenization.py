@@ -121,9 +121,13 @@ class ChatFormatter:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def text_ids(self, text: str) -> list[int]:
+        """The ids of an item's text, before the `max_text_tokens` budget is applied."""
+        return self._ids(text.replace(IMAGE_PLACEHOLDER, "").strip())
+
     def item_ids(self, text: str, with_image: bool) -> tuple[list[int], bool]:
         """Token ids of one item and whether its text was truncated."""
-        text_ids = self._ids(text.replace(IMAGE_PLACEHOLDER, "").strip())
+        text_ids = self.text_ids(text)
         truncated = len(text_ids) > self.max_text_tokens
         text_ids = text_ids[: self.max_text_tokens]
         image_ids = self._image if with_image else []

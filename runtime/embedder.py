@@ -59,12 +59,16 @@ class Embedder:
         return cls(loaded.spec, loaded.runners, loaded.backend, loaded.source, loaded.model_id)
 
     def __enter__(self) -> Embedder:
-        for name in self.runners:
-            self._runner(name)
+        self.activate(list(self.runners))
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def activate(self, graphs: Sequence[str]) -> None:
+        """Load only these graphs now, the others on first use: a server's text model never loads the image encoder."""
+        for name in graphs:
+            self._runner(name)
 
     def close(self) -> None:
         self._active.close()

@@ -1,0 +1,69 @@
+"""The model repository agff-serve hands to Triton: `image`, `text` and `score`, each a Python-backend model that
+runs `serve.embedder_model` on the artifact the user named.
+
+    image   image (BYTES, an encoded file) [+ instruction (BYTES)]  ->  embeddings FP32 [K+1, D]   dynamic batching
+    text    text (BYTES, UTF-8)                                      ->  embeddings FP32 [K+1, D]   dynamic batching
+    score   queries FP32 [Nq, K+1, D], candidates FP32 [Nc, K+1, D]  ->  scores FP32 [Nq, Nc]       one request, one matrix
+
+`score` does not batch across requests: each request is already a whole
+query-by-candidate matrix, and Triton only batches requests of equal shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .embedder_model import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TEXT
+from .model_configs import Batching, Tensor, model_config, write_config
+
+MODEL_PY = "from serve.embedder_model import TritonPythonModel  # noqa: F401  (Triton looks the class up here)\n"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    engine: Path  # a bundle folder, .onnx or .plan: whatever Embedder.load takes
+    backend: str = ""  # empty: the one the path implies
+    precision: str = ""
+    max_batch: int = 64
+    max_queue_delay_ms: float = 2.0
+    instances: int = 1
+    threads: int = 0  # per instance; 0: the backend's default
+    max_pixels: int = 0  # 0: the runtime's decompression-bomb cap
+
+
+def write_serving_repository(folder: Path, settings: ServeSettings, num_prompts: int, hidden_size: int) -> Path:
+    """Write the three models under `folder` (created) and return it."""
+    embeddings = Tensor(EMBEDDINGS, "float32", (num_prompts, hidden_size))
+    batching = Batching(settings.max_batch, round(settings.max_queue_delay_ms * 1000))
+    models = {
+        "image": ([Tensor(IMAGE, "bytes", (1,)), Tensor(INSTRUCTION, "bytes", (1,), optional=True)], [embeddings]),
+        "text": ([Tensor(TEXT, "bytes", (1,))], [embeddings]),
+        "score": (
+            [Tensor(QUERIES, "float32", (-1, num_prompts, hidden_size)), Tensor(CANDIDATES, "float32", (-1, num_prompts, hidden_size))],
+            [Tensor(SCORES, "float32", (-1, -1))],
+        ),
+    }
+    for task, (inputs, outputs) in models.items():
+        parameters = {
+            "task": task,
+            "engine": str(settings.engine.resolve()),
+            "backend": settings.backend,
+            "precision": settings.precision,
+            "threads": str(settings.threads),
+            "max_pixels": str(settings.max_pixels),
+        }
+        config = model_config(
+            task,
+            inputs,
+            outputs,
+            None if task == "score" else batching,
+            backend="python",
+            instances=settings.instances,
+            parameters=parameters,
+        )
+        version = folder / task / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        (version / "model.py").write_text(MODEL_PY)
+        write_config(folder / task, config)
+    return folder
