@@ -22,7 +22,7 @@ from agff_deploy.errors import AgffError, InputError, print_error
 from runtime.loading import BACKENDS, load_model
 
 from .repository import ServeSettings, write_serving_repository
-from .tritonserver import Ports, TritonServer, shared_libpython, pytriton_dist, stub_for_this_python
+from .tritonserver import Ports, TritonServer, pytriton_dist, shared_libpython, stub_for_this_python
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,13 +97,9 @@ def serve(args: argparse.Namespace, workspace: Path) -> None:
 
 
 def wait_for_stop(server: TritonServer) -> None:
-    """Until SIGINT/SIGTERM or the server exits on its own (then its failure is reported)."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        assert server.process is not None
-        code = server.process.wait()
-    except KeyboardInterrupt:
-        return
+    """Until SIGINT/SIGTERM (a KeyboardInterrupt, caught in `main`) or the server exits on its own."""
+    assert server.process is not None
+    code = server.process.wait()
     raise AgffError(server.failure_report(f"tritonserver exited with code {code}"))
 
 
@@ -113,9 +109,12 @@ def _interrupt(*_: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with tempfile.TemporaryDirectory(prefix="agff-serve-") as workspace:
             serve(args, Path(workspace))
+    except KeyboardInterrupt:  # leaving `with server` has stopped Triton, draining in-flight requests
+        print("agff-serve: stopped", file=sys.stderr)
     except AgffError as err:
         return print_error(err)
     return 0

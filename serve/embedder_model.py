@@ -96,9 +96,9 @@ class EmbeddingService:
 
     def _pixels(self, data: object, name: str) -> np.ndarray:
         if not isinstance(data, bytes):
-            raise RequestError(f"{IMAGE}: {name} must be the bytes of an encoded image file (BYTES)")
+            raise RequestError(f"{name} must be the bytes of an encoded image file (BYTES)")
         try:
-            image, _ = decode_image_bytes(data, f"{IMAGE}: {name}", self.max_pixels)
+            image, _ = decode_image_bytes(data, name, self.max_pixels)
         except ImageLoadError as err:
             raise RequestError(str(err)) from err
         return self.embedder.preprocessor.resize(image)
@@ -110,15 +110,15 @@ class EmbeddingService:
             try:
                 text = item.decode("utf-8") if isinstance(item, bytes) else None
             except UnicodeDecodeError as err:
-                raise RequestError(f"{what}: {name} is not UTF-8 ({err.reason} at byte {err.start})") from err
+                raise RequestError(f"{name} is not UTF-8 ({err.reason} at byte {err.start})") from err
             if text is None:
-                raise RequestError(f"{what}: {name} must be UTF-8 text (BYTES)")
+                raise RequestError(f"{name} must be UTF-8 text (BYTES)")
             if not allow_empty and not text.strip():
-                raise RequestError(f"{what}: {name} is empty: send the text to embed")
+                raise RequestError(f"{name} is empty: send the text to embed")
             tokens = len(self.embedder.formatter.text_ids(text))
             if tokens > self.max_text_tokens:
                 raise RequestError(
-                    f"{what}: {name} is {tokens} tokens, over the model's {self.max_text_tokens}: shorten it "
+                    f"{name} is {tokens} tokens, over the model's {self.max_text_tokens}: shorten it "
                     "(the server does not truncate silently)"
                 )
             texts.append(text)

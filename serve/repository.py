@@ -1,9 +1,9 @@
 """The model repository agff-serve hands to Triton: `image`, `text` and `score`, each a Python-backend model that
 runs `serve.embedder_model` on the artifact the user named.
 
-    image   image (BYTES, an encoded file) [+ instruction (BYTES)]  ->  embeddings FP32 [K+1, D]   dynamic batching
-    text    text (BYTES, UTF-8)                                      ->  embeddings FP32 [K+1, D]   dynamic batching
-    score   queries FP32 [Nq, K+1, D], candidates FP32 [Nc, K+1, D]  ->  scores FP32 [Nq, Nc]       one request, one matrix
+    image   image (BYTES, an encoded file) [+ instruction (BYTES)]  ->  embeddings FP32 [K+1, D]  (dynamic batching)
+    text    text (BYTES, UTF-8)                                      ->  embeddings FP32 [K+1, D]  (dynamic batching)
+    score   queries FP32 [Nq, K+1, D], candidates FP32 [Nc, K+1, D]  ->  scores FP32 [Nq, Nc]
 
 `score` does not batch across requests: each request is already a whole
 query-by-candidate matrix, and Triton only batches requests of equal shapes.
@@ -35,14 +35,12 @@ class ServeSettings:
 def write_serving_repository(folder: Path, settings: ServeSettings, num_prompts: int, hidden_size: int) -> Path:
     """Write the three models under `folder` (created) and return it."""
     embeddings = Tensor(EMBEDDINGS, "float32", (num_prompts, hidden_size))
+    item_sets = [Tensor(name, "float32", (-1, num_prompts, hidden_size)) for name in (QUERIES, CANDIDATES)]
     batching = Batching(settings.max_batch, round(settings.max_queue_delay_ms * 1000))
     models = {
         "image": ([Tensor(IMAGE, "bytes", (1,)), Tensor(INSTRUCTION, "bytes", (1,), optional=True)], [embeddings]),
         "text": ([Tensor(TEXT, "bytes", (1,))], [embeddings]),
-        "score": (
-            [Tensor(QUERIES, "float32", (-1, num_prompts, hidden_size)), Tensor(CANDIDATES, "float32", (-1, num_prompts, hidden_size))],
-            [Tensor(SCORES, "float32", (-1, -1))],
-        ),
+        "score": (item_sets, [Tensor(SCORES, "float32", (-1, -1))]),
     }
     for task, (inputs, outputs) in models.items():
         parameters = {

@@ -17,9 +17,11 @@ shared libpython, and an interpreter built without one is refused up front.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -32,6 +34,7 @@ from agff_deploy.errors import InputError
 
 STUB = "triton_python_backend_stub"
 MISMATCH_SYMPTOM = "'_thread.RLock' object has no attribute '_recursion_count'"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class ServeSetupError(InputError):
@@ -43,6 +46,17 @@ class Ports:
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now, for servers started by tests and benchmarks on loopback."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def pytriton_dist() -> Path:
@@ -105,6 +119,12 @@ def server_environment(dist: Path) -> dict[str, str]:
     return env
 
 
+def _stop_with_parent() -> None:
+    """Run in the server's process before exec: the kernel sends it SIGTERM when the process that started it dies,
+    even by SIGKILL, so no orphaned server keeps the ports."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class TritonServer:
     """One `tritonserver` process serving `repository`; `with TritonServer(...) as server:` waits until it is ready
     and stops it on leaving."""
@@ -143,10 +163,19 @@ class TritonServer:
         env = server_environment(dist)
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            self.command(dist), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(dist),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C reaches agff-serve, which then drains and stops the server
+            preexec_fn=_stop_with_parent,
         )
         log.close()
-        self.wait_ready(timeout_s)
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:  # Ctrl-C during start-up too: never leave a server behind
+            self.stop()
+            raise
 
     def url(self, path: str = "") -> str:
         host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
@@ -167,7 +196,6 @@ class TritonServer:
             if self.is_ready():
                 return
             time.sleep(0.2)
-        self.stop()
         raise ServeSetupError(self.failure_report(f"tritonserver was not ready within {timeout_s:.0f} s"))
 
     def failure_report(self, what: str) -> str:

@@ -3,6 +3,7 @@
     core        agff_deploy/ without agff_deploy/eval: model, preprocessing, manifest, errors
     runtime     runtime/: torch-free inference on top of the core
     evaluation  agff_deploy/eval/: benchmarks, measured through the runtime
+    serve       serve/: the runtime behind Triton Inference Server (torch-free too)
     export, train, bench: above all of these
 
 An import inside a function runs only when the function does ("lazy"); one under
@@ -15,7 +16,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("agff_deploy", "runtime", "export", "train", "bench")
+PACKAGES = ("agff_deploy", "runtime", "serve", "export", "train", "bench")
 TORCH = ("torch", "transformers", "accelerate", "peft")
 TORCH_BACKEND = "runtime.torch_runner"
 CHECKPOINT_LOADER = "runtime.loading"  # Embedder.load on a checkpoint folder builds the torch backend
@@ -122,16 +123,24 @@ def needs_torch() -> frozenset[str]:
         found |= more
 
 
-def test_the_core_imports_neither_runtime_export_train_nor_bench():
-    assert crossings("core", {"runtime", "export", "train", "bench"}) == []
+def test_the_core_imports_neither_runtime_serve_export_train_nor_bench():
+    assert crossings("core", {"runtime", "serve", "export", "train", "bench"}) == []
 
 
 def test_nothing_in_the_core_imports_evaluation():
     assert crossings("core", {"evaluation"}) == []
 
 
-def test_the_runtime_imports_neither_export_train_bench_nor_evaluation():
-    assert crossings("runtime", {"export", "train", "bench", "evaluation"}) == []
+def test_the_runtime_imports_neither_serve_export_train_bench_nor_evaluation():
+    assert crossings("runtime", {"serve", "export", "train", "bench", "evaluation"}) == []
+
+
+def test_serving_imports_neither_export_train_bench_nor_evaluation():
+    assert crossings("serve", {"export", "train", "bench", "evaluation"}) == []
+
+
+def test_importing_any_serving_module_never_imports_torch():
+    assert sorted(m for m in needs_torch() if layer(m) == "serve") == []
 
 
 def test_evaluation_imports_only_the_core_and_the_runtime():
