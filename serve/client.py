@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedder_model import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TEXT
+from .request_items import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TEXT
 
 PROTOCOLS = ("http", "grpc")
 

@@ -16,23 +16,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from agff_deploy.contract import IMAGE_ENCODER, TEXT_ENCODER
-from agff_deploy.errors import InputError
-from agff_deploy.images import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image_bytes
+from agff_deploy.images import DEFAULT_MAX_PIXELS
 from runtime.embedder import Embedder
 
-TASKS = ("image", "text", "score")
-IMAGE, INSTRUCTION, TEXT, EMBEDDINGS = "image", "instruction", "text", "embeddings"
-QUERIES, CANDIDATES, SCORES = "queries", "candidates", "scores"
-
-
-class RequestError(InputError):
-    """What is wrong with one request; it becomes that request's error response."""
-
+from .request_items import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TEXT, RequestError, RequestItems
 
 Result = np.ndarray | RequestError
 
@@ -42,8 +34,7 @@ class EmbeddingService:
 
     def __init__(self, embedder: Embedder, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.embedder = embedder
-        self.max_pixels = max_pixels
-        self.max_text_tokens = embedder.formatter.max_text_tokens
+        self.items = RequestItems(embedder.formatter, embedder.preprocessor, max_pixels)
 
     def images(self, requests: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[Result]:
         """Each request: encoded image files `[n, 1]` (bytes) and optionally one instruction per image."""
@@ -51,10 +42,7 @@ class EmbeddingService:
         pixels, prompts, owners = [], [], []
         for r, (images, instructions) in enumerate(requests):
             try:
-                rows = [self._pixels(data, f"image {i}") for i, data in enumerate(images.reshape(-1))]
-                texts = [""] * len(rows) if instructions is None else self._texts(instructions, INSTRUCTION, True)
-                if len(texts) != len(rows):
-                    raise RequestError(f"{len(texts)} instructions for {len(rows)} images: send one per image")
+                rows, texts = self.items.images(images, instructions)
             except RequestError as err:
                 results[r] = err
                 continue
@@ -64,7 +52,7 @@ class EmbeddingService:
         if pixels:
             normalized = self.embedder.preprocessor.normalize(np.stack(pixels))
             self._hand_out(self.embedder.embed_pixels(normalized, prompts), owners, results)
-        return _every_request_answered(results)
+        return _answered(results)
 
     def texts(self, requests: Sequence[np.ndarray]) -> list[Result]:
         """Each request: texts `[n, 1]` (UTF-8 bytes)."""
@@ -72,7 +60,7 @@ class EmbeddingService:
         texts, owners = [], []
         for r, raw in enumerate(requests):
             try:
-                rows = self._texts(raw, TEXT, False)
+                rows = self.items.texts(raw)
             except RequestError as err:
                 results[r] = err
                 continue
@@ -80,7 +68,7 @@ class EmbeddingService:
             owners += [r] * len(rows)
         if texts:
             self._hand_out(self.embedder.embed_texts(texts), owners, results)
-        return _every_request_answered(results)
+        return _answered(results)
 
     def scores(self, queries: np.ndarray, candidates: np.ndarray) -> Result:
         """Fused scores `[Nq, Nc]` of query embeddings against candidate embeddings, image side first as trained."""
@@ -94,39 +82,11 @@ class EmbeddingService:
         for r in dict.fromkeys(owners):
             results[r] = embeddings[np.asarray(owners) == r]
 
-    def _pixels(self, data: object, name: str) -> np.ndarray:
-        if not isinstance(data, bytes):
-            raise RequestError(f"{name} must be the bytes of an encoded image file (BYTES)")
-        try:
-            image, _ = decode_image_bytes(data, name, self.max_pixels)
-        except ImageLoadError as err:
-            raise RequestError(str(err)) from err
-        return self.embedder.preprocessor.resize(image)
 
-    def _texts(self, raw: np.ndarray, what: str, allow_empty: bool) -> list[str]:
-        texts = []
-        for i, item in enumerate(raw.reshape(-1)):
-            name = f"{what} {i}"
-            try:
-                text = item.decode("utf-8") if isinstance(item, bytes) else None
-            except UnicodeDecodeError as err:
-                raise RequestError(f"{name} is not UTF-8 ({err.reason} at byte {err.start})") from err
-            if text is None:
-                raise RequestError(f"{name} must be UTF-8 text (BYTES)")
-            if not allow_empty and not text.strip():
-                raise RequestError(f"{name} is empty: send the text to embed")
-            tokens = len(self.embedder.formatter.text_ids(text))
-            if tokens > self.max_text_tokens:
-                raise RequestError(
-                    f"{name} is {tokens} tokens, over the model's {self.max_text_tokens}: shorten it "
-                    "(the server does not truncate silently)"
-                )
-            texts.append(text)
-        return texts
-
-
-def _every_request_answered(results: list[Result | None]) -> list[Result]:
-    return [RequestError("the request holds no items") if r is None else r for r in results]
+def _answered(results: list[Result | None]) -> list[Result]:
+    """Every request got its embeddings or its error (`RequestItems` refuses a request without items)."""
+    assert all(r is not None for r in results)
+    return cast(list[Result], results)
 
 
 class TritonPythonModel:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .embedder_model import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TEXT
 from .model_configs import Batching, Tensor, model_config, write_config
+from .request_items import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TEXT
 
 MODEL_PY = "from serve.embedder_model import TritonPythonModel  # noqa: F401  (Triton looks the class up here)\n"
 

@@ -24,8 +24,9 @@ pytest.importorskip("pytriton", reason="agff-serve needs the serve extra: pip in
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from serve.client import EmbeddingClient  # noqa: E402
-from serve.embedder_model import EmbeddingService, RequestError  # noqa: E402
+from serve.embedder_model import EmbeddingService  # noqa: E402
 from serve.model_configs import read_config  # noqa: E402
+from serve.request_items import RequestError  # noqa: E402
 from serve.tritonserver import free_ports  # noqa: E402
 
 CLIENTS, REQUESTS_EACH = 8, 200
