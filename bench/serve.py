@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from agff_deploy.atomic_files import write_atomically
 from runtime.embedder import Embedder
-from serve.client import EmbeddingClient
+from serve.client import PROTOCOLS, EmbeddingClient
 from serve.embedder_model import EmbeddingService
 from serve.tritonserver import free_ports
 
@@ -53,12 +54,12 @@ def in_process(service: EmbeddingService, images: list[bytes], batch: int, reque
     return {"images_per_s": round(len(latencies) * batch / wall, 1), **percentiles(latencies)}
 
 
-def served(url: str, images: list[bytes], clients: int, requests: int) -> dict[str, float]:
+def served(url: str, protocol: str, images: list[bytes], clients: int, requests: int) -> dict[str, float]:
     latencies: list[list[float]] = [[] for _ in range(clients)]
     barrier = threading.Barrier(clients + 1)
 
     def client_loop(c: int) -> None:
-        with EmbeddingClient(url) as client:
+        with EmbeddingClient(url, protocol) as client:
             client.embed_images([images[c % len(images)]])  # connect before the clock starts
             barrier.wait()
             for r in range(c, requests, clients):
@@ -70,12 +71,16 @@ def served(url: str, images: list[bytes], clients: int, requests: int) -> dict[s
     for t in threads:
         t.start()
     barrier.wait()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     flat = [x for per_client in latencies for x in per_client]
-    return {"images_per_s": round(len(flat) / wall, 1), **percentiles(flat)}
+    return {
+        "images_per_s": round(len(flat) / wall, 1),
+        **percentiles(flat),
+        "client_cpu_share": round(cpu / (wall * (os.cpu_count() or 1)), 3),
+    }
 
 
 def main() -> None:
@@ -87,6 +92,7 @@ def main() -> None:
     p.add_argument("--side", type=int, default=256, help="the photos' longer side in pixels")
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     p.add_argument("--instances", type=int, default=1, help="as agff-serve's flag")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="http", help="how the clients call the server")
     p.add_argument("--threads", type=int, default=0, help="as agff-serve's flag (0: cores / instances)")
     p.add_argument("--out", type=Path, help="write the numbers as JSON here")
     args = p.parse_args()
@@ -112,7 +118,8 @@ def run(args: argparse.Namespace) -> None:
             http, grpc, metrics = free_ports(3)
             server = TritonServer(repository, workspace, Ports(http, grpc, metrics), "127.0.0.1")
             with server:
-                rows = measure(service, f"127.0.0.1:{http}", images, args)
+                port = http if args.protocol == "http" else grpc
+                rows = measure(service, f"127.0.0.1:{port}", images, args)
     report = summarize(rows, args)
     print(table(report), file=sys.stderr)
     print(json.dumps(report))
@@ -125,13 +132,13 @@ def measure(service: EmbeddingService, url: str, images: list[bytes], args: argp
     steps = [(r, c) for r in range(args.rounds) for c in args.concurrency]
     for r, c in tqdm(steps, desc="bench.serve", unit="level"):
         in_process(service, images, c, c * 2)  # warm-up at this batch size
-        served(url, images, c, c * 2)
+        served(url, args.protocol, images, c, c * 2)
         rows.append(
             {
                 "round": r,
                 "concurrency": c,
                 "in_process": in_process(service, images, c, args.requests),
-                "served": served(url, images, c, args.requests),
+                "served": served(url, args.protocol, images, c, args.requests),
             }
         )
     return rows
@@ -159,6 +166,9 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
         "rounds": args.rounds,
         "side": args.side,
         "max_queue_delay_ms": args.max_queue_delay_ms,
+        "instances": args.instances,
+        "threads": args.threads,
+        "protocol": args.protocol,
         "levels": levels,
         "rows": rows,
     }

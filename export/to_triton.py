@@ -363,13 +363,14 @@ UTF-8) and `text` (input `text`: UTF-8); both return `embeddings`. `score` takes
 (`queries`, `candidates`) and returns their fused `scores`. All three are agff-serve's models of the same names.
 
 The preprocess models run on Triton's Python backend and import `serve.preprocess_model`, so the Triton container
-needs `pip install agff-deploy` (it brings numpy, Pillow and tokenizers; no torch, no ONNX Runtime) into a Python of
-3.11 or newer, agff-deploy's minimum: check `python3 --version` in the image you pick.
+needs agff-deploy installed (it brings numpy, Pillow and tokenizers; no torch, no ONNX Runtime) into a Python of
+3.11 or newer, agff-deploy's minimum: check `python3 --version` in the image you pick. Build a wheel where
+agff-deploy is checked out with `pip wheel --no-deps -w dist .`, then:
 
 ```
-docker run --gpus all -p8000:8000 -p8001:8001 -p8002:8002 -v $PWD/REPO:/models \\
+docker run --gpus all -p8000:8000 -p8001:8001 -p8002:8002 -v $PWD/REPO:/models -v $PWD/dist:/dist \\
     nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
-    bash -c "pip install agff-deploy && tritonserver --model-repository=/models"
+    bash -c "pip install /dist/agff_deploy-*.whl && tritonserver --model-repository=/models"
 ```
 
 TensorRT plans run only with the TensorRT version and GPU they were built on, and only for batches up to the

@@ -73,3 +73,13 @@ def test_a_calibration_folder_photo_is_calibrated_upright_on_white(tmp_path, enc
     feeds = calibration_feeds(encoder, "image_encoder", tmp_path / "calib")
     assert len(feeds) == 1
     assert np.array_equal(feeds[0]["pixel_values"], encoder.pixels([upright_on_white(photo)]))
+
+
+def test_an_image_received_as_bytes_decodes_to_the_pixels_of_its_file(tmp_path):
+    from agff_deploy.images import decode_image_bytes, open_image
+
+    path = sideways_transparent_photo(tmp_path / "sideways.png")
+    from_bytes, _ = decode_image_bytes(path.read_bytes(), "request image 0")
+    from_file, _ = open_image(path)
+    assert from_bytes.size == from_file.size == (24, 40)
+    np.testing.assert_array_equal(np.asarray(from_bytes), np.asarray(from_file))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.ablation import markdown_tables
+from bench.serve import table as serving_table
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -67,3 +68,8 @@ def test_the_python_snippet_runs_as_written_on_an_exported_bundle(tmp_path, tiny
 @pytest.mark.parametrize("report", sorted(p.name for p in (REPO / "docs").glob("ablation*.json")))
 def test_every_ablation_table_is_what_bench_ablation_wrote(report):
     assert markdown_tables(json.loads((REPO / "docs" / report).read_text())) in README
+
+
+@pytest.mark.parametrize("report", sorted(p.name for p in (REPO / "docs").glob("serve-bench*.json")))
+def test_every_serving_table_is_what_bench_serve_wrote(report):
+    assert serving_table(json.loads((REPO / "docs" / report).read_text())) in README

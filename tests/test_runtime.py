@@ -151,3 +151,11 @@ def test_unknown_paths_say_what_is_accepted(tmp_path):
         Embedder.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Embedder.load(tmp_path / "nope")
+
+
+def test_activate_loads_only_the_graphs_named(tiny_bundle):
+    model = Embedder.load(tiny_bundle)
+    model.activate(["text_encoder"])
+    assert {name for name, runner in model.runners.items() if runner.is_active} == {"text_encoder"}
+    model.close()
+    assert not any(runner.is_active for runner in model.runners.values())

@@ -82,7 +82,17 @@ def server(tiny_bundle, tmp_path_factory):
         tiny_bundle, tmp_path_factory.mktemp("serve") / "models", "--max-batch", "16", "--max-queue-delay-ms", "20"
     )
     yield served
-    stop(served)
+    if served.process.poll() is None:
+        stop(served)
+
+
+@pytest.fixture()
+def own_server(tiny_bundle, tmp_path):
+    """A server for one test, killed afterwards whatever the test did to it."""
+    served = start_agff_serve(tiny_bundle, tmp_path / "models")
+    yield served
+    served.process.kill()
+    served.process.communicate()
 
 
 @pytest.fixture(scope="module")
@@ -254,11 +264,10 @@ def test_the_served_configs_batch_with_the_flags_given(server, embedder):
     assert score.max_batch_size == 0
 
 
-def test_agff_serve_stops_with_status_0_on_sigint(tiny_bundle, tmp_path):
-    served = start_agff_serve(tiny_bundle, tmp_path / "models")
-    code, _ = stop(served)
-    assert code == 0
-    assert not served.is_ready()
+def test_agff_serve_stops_with_status_0_on_sigint(own_server):
+    code, stderr = stop(own_server)
+    assert code == 0, stderr
+    assert not own_server.is_ready()
 
 
 def test_agff_serve_refuses_a_missing_engine_before_starting_triton(tmp_path):
@@ -269,14 +278,13 @@ def test_agff_serve_refuses_a_missing_engine_before_starting_triton(tmp_path):
     assert "nothing" in result.stderr and result.stderr.startswith("error:")
 
 
-def test_killing_agff_serve_takes_its_triton_server_down(tiny_bundle, tmp_path):
-    served = start_agff_serve(tiny_bundle, tmp_path / "models")
-    served.process.kill()
-    served.process.wait()
+def test_killing_agff_serve_takes_its_triton_server_down(own_server):
+    own_server.process.kill()
+    own_server.process.wait()
     deadline = time.monotonic() + 30
-    while served.is_ready() and time.monotonic() < deadline:
+    while own_server.is_ready() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not served.is_ready()
+    assert not own_server.is_ready()
 
 
 def test_the_readmes_client_snippet_runs_against_agff_serve(server):
