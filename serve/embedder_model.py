@@ -15,8 +15,8 @@ inside Triton's Python-backend stub).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from runtime.embedder import Embedder
 from .request_items import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TEXT, RequestError, RequestItems
 
 Result = np.ndarray | RequestError
+Request = TypeVar("Request")
+Item = TypeVar("Item")
 
 
 class EmbeddingService:
@@ -38,37 +40,11 @@ class EmbeddingService:
 
     def images(self, requests: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[Result]:
         """Each request: encoded image files `[n, 1]` (bytes) and optionally one instruction per image."""
-        results: list[Result | None] = [None] * len(requests)
-        pixels, prompts, owners = [], [], []
-        for r, (images, instructions) in enumerate(requests):
-            try:
-                rows, texts = self.items.images(images, instructions)
-            except RequestError as err:
-                results[r] = err
-                continue
-            pixels += rows
-            prompts += texts
-            owners += [r] * len(rows)
-        if pixels:
-            normalized = self.embedder.preprocessor.normalize(np.stack(pixels))
-            self._hand_out(self.embedder.embed_pixels(normalized, prompts), owners, results)
-        return _answered(results)
+        return self._batched(requests, self._image_items, self._embed_images)
 
     def texts(self, requests: Sequence[np.ndarray]) -> list[Result]:
         """Each request: texts `[n, 1]` (UTF-8 bytes)."""
-        results: list[Result | None] = [None] * len(requests)
-        texts, owners = [], []
-        for r, raw in enumerate(requests):
-            try:
-                rows = self.items.texts(raw)
-            except RequestError as err:
-                results[r] = err
-                continue
-            texts += rows
-            owners += [r] * len(rows)
-        if texts:
-            self._hand_out(self.embedder.embed_texts(texts), owners, results)
-        return _answered(results)
+        return self._batched(requests, self.items.texts, self.embedder.embed_texts)
 
     def scores(self, queries: np.ndarray, candidates: np.ndarray) -> Result:
         """Fused scores `[Nq, Nc]` of query embeddings against candidate embeddings, image side first as trained."""
@@ -76,17 +52,37 @@ class EmbeddingService:
             return RequestError(f"{QUERIES} and {CANDIDATES} each need at least one embedding")
         return self.embedder.score(queries, candidates)
 
+    def _image_items(self, request: tuple[np.ndarray, np.ndarray | None]) -> list[tuple[np.ndarray, str]]:
+        pixels, prompts = self.items.images(*request)
+        return list(zip(pixels, prompts, strict=True))
+
+    def _embed_images(self, items: list[tuple[np.ndarray, str]]) -> np.ndarray:
+        pixels, prompts = zip(*items, strict=True)
+        return self.embedder.embed_pixels(self.embedder.preprocessor.normalize(np.stack(pixels)), list(prompts))
+
     @staticmethod
-    def _hand_out(embeddings: np.ndarray, owners: list[int], results: list[Result | None]) -> None:
-        """Split the batch's embeddings back into the requests they came from, in order."""
-        for r in dict.fromkeys(owners):
-            results[r] = embeddings[np.asarray(owners) == r]
-
-
-def _answered(results: list[Result | None]) -> list[Result]:
-    """Every request got its embeddings or its error (`RequestItems` refuses a request without items)."""
-    assert all(r is not None for r in results)
-    return cast(list[Result], results)
+    def _batched(
+        requests: Sequence[Request], read: Callable[[Request], list[Item]], embed: Callable[[list[Item]], np.ndarray]
+    ) -> list[Result]:
+        """`read` each request's items (or its error), `embed` the items of all good requests in one call, and
+        hand each request its own rows."""
+        results: list[Result] = []
+        items: list[Item] = []
+        owners: list[int] = []
+        for r, request in enumerate(requests):
+            try:
+                mine = read(request)
+            except RequestError as err:
+                results.append(err)
+                continue
+            results.append(np.empty(0))
+            items += mine
+            owners += [r] * len(mine)
+        if items:
+            embeddings, owner = embed(items), np.asarray(owners)
+            for r in dict.fromkeys(owners):
+                results[r] = embeddings[owner == r]
+        return results
 
 
 class TritonPythonModel:

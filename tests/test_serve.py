@@ -70,9 +70,13 @@ def start_agff_serve(engine: Path, repository: Path, *extra: str) -> Served:
     return served
 
 
-def stop(served: Served) -> tuple[int, str]:
-    served.process.send_signal(signal.SIGINT)
-    _, stderr = served.process.communicate(timeout=60)
+def stop(served: Served, how: signal.Signals = signal.SIGINT) -> tuple[int, str]:
+    served.process.send_signal(how)
+    try:
+        _, stderr = served.process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        served.process.kill()
+        raise
     return served.process.returncode, stderr
 
 
@@ -264,8 +268,9 @@ def test_the_served_configs_batch_with_the_flags_given(server, embedder):
     assert score.max_batch_size == 0
 
 
-def test_agff_serve_stops_with_status_0_on_sigint(own_server):
-    code, stderr = stop(own_server)
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_agff_serve_stops_with_status_0_on_sigint_or_sigterm(own_server, how):
+    code, stderr = stop(own_server, how)
     assert code == 0, stderr
     assert not own_server.is_ready()
 
