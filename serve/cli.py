@@ -87,7 +87,7 @@ def serve(args: argparse.Namespace, workspace: Path) -> None:
     server = TritonServer(repository, workspace, ports, args.address, args.verbose)
     print(f"agff-serve: starting Triton on {args.engine} ({model.backend}); log: {server.log_path}", file=sys.stderr)
     with server:
-        host = server.url().split("//")[1].split(":")[0]
+        host = server.host
         print(
             f"agff-serve: models image, text, score ready; HTTP {host}:{ports.http}, gRPC {host}:{ports.grpc}, "
             f"metrics http://{host}:{ports.metrics}/metrics; Ctrl-C stops",

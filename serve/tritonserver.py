@@ -177,9 +177,13 @@ class TritonServer:
             self.stop()
             raise
 
+    @property
+    def host(self) -> str:
+        """Where a client on this machine reaches the server."""
+        return "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
+
     def url(self, path: str = "") -> str:
-        host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
-        return f"http://{host}:{self.ports.http}{path}"
+        return f"http://{self.host}:{self.ports.http}{path}"
 
     def is_ready(self) -> bool:
         try:
