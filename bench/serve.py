@@ -29,9 +29,11 @@ from tqdm import tqdm
 
 from agff_deploy.atomic_files import write_atomically
 from runtime.embedder import Embedder
+from serve.cli import settings_of
 from serve.client import PROTOCOLS, EmbeddingClient
 from serve.embedder_model import EmbeddingService
-from serve.tritonserver import free_ports
+from serve.repository import write_serving_repository
+from serve.tritonserver import Ports, TritonServer, free_ports
 
 from .throughput import write_photos
 
@@ -100,10 +102,6 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from serve.cli import settings_of
-    from serve.repository import write_serving_repository
-    from serve.tritonserver import Ports, TritonServer
-
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp)
         images = [path.read_bytes() for path in write_photos(workspace / "photos", 64, side=args.side)]
