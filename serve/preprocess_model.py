@@ -32,7 +32,6 @@ from runtime.spec import ModelSpec
 
 from .request_items import IMAGE, INSTRUCTION, TEXT, RequestError, RequestItems
 
-TASKS = ("image", "text")
 Feeds = dict[str, np.ndarray]
 Result = Feeds | RequestError
 
