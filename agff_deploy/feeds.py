@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from .contract import ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES, Feed
+from .contract import ATTENTION_MASK, IMAGE_FEATURES, INPUT_IDS, PIXEL_VALUES, Feed
 from .preprocessing import ImagePreprocessor
 from .tokenization import ChatFormatter
 
@@ -49,6 +49,23 @@ class FeedEncoder:
     def feeds(self, texts: Sequence[str], images: Sequence[ImageLike] | None = None) -> Feed:
         """The image encoder's feed when `images` are given (texts are their instructions), else the text encoder's."""
         return self.text_feed(texts) if images is None else self.image_feed(self.pixels(images), texts)
+
+
+def language_feed(feed: Feed, image_features: np.ndarray | None = None, hidden: int | None = None) -> Feed:
+    """The language encoder's feed for an item pipeline's feed: its tokens and the image features of its images.
+
+    A text batch gets one zero feature per item (`hidden` wide): the graph's input is never empty, and no
+    `<|image_pad|>` id reads it.
+    """
+    if image_features is None:
+        if hidden is None:
+            raise ValueError("a text feed's placeholder image feature needs the hidden size")
+        image_features = np.zeros((feed[INPUT_IDS.name].shape[0], 1, hidden), np.float32)
+    return {
+        INPUT_IDS.name: feed[INPUT_IDS.name],
+        ATTENTION_MASK.name: feed[ATTENTION_MASK.name],
+        IMAGE_FEATURES.name: np.ascontiguousarray(image_features, dtype=np.float32),
+    }
 
 
 def _as_pil(image: ImageLike) -> Image.Image:

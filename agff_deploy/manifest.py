@@ -7,8 +7,9 @@ part of the project; the graphs' tensors are the contract's
 (`agff_deploy.contract`) as exported.
 
 `format_version` is the schema version. A reader refuses a newer one, naming
-both; version 1 bundles written before this module was typed hold a superset
-of these fields (the extra ones were never read) and load unchanged.
+both, and an older one with the command that re-exports it: version 1 bundles
+stored the language model in both an image and a text encoder graph, version 2
+stores a vision and a language encoder per precision (agff_deploy.contract).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .errors import ArtifactError, MissingFileError, NotInBundleError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "agff-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def sha256_file(path: str | Path) -> str:
@@ -142,13 +143,6 @@ class Parity:
     rows: tuple[ParityRow, ...]
     left_out: Mapping[str, list[str]] = field(default_factory=dict)
 
-    def error(self, precision: str, graph: str) -> tuple[float, float] | None:
-        """Worst (1 - min cosine, max abs) of `graph` at `precision` over the input sets; None if not measured."""
-        rows = [r for r in self.rows if (r.precision, r.graph) == (precision, graph) and r.min_cosine is not None]
-        if not rows:
-            return None
-        return 1 - min(r.min_cosine or 0.0 for r in rows), max(r.max_abs or 0.0 for r in rows)
-
 
 @dataclass(frozen=True)
 class EngineEntry:
@@ -169,6 +163,15 @@ class Engines:
 
 
 @dataclass(frozen=True)
+class GateRecord:
+    """The gate's input sets and PyTorch's outputs on them (export.gate_reference): parity without the checkpoint."""
+
+    file: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     created_by: str
     model: ModelDims
@@ -180,6 +183,9 @@ class Manifest:
     source: Source
     parity: Parity | None = None
     engines: Engines | None = None
+    gate: GateRecord | None = None
+    # precision -> the modules or nodes kept in a wider type than the precision's own (fp16 overflow guard, int8)
+    kept_in_float: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def sizes(self) -> dict[str, int]:
         """The contract's model dimensions for this bundle."""
@@ -211,7 +217,7 @@ class Manifest:
             for entry in entries.values():
                 if not entry["ungated"]:
                     del entry["ungated"]
-        for key in ("parity", "engines"):
+        for key in ("parity", "engines", "gate"):
             if data[key] is None:
                 del data[key]
         return json.loads(json.dumps(data))  # tuples -> lists: what reading the file gives
@@ -226,6 +232,12 @@ class Manifest:
             raise ArtifactError(
                 f"{where}: format_version {version} (written by {data.get('created_by', 'a newer agff-deploy')}) is "
                 f"newer than agff-deploy {__version__} reads (format_version {FORMAT_VERSION}); upgrade agff-deploy"
+            )
+        if version < FORMAT_VERSION:
+            raise ArtifactError(
+                f"{where}: format_version {version} is an older bundle layout (the language model stored per "
+                f"encoder) that agff-deploy {__version__} no longer reads; re-export it with "
+                "`python -m export.to_onnx CKPT`"
             )
         missing = [key for key in ("model", "image", "tokenizer", "fusion", "graphs") if key not in data]
         if missing:
@@ -248,6 +260,8 @@ class Manifest:
             source=Source(**_pick(data["source"], Source)),
             parity=_parity(data["parity"]) if "parity" in data else None,
             engines=_engines(data["engines"]) if "engines" in data else None,
+            gate=GateRecord(**data["gate"]) if "gate" in data else None,
+            kept_in_float={p: tuple(names) for p, names in data.get("kept_in_float", {}).items()},
         )
 
 

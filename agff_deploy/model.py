@@ -146,9 +146,21 @@ class AGFFEmbedder(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Right-padded `[B, L]` tokens (+ `[B, 3, H, W]` pixels) -> `[B, K+1, D]`."""
+        """Right-padded `[B, L]` tokens (+ `[B, 3, H, W]` pixels) -> `[B, K+1, D]`: the vision encoder, then the
+        language encoder, as the exported pipelines run them."""
+        features = None if pixel_values is None else self.image_tokens(pixel_values)
+        return self.encode_tokens(input_ids, attention_mask, features)
+
+    def encode_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The language encoder: tokens (+ `[B, T, D]` image features for the `<|image_pad|>` ids) -> `[B, K+1, D]`.
+
+        One pass over the shared prefix and K+1 prompts. It serves text and image items alike, which is why a bundle
+        stores the language model once.
+        """
         lm = self.mllm.language_model
-        embeds = self.token_embeddings(input_ids, pixel_values)
+        embeds = self.token_embeddings(input_ids, image_features)
         prefix_positions, next_position = mrope_position_ids(
             input_ids, attention_mask, self.image_token_id, self.image_rows, self.image_cols
         )
@@ -160,11 +172,11 @@ class AGFFEmbedder(nn.Module):
         pooled = hidden[:, self.prompts.pool_indices(length).to(hidden.device)]
         return F.normalize(pooled.float(), dim=-1)
 
-    def token_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """`[B, L, D]` input embeddings with the image tokens in place of the `<|image_pad|>` ids."""
+    def token_embeddings(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+        """`[B, L, D]` input embeddings with the image features in place of the `<|image_pad|>` ids."""
         embeds = self.mllm.language_model.embed_tokens(input_ids)
-        if pixel_values is not None:
-            embeds = self.merge_image_tokens(embeds, input_ids, self.image_tokens(pixel_values))
+        if image_features is not None:
+            embeds = self.merge_image_tokens(embeds, input_ids, image_features)
         return embeds
 
     def token_states(
@@ -175,7 +187,8 @@ class AGFFEmbedder(nn.Module):
         positions, _ = mrope_position_ids(
             input_ids, attention_mask, self.image_token_id, self.image_rows, self.image_cols
         )
-        embeds = self.token_embeddings(input_ids, pixel_values)
+        features = None if pixel_values is None else self.image_tokens(pixel_values)
+        embeds = self.token_embeddings(input_ids, features)
         mask = causal_attention_mask(attention_mask, embeds.dtype)
         lm = self.mllm.language_model
         return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state

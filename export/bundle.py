@@ -4,11 +4,18 @@ The precisions that pass their bars are moved into place; one that fails is
 left out. If fp32 fails, the graphs do not reproduce the model and nothing is.
 
 bundle/
-  manifest.json           everything the runtime needs (agff_deploy.manifest)
+  manifest.json             everything the runtime needs (agff_deploy.manifest)
   tokenizer.json
-  scorer.onnx             fused similarity, fp32, shared by every precision
-  fp32/image_encoder.onnx fp32/text_encoder.onnx   (+ .onnx.data beside each past the external-data threshold)
+  gate.npz                  the gate's input sets and PyTorch's outputs on them (export.gate_reference)
+  scorer.onnx               fused similarity, fp32, shared by every precision
+  fp32/vision_encoder.onnx  fp32/language_encoder.onnx  (+ .onnx.data beside each past the external-data threshold)
   fp16/...  int8/...  int8-dynamic/...
+
+The language model and its embedding table live in the language encoder only,
+which serves text and image items alike: each precision stores the model once.
+With `keep_fp32=False` (a device bundle) the fp32 graphs are built and gated,
+then left out: the gate's record travels instead, so engines and the other
+precisions are still held to PyTorch on the device.
 
 Memory at 2B parameters: the PyTorch reference numbers for the gate are
 computed first, the model is cast to fp16 in place for the fp16 graphs and
@@ -39,16 +46,17 @@ from agff_deploy.atomic_files import writer_running
 from agff_deploy.config import CONFIG_FILE
 from agff_deploy.contract import (
     CANDIDATES,
-    ENCODERS,
-    IMAGE_ENCODER,
+    IMAGE_FEATURES,
+    LANGUAGE_ENCODER,
     PRECISIONS,
     QUERIES,
     SCORER,
-    TEXT_ENCODER,
+    STORED_ENCODERS,
     TRT_PRECISIONS,
+    VISION_ENCODER,
     GraphSpec,
     model_sizes,
-    resolved_graphs,
+    resolved_stored,
 )
 from agff_deploy.errors import AgffError, InputError
 from agff_deploy.inputs import ItemEncoder
@@ -68,21 +76,27 @@ from agff_deploy.manifest import (
     write_manifest,
 )
 from agff_deploy.model import AGFFEmbedder
+from agff_deploy.scenes import make_scene
 from agff_deploy.tokenization import TOKENIZER_FILE
 from agff_deploy.weights import weights_sha256
 
-from .calibration import calibration_feeds
+from .calibration import CALIBRATION_SEED, calibration_feeds
 from .check import GATE_IMAGES, GateReport, check_gate_images, gate_bundle, pytorch_reference
+from .fp16_guard import cast_fp16_except, find_fp32_modules
+from .gate_reference import save_gate_reference
 from .graphs import (
     EXTERNAL_DATA_BYTES,
-    ImageEncoderGraph,
+    LanguageEncoderGraph,
     ScorerGraph,
-    TextEncoderGraph,
+    VisionEncoderGraph,
     export_graph,
     external_data_entries,
 )
 from .precision import quantize_dynamic_int8, quantize_qdq
 from .targets import Target
+
+# Calibration items (as many images and texts) whose activation ranges decide what fp16 keeps in fp32.
+FP16_GUARD_SAMPLES = 16
 
 
 class DiskFull(AgffError, OSError):
@@ -99,6 +113,7 @@ class ExportOptions:
     agreement_pairs: int = 256
     gate_images: tuple[int, int] = GATE_IMAGES
     external_data_bytes: int = EXTERNAL_DATA_BYTES
+    keep_fp32: bool = True  # False: a device bundle (fp32 gated, then left out)
 
     def validate(self) -> None:
         lo, opt, hi = self.batch
@@ -109,6 +124,8 @@ class ExportOptions:
                 f"--opset {self.opset}: choose 17..20 (LayerNormalization needs 17; TensorRT 10 reads up to 20)"
             )
         check_gate_images(self.gate_images)
+        if not self.keep_fp32 and self.precisions == ("fp32",):
+            raise InputError("--without-fp32 needs another precision to keep: add --precision fp16, int8, ...")
 
 
 class BundleBuilder:
@@ -125,6 +142,7 @@ class BundleBuilder:
         self.source = source
         self.options = options
         self.log = log
+        self.kept_in_float: dict[str, tuple[str, ...]] = {}
         self.fusion = Fusion(
             t_in=model.fusion.t_in,
             t_f=float(model.fusion.t_f.detach()),
@@ -134,23 +152,34 @@ class BundleBuilder:
 
     def _dims(self) -> dict[str, dict[str, tuple[int, int]]]:
         lo, _, hi = self.options.batch
-        image_len = self.encoder.formatter.length_range(with_image=True)
-        text_len = self.encoder.formatter.length_range(with_image=False)
         return {
-            IMAGE_ENCODER.name: {"batch": (lo, hi), "length": image_len},
-            TEXT_ENCODER.name: {"batch": (lo, hi), "length": (max(2, text_len[0]), text_len[1])},
+            VISION_ENCODER.name: {"batch": (lo, hi)},
+            LANGUAGE_ENCODER.name: {
+                "batch": (lo, hi),
+                "length": self._length_range(),
+                "image_tokens": (1, self.model.config.num_image_tokens),
+            },
             SCORER.name: {"queries": (1, 1 << 16), "candidates": (1, 1 << 20)},
         }
+
+    def _length_range(self) -> tuple[int, int]:
+        """The language encoder's token lengths: text items' and image items' together."""
+        image, text = (self.encoder.formatter.length_range(with_image=w) for w in (True, False))
+        return max(2, min(image[0], text[0])), max(image[1], text[1])
 
     def _examples(self) -> dict[str, tuple[torch.Tensor, ...]]:
         """What each graph is traced with, in its contract's input order."""
         size = self.encoder.preprocessor.height
         image = self.encoder.feeds(["", "what is this?"], [np.zeros((size, size, 3), np.uint8)] * 2)
-        text = self.encoder.feeds(["a red circle", "two small blue filled squares at the left"])
-        k, d = self.model.config.num_prompts, self.model.config.hidden_size
+        cfg = self.model.config
+        k, d = cfg.num_prompts, cfg.hidden_size
+        features = torch.randn(2, cfg.num_image_tokens, d)
         feeds = {
-            IMAGE_ENCODER: {n: torch.from_numpy(a) for n, a in image.items()},
-            TEXT_ENCODER: {n: torch.from_numpy(a) for n, a in text.items()},
+            VISION_ENCODER: {n: torch.from_numpy(image[n]) for n in VISION_ENCODER.input_names},
+            LANGUAGE_ENCODER: {
+                **{n: torch.from_numpy(image[n]) for n in LANGUAGE_ENCODER.input_names if n in image},
+                IMAGE_FEATURES.name: features,
+            },
             SCORER: {QUERIES.name: torch.randn(2, k, d), CANDIDATES.name: torch.randn(3, k, d)},
         }
         return {spec.name: tuple(feed[n] for n in spec.input_names) for spec, feed in feeds.items()}
@@ -176,48 +205,66 @@ class BundleBuilder:
         return path.name if path.parent.name.startswith(".") else f"{path.parent.name}/{path.name}"
 
     def write_graphs(self, folder: Path) -> dict[str, dict[str, Path]]:
-        """Scorer and fp32 graphs, then fp16 (model cast in place), then the model is released for int8."""
+        """Scorer and fp32 graphs, then fp16 (model cast in place, modules that would overflow kept fp32), then the
+        model is released for int8."""
         scorer = self._export(ScorerGraph(self.model), SCORER.name, folder / "scorer.onnx")
         files = {"fp32": self._encoders(folder / "fp32")}
         if "fp16" in self.options.precisions:
-            self.model.half()
+            self.kept_in_float["fp16"] = tuple(cast_fp16_except(self.model, self._overflowing_modules()))
+            if self.kept_in_float["fp16"]:
+                self.log(f"  fp16 overflow guard: {', '.join(self.kept_in_float['fp16'])} kept in fp32")
             files["fp16"] = self._encoders(folder / "fp16")
         self.model.to("meta")
         for precision in self.options.precisions:
             if precision.startswith("int8"):
                 (folder / precision).mkdir()
-                files[precision] = {name: self._quantized(precision, name, files["fp32"][name]) for name in ENCODERS}
+                files[precision] = self._quantized(precision, files["fp32"])
         for graphs in files.values():
             graphs[SCORER.name] = scorer
         return {p: files[p] for p in self.options.precisions}
+
+    def _overflowing_modules(self) -> list[str]:
+        """Modules whose activations leave fp16's range on calibration items (images with instructions, texts)."""
+        size, count = self.encoder.preprocessor.height, FP16_GUARD_SAMPLES
+        scenes = [make_scene(CALIBRATION_SEED + i) for i in range(count)]
+        feeds = [self.encoder.feeds([s.caption() for s in scenes[i : i + 4]]) for i in range(0, count, 4)]
+        feeds += [self.encoder.feeds([""] * 4, [s.render(size) for s in scenes[i : i + 4]]) for i in range(0, count, 4)]
+        return find_fp32_modules(self.model, feeds)
 
     def _encoders(self, folder: Path) -> dict[str, Path]:
         folder.mkdir()
         return {
             name: self._export(graph(self.model), name, folder / f"{name}.onnx")
-            for name, graph in ((IMAGE_ENCODER.name, ImageEncoderGraph), (TEXT_ENCODER.name, TextEncoderGraph))
+            for name, graph in (
+                (VISION_ENCODER.name, VisionEncoderGraph),
+                (LANGUAGE_ENCODER.name, LanguageEncoderGraph),
+            )
         }
 
-    def _quantized(self, precision: str, name: str, fp32_path: Path) -> Path:
-        path = fp32_path.parent.parent / precision / f"{name}.onnx"
-        started = time.perf_counter()
-        if precision == "int8":
-            quantize_qdq(
-                fp32_path,
-                path,
-                calibration_feeds(self.encoder, name, self.options.calib_dir, self.options.calib_samples),
-            )
-        else:
-            quantize_dynamic_int8(fp32_path, path)
-        self.log(f"  {self._label(path)}: {time.perf_counter() - started:.1f} s")
-        return path
+    def _quantized(self, precision: str, fp32: dict[str, Path]) -> dict[str, Path]:
+        """Both encoders at an int8 precision, made from the fp32 files; Q/DQ calibrates the language encoder on
+        text items and on image items whose features the fp32 vision graph computes."""
+        out = {}
+        for name in STORED_ENCODERS:
+            path = fp32[name].parent.parent / precision / f"{name}.onnx"
+            started = time.perf_counter()
+            if precision == "int8":
+                feeds = calibration_feeds(
+                    self.encoder, name, self.options.calib_dir, self.options.calib_samples, fp32[VISION_ENCODER.name]
+                )
+                quantize_qdq(fp32[name], path, feeds)
+            else:
+                quantize_dynamic_int8(fp32[name], path)
+            self.log(f"  {self._label(path)}: {time.perf_counter() - started:.1f} s")
+            out[name] = path
+        return out
 
     def manifest(self, folder: Path, files: dict[str, dict[str, Path]]) -> Manifest:
         cfg = self.model.config
         pre = self.encoder.preprocessor
         lo, opt, hi = self.options.batch
-        dims = self._dims()
-        specs = resolved_graphs(model_sizes(cfg.image_size, cfg.num_prompts, cfg.hidden_size))
+        image_length, text_length = (self.encoder.formatter.length_range(with_image=w) for w in (True, False))
+        specs = resolved_stored(model_sizes(cfg.image_size, cfg.num_prompts, cfg.hidden_size))
         return Manifest(
             created_by=f"agff-deploy {__version__}",
             model=ModelDims(cfg.num_prompts, cfg.hidden_size),
@@ -226,8 +273,8 @@ class BundleBuilder:
             fusion=self.fusion,
             dims=Dims(
                 BatchRange(lo, opt, hi),
-                LengthRange(*dims[IMAGE_ENCODER.name]["length"]),
-                LengthRange(*dims[TEXT_ENCODER.name]["length"]),
+                LengthRange(*image_length),
+                LengthRange(max(2, text_length[0]), text_length[1]),
             ),
             graphs={
                 precision: {
@@ -278,13 +325,18 @@ class BundleBuilder:
             reference, input_sets = pytorch_reference(
                 self.model, self.encoder, self.fusion, self.options.gate_images, self.options.agreement_pairs
             )
+            gate = save_gate_reference(tmp, reference, input_sets)
             files = self.write_graphs(tmp)
-            manifest = self.manifest(tmp, files)
+            manifest = dataclasses.replace(self.manifest(tmp, files), gate=gate, kept_in_float=self.kept_in_float)
             write_manifest(tmp, manifest)
             self.log("parity gate ...")
             report = gate_bundle(tmp, reference, input_sets, target)
             if report.trusted:
-                _leave_out_failed(tmp, manifest, report)
+                manifest = _leave_out_failed(tmp, manifest, report)
+                if not self.options.keep_fp32 and len(manifest.graphs) > 1:
+                    _leave_out_fp32(tmp, manifest)
+                elif not self.options.keep_fp32:
+                    self.log("no other precision passed the gate: the fp32 graphs are kept")
                 _replace_folder(tmp, out)
             return report
         except OSError as err:
@@ -299,14 +351,14 @@ class BundleBuilder:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def weight_bytes(self) -> int:
-        """The model's weights in fp32: what the fp32 image encoder graph holds."""
+        """The model's weights in fp32: what the fp32 vision and language encoder graphs hold together."""
         return sum(p.numel() * 4 for p in self.model.parameters())
 
     def disk_bytes(self) -> int:
-        """Disk a build needs at its peak: fp32 encoders hold about two copies of the weights (image and
-        text), fp16 one, each int8 kind half of one, and int8 calibration an augmented fp32 copy at a time."""
+        """Disk a build needs at its peak: the fp32 encoders hold one copy of the weights, fp16 half of one,
+        each int8 kind a quarter, and int8 calibration an augmented fp32 copy of one graph at a time."""
         weights = self.weight_bytes()
-        share = {"fp32": 2.0, "fp16": 1.0, "int8": 1.5, "int8-dynamic": 0.5}
+        share = {"fp32": 1.0, "fp16": 0.5, "int8": 1.0, "int8-dynamic": 0.25}
         total = sum(share[p] for p in self.options.precisions)
         return int(weights * total) + (64 << 20)
 
@@ -323,7 +375,7 @@ def _require_calibration_memory(weight_bytes: int, streamed: bool) -> None:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > total:
         raise InputError(
-            f"--precision int8: calibrating the {weight_bytes / 2**30:.1f} GiB image encoder needs about "
+            f"--precision int8: calibrating the {weight_bytes / 2**30:.1f} GiB model needs about "
             f"{needed / 2**30:.0f} GiB and this machine has {total / 2**30:.0f} GiB: export int8 "
             "on a machine with more memory, or choose fp16 (TensorRT) or int8-dynamic (ONNX Runtime on CPU) here"
         )
@@ -339,7 +391,7 @@ def _require_free_space(folder: Path, needed: int) -> None:
         )
 
 
-def _leave_out_failed(folder: Path, manifest: Manifest, report: GateReport) -> None:
+def _leave_out_failed(folder: Path, manifest: Manifest, report: GateReport) -> Manifest:
     """Drop the precisions that missed their bars; the manifest lists the rest and says why the others are gone."""
     failed = report.failed_precisions()
     for precision in failed:
@@ -347,7 +399,16 @@ def _leave_out_failed(folder: Path, manifest: Manifest, report: GateReport) -> N
     kept = report.without(failed)
     parity = Parity(kept.passed, tuple(kept.rows), {p: report.failures(p) for p in failed})
     graphs = {p: g for p, g in manifest.graphs.items() if p not in failed}
-    write_manifest(folder, dataclasses.replace(manifest, graphs=graphs, parity=parity))
+    manifest = dataclasses.replace(manifest, graphs=graphs, parity=parity)
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def _leave_out_fp32(folder: Path, manifest: Manifest) -> None:
+    """A device bundle: the fp32 graphs passed the gate and go; their parity rows and the gate record stay."""
+    shutil.rmtree(folder / "fp32")
+    graphs = {p: g for p, g in manifest.graphs.items() if p != "fp32"}
+    write_manifest(folder, dataclasses.replace(manifest, graphs=graphs))
 
 
 def _remove_leftovers(out: Path) -> None:

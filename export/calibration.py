@@ -1,8 +1,8 @@
 """Real inputs for int8 calibration: the built-in scenes by default, or the user's own folder.
 
 A folder for `--calib-dir` holds images (any format Pillow reads) and,
-optionally, `texts.txt` with one text per line for the text encoder; without
-it the text encoder calibrates on built-in captions.
+optionally, `texts.txt` with one text per line for text items; without it the
+language encoder calibrates its text items on built-in captions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from agff_deploy.contract import IMAGE_FEATURES, PIXEL_VALUES, VISION_ENCODER, Feed
 from agff_deploy.errors import InputError, MissingFileError
+from agff_deploy.feeds import language_feed
 from agff_deploy.images import IMAGE_SUFFIXES, ImageLoadError, open_image
 from agff_deploy.inputs import ItemEncoder
 from agff_deploy.scenes import make_scene
@@ -41,21 +43,43 @@ def calibration_feeds(
     graph: str,
     calib_dir: str | Path | None = None,
     samples: int = 128,
+    vision_graph: Path | None = None,
     batch_size: int = 8,
 ) -> list[dict[str, np.ndarray]]:
-    """Feed dicts for one encoder graph (`image_encoder` or `text_encoder`); `samples` scenes unless `calib_dir`."""
+    """Feed dicts for one stored encoder graph; `samples` scenes unless `calib_dir`.
+
+    The vision encoder calibrates on images. The language encoder calibrates on what it serves: text items, and
+    image items whose features `vision_graph` (the fp32 vision encoder, run in ONNX Runtime) computes.
+    """
     size = encoder.preprocessor.height
     scenes = [make_scene(CALIBRATION_SEED + i) for i in range(samples)]
-    texts_file = Path(calib_dir) / "texts.txt" if calib_dir else None
-    if graph == "text_encoder":
-        if texts_file and texts_file.is_file():
-            texts = [t for t in texts_file.read_text().splitlines() if t.strip()]
-        else:
-            texts = [s.caption() for s in scenes]
-        return [encoder.feeds(texts[i : i + batch_size], None) for i in range(0, len(texts), batch_size)]
     images = _folder_images(Path(calib_dir)) if calib_dir else [s.render(size) for s in scenes]
     prompts = [QUESTIONS[i % len(QUESTIONS)] for i in range(len(images))]
-    return [
+    image_feeds = [
         encoder.feeds(prompts[i : i + batch_size], images[i : i + batch_size])
         for i in range(0, len(images), batch_size)
     ]
+    if graph == VISION_ENCODER.name:
+        return [{PIXEL_VALUES.name: feed[PIXEL_VALUES.name]} for feed in image_feeds]
+    texts_file = Path(calib_dir) / "texts.txt" if calib_dir else None
+    if texts_file and texts_file.is_file():
+        texts = [t for t in texts_file.read_text().splitlines() if t.strip()]
+    else:
+        texts = [s.caption() for s in scenes]
+    text_feeds = [encoder.feeds(texts[i : i + batch_size], None) for i in range(0, len(texts), batch_size)]
+    if vision_graph is None:
+        raise ValueError("the language encoder calibrates on image features: pass the fp32 vision graph")
+    with_features = _with_features(image_feeds, vision_graph)
+    hidden = with_features[0][IMAGE_FEATURES.name].shape[-1]
+    return [language_feed(feed, hidden=hidden) for feed in text_feeds] + with_features
+
+
+def _with_features(image_feeds: list[Feed], vision_graph: Path) -> list[Feed]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(vision_graph), providers=["CPUExecutionProvider"])
+    feeds = [
+        language_feed(feed, session.run(None, {PIXEL_VALUES.name: feed[PIXEL_VALUES.name]})[0]) for feed in image_feeds
+    ]
+    del session
+    return feeds

@@ -1,11 +1,13 @@
 """The parity gate: candidate runners against reference runners on the same input sets, plus the TensorRT lint.
 
-`compare` is the one gate. `export.to_onnx` runs it on every graph of a new
+`compare` is the one gate. `export.to_onnx` runs it on every pipeline of a new
 bundle against the PyTorch model (its outputs recorded first, so the model can
-be freed before ONNX Runtime loads the graphs); `python -m export.check BUNDLE`
-runs it again on demand; `export.to_trt` runs it on built engines against the
-fp32 graphs in ONNX Runtime. Candidates are the runners users run, from
-`runtime.loading`. Two input sets differ in batch size, text length and
+be freed before ONNX Runtime loads the graphs, and stored in the bundle by
+`export.gate_reference`); `python -m export.check BUNDLE` runs it again on
+demand against that record (or a checkpoint); `export.to_trt` runs it on built
+engines against the same record, on the device. Candidates are the runners
+users run, from `runtime.loading`: the item pipelines, so every stored graph is
+gated through what it computes for an item. Two input sets differ in batch size, text length and
 padding; bars and their reasons in `agff_deploy.contract` and docs/parity.md.
 torch is imported by `main` and `pytorch_reference` only: a Jetson has none.
 """
@@ -13,7 +15,6 @@ torch is imported by `main` and `pytorch_reference` only: a Jetson has none.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,9 +42,9 @@ from agff_deploy.feeds import FeedEncoder
 from agff_deploy.manifest import Fusion, Manifest, ParityRow, read_manifest, sha256_file
 from agff_deploy.scenes import make_scene
 from runtime.loading import ort_runners
-from runtime.runner import Outputs, Runner
-from runtime.scoring import fused_similarity
+from runtime.runner import Runner
 
+from .gate_reference import HeldOutPairs, InputSets, RecordedRunner
 from .targets import Target, get_target
 from .trt_lint import lint_file
 
@@ -148,31 +149,6 @@ def check_gate_images(images: tuple[int, int]) -> tuple[int, int]:
     return a, b
 
 
-@dataclass(frozen=True)
-class HeldOutPairs:
-    """Held-out scenes and their captions in chunks, for top-1 retrieval agreement under the fused score."""
-
-    feeds: Mapping[str, list[Feed]]  # encoder name -> chunks
-    fusion: Fusion
-
-    def top1(self, images: np.ndarray, texts: np.ndarray) -> np.ndarray:
-        """Each image's best caption under the fused score (the model's own fusion parameters)."""
-        bias = np.asarray(self.fusion.pattern_bias, np.float32)
-        return fused_similarity(images, texts, self.fusion.t_in, self.fusion.t_f, bias).argmax(1)
-
-
-@dataclass(frozen=True)
-class InputSets:
-    """Everything the gate feeds: named sets of one feed per graph, and the held-out pairs (None: skipped)."""
-
-    sets: Mapping[str, Mapping[str, Feed]]  # set name -> graph name -> feed
-    held_out: HeldOutPairs | None
-
-    def feeds(self, graph: str) -> list[Feed]:
-        held_out = self.held_out.feeds.get(graph, []) if self.held_out else []
-        return [feeds[graph] for feeds in self.sets.values()] + held_out
-
-
 def parity_input_sets(
     encoder: FeedEncoder,
     sizes: Mapping[str, int],
@@ -232,37 +208,6 @@ def _held_out_pairs(encoder: FeedEncoder, fusion: Fusion, pairs: int, chunk: int
         TEXT_ENCODER.name: [encoder.feeds(captions[c]) for c in chunks],
     }
     return HeldOutPairs(feeds, fusion)
-
-
-class RecordedRunner(Runner):
-    """Another runner's outputs on the feeds it was given, kept: the gate's reference once its model is freed.
-
-    The source runner is activated, run on every feed and deactivated here; `infer` answers a recorded feed by
-    its contents and refuses any other.
-    """
-
-    name = "recorded"
-
-    def __init__(self, source: Runner, feeds: Iterable[Feed]) -> None:
-        super().__init__(source.spec)
-        self.source_name = source.name
-        with source:
-            self.outputs = {_key(feed): source.infer(feed) for feed in feeds}
-
-    def infer_impl(self, feed: Feed) -> Outputs:
-        try:
-            return self.outputs[_key(feed)]
-        except KeyError:
-            raise KeyError(f"{self.spec.name}: no {self.source_name} output was recorded for this feed") from None
-
-
-def _key(feed: Feed) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(feed):
-        array = np.ascontiguousarray(feed[name])
-        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def agreement(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -367,7 +312,7 @@ def pytorch_reference(
     sizes = model_sizes(config.image_size, config.num_prompts, config.hidden_size)
     input_sets = parity_input_sets(encoder, sizes, fusion, images, agreement_pairs)
     reference: dict[str, Runner] = {
-        name: RecordedRunner(TorchRunner(model, spec, device="cpu"), input_sets.feeds(name))
+        name: RecordedRunner.record(TorchRunner(model, spec, device="cpu"), input_sets.feeds(name))
         for name, spec in resolved_graphs(sizes).items()
     }
     return reference, input_sets
@@ -391,27 +336,38 @@ def _source_checkpoint(bundle: Path, manifest: Manifest, override: str | None) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.check", description=__doc__)
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--ckpt", help="source checkpoint (default: the one recorded in the manifest)")
+    parser.add_argument(
+        "--ckpt",
+        help="recompute the PyTorch reference from this checkpoint (default: the gate record stored in the bundle; "
+        "--ckpt auto takes the checkpoint the manifest names)",
+    )
     parser.add_argument("--target", default="generic", help="TensorRT target for the lint (default: %(default)s)")
     add_gate_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        from agff_deploy.checkpoint import item_encoder, load_checkpoint
-
         manifest = read_manifest(args.bundle)
-        ckpt = _source_checkpoint(args.bundle, manifest, args.ckpt)
-        model, tokenizer = load_checkpoint(ckpt, image_size=manifest.image.size)
-        encoder = item_encoder(model.config, tokenizer)
-        reference, input_sets = pytorch_reference(
-            model, encoder, manifest.fusion, tuple(args.gate_images), args.agreement_pairs
-        )
-        del model
+        if args.ckpt is None:
+            from .gate_reference import load_gate_reference
+
+            specs = resolved_graphs(manifest.sizes())
+            reference, input_sets = load_gate_reference(args.bundle, manifest.gate, specs, manifest.fusion)
+        else:
+            reference, input_sets = _checkpoint_reference(args, manifest)
         report = gate_bundle(args.bundle, reference, input_sets, get_target(args.target))
     except (AgffError, OSError) as err:
         return print_error(err)
     print(report.table())
     print("parity gate: " + ("passed" if report.passed else "FAILED"))
     return 0 if report.passed else 1
+
+
+def _checkpoint_reference(args: argparse.Namespace, manifest: Manifest) -> tuple[dict[str, Runner], InputSets]:
+    from agff_deploy.checkpoint import item_encoder, load_checkpoint
+
+    ckpt = _source_checkpoint(args.bundle, manifest, None if args.ckpt == "auto" else args.ckpt)
+    model, tokenizer = load_checkpoint(ckpt, image_size=manifest.image.size)
+    encoder = item_encoder(model.config, tokenizer)
+    return pytorch_reference(model, encoder, manifest.fusion, tuple(args.gate_images), args.agreement_pairs)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""The three exported graphs and the dynamo export that writes them.
+"""The three stored graphs and the dynamo export that writes them.
 
 Each wrapper is a thin `nn.Module` over the very `AGFFEmbedder` the trainer
-optimised, so the graph is the model: the image encoder is the whole
-multi-prompt pass (vision tower, merge, M-RoPE, K+1 prompts on one shared
-prefix, last-token pooling, normalisation) with a dynamic batch axis.
+optimised, so the graphs are the model: the vision encoder is the vision tower
+on a batch axis; the language encoder is the whole multi-prompt pass (token
+lookup, image-feature merge, M-RoPE, K+1 prompts on one shared prefix,
+last-token pooling, normalisation) for text and image items alike, so the
+language model and its embedding table are stored once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from agff_deploy.contract import GRAPHS
+from agff_deploy.contract import STORED
 from agff_deploy.manifest import ExternalData
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.similarity import fused_similarity
@@ -28,27 +30,28 @@ logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(loggin
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
-class ImageEncoderGraph(nn.Module):
-    """pixels `[B, 3, H, W]` float32 + chat tokens with image pads (and instruction) -> `[B, K+1, D]`."""
+class VisionEncoderGraph(nn.Module):
+    """pixels `[B, 3, H, W]` float32 -> image features `[B, T, D]` float32 (the language encoder's input)."""
 
     def __init__(self, model: AGFFEmbedder) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def forward(self, pixel_values: torch.Tensor):
         dtype = next(self.model.parameters()).dtype
-        return self.model(input_ids, attention_mask, pixel_values.to(dtype))
+        return self.model.image_tokens(pixel_values.to(dtype)).float()
 
 
-class TextEncoderGraph(nn.Module):
-    """chat tokens `[B, L]` -> `[B, K+1, D]`."""
+class LanguageEncoderGraph(nn.Module):
+    """chat tokens `[B, L]` + image features `[B, T, D]` float32 (T = 1 and unused for text) -> `[B, K+1, D]`."""
 
     def __init__(self, model: AGFFEmbedder) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        return self.model(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_features: torch.Tensor):
+        dtype = next(self.model.parameters()).dtype
+        return self.model.encode_tokens(input_ids, attention_mask, image_features.to(dtype))
 
 
 class ScorerGraph(nn.Module):
@@ -80,7 +83,7 @@ def export_graph(
     Past `external_data_bytes` of weights the tensors go to `<file>.onnx.data` beside the graph,
     referenced by a relative path, so the pair can be copied anywhere and still load.
     """
-    spec = GRAPHS[name]
+    spec = STORED[name]
     torch_dims = {d: torch.export.Dim(d, min=lo, max=hi) for d, (lo, hi) in dims.items()}
     dynamic_shapes = {
         arg: {axis: torch_dims[d] for axis, d in axes.items()} for arg, axes in spec.dynamic_axes().items()

@@ -1,4 +1,4 @@
-"""`python -m export.to_onnx CKPT`: write an ONNX bundle (one graph per modality, per precision) and gate it."""
+"""`python -m export.to_onnx CKPT`: write an ONNX bundle (a vision and a language encoder per precision) and gate it."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--image-size", type=int, nargs=2, metavar=("H", "W"), help="fixed input resolution (default: the model's)"
     )
+    p.add_argument(
+        "--without-fp32",
+        action="store_true",
+        help="a device bundle: gate the fp32 graphs, then leave them out (engines and the other precisions are "
+        "gated against the PyTorch outputs the bundle records)",
+    )
     p.add_argument("--batch", type=int, nargs=3, default=[1, 8, 64], metavar=("MIN", "OPT", "MAX"))
     p.add_argument("--opset", type=int, default=18)
     p.add_argument(
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             agreement_pairs=args.agreement_pairs,
             gate_images=tuple(args.gate_images),
             external_data_bytes=int(args.external_data_mb * 2**20),
+            keep_fp32=not args.without_fp32,
         )
         options.validate()
         target = get_target(args.target)

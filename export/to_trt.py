@@ -5,11 +5,11 @@ ONNX (fp32, mixed fp16, or int8 Q/DQ), never from builder flags (TensorRT 11
 removed them). One optimisation profile per dynamic input of the graph
 contract, and a reusable timing cache. On a board target (a Jetson) the
 engines' memory, estimated from the graphs (export.engine_memory), is checked
-before TensorRT starts. Built engines pass the parity gate against the fp32
-graphs in ONNX Runtime (no torch needed), under their precision's bar widened
-by the fp32 graphs' own recorded error against PyTorch, before they replace
-the bundle's engines and the manifest records them; engines that miss it are
-not kept.
+before TensorRT starts. Built engines, joined into the item pipelines, pass
+the parity gate against the PyTorch outputs the bundle's gate record holds (no
+torch and no fp32 graphs needed on the device), under their precision's bar,
+before they replace the bundle's engines and the manifest records them;
+engines that miss it are not kept.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from agff_deploy.contract import GRAPHS, SCORER, TRT_PRECISIONS, Bar, resolved_graphs
+from agff_deploy.contract import GRAPHS, SCORER, TRT_PRECISIONS, resolved_graphs, resolved_stored
 from agff_deploy.errors import AgffError, ArtifactError, InputError, MissingDependencyError, print_error
 from agff_deploy.manifest import (
     EngineEntry,
@@ -33,12 +33,12 @@ from agff_deploy.manifest import (
     write_manifest,
 )
 from runtime.cuda import query_device
-from runtime.loading import ort_runners
+from runtime.item_encoders import item_runners
 from runtime.runner import Runner
-from runtime.spec import ModelSpec
 from runtime.trt_runner import EngineLoader, TrtRunner
 
-from .check import CPU, GATE_IMAGES, GateReport, add_gate_arguments, compare, parity_input_sets
+from .check import GateReport, compare
+from .gate_reference import load_gate_reference
 from .targets import TARGETS, Target, get_target
 from .trt_lint import lint_file
 from .trt_profiles import ENGINE_FILES, Profile, profile_shapes
@@ -105,8 +105,6 @@ class BuildRequest:
     workspace_gb: float
     timing_cache: Path | None
     target: Target
-    gate_images: tuple[int, int] = GATE_IMAGES
-    agreement_pairs: int = 256
 
 
 @dataclass(frozen=True)
@@ -196,7 +194,7 @@ def build_bundle_engines(request: BuildRequest) -> EngineBuild:
             source = str(onnx_path.relative_to(request.bundle))
             entries[name] = EngineEntry(ENGINE_FILES[name], sha256_file(plans[name]), source, sha256_file(onnx_path))
         engines = Engines(request.precision, version, device.name, entries)
-        print("parity gate: the engines against the fp32 graphs in ONNX Runtime ...")
+        print("parity gate: the engines against the PyTorch outputs recorded at export ...")
         report = gate_engines(request, manifest, engines, plans)
         if report.passed:
             for name, plan_path in plans.items():
@@ -209,28 +207,18 @@ def build_bundle_engines(request: BuildRequest) -> EngineBuild:
 
 
 def gate_engines(request: BuildRequest, manifest: Manifest, engines: Engines, plans: dict[str, Path]) -> GateReport:
-    """The engines in `plans` (graph -> plan file) against the bundle's fp32 graphs in ONNX Runtime on the CPU."""
-    encoder = ModelSpec.from_manifest(request.bundle, manifest).feed_encoder()
-    input_sets = parity_input_sets(
-        encoder, manifest.sizes(), manifest.fusion, request.gate_images, request.agreement_pairs
-    )
-    specs = resolved_graphs(manifest.sizes())
-    reference = ort_runners(request.bundle, manifest, "fp32", providers=CPU, graphs=tuple(plans))
-    candidates: dict[str, Runner] = {
+    """The engines in `plans` (stored graph -> plan file), joined into the item pipelines, against the PyTorch
+    outputs of the bundle's gate record: parity with PyTorch on the device itself."""
+    pipelines = resolved_graphs(manifest.sizes())
+    reference, input_sets = load_gate_reference(request.bundle, manifest.gate, pipelines, manifest.fusion)
+    specs = resolved_stored(manifest.sizes())
+    stored: dict[str, Runner] = {
         name: TrtRunner(EngineLoader(path, engines, engines.graphs[name].sha256), specs[name])
         for name, path in plans.items()
     }
-    bars = {name: engine_bar(manifest, engines.precision, name) for name in plans}
+    candidates = item_runners(stored, pipelines, manifest.model.hidden_size)
+    bars = {name: GRAPHS[name].bars["fp32" if name == SCORER.name else engines.precision] for name in candidates}
     return GateReport(compare(reference, candidates, input_sets, bars, engines.precision), {})
-
-
-def engine_bar(manifest: Manifest, precision: str, graph: str) -> Bar:
-    """The bar an engine of `graph` at `precision` meets against the fp32 graph: the contract's bar against PyTorch,
-    widened by the fp32 graph's own error against PyTorch as the export gate recorded it (none recorded: not
-    widened). The scorer is always built from the fp32 scorer graph."""
-    bar = GRAPHS[graph].bars["fp32" if graph == SCORER.name else precision]
-    recorded = manifest.parity.error("fp32", graph) if manifest.parity else None
-    return bar if recorded is None else bar.widened(*recorded)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workspace", type=float, default=2.0, help="builder workspace in GiB (default: %(default)s)")
     p.add_argument("--timing-cache", type=Path, help="timing cache file to read and update")
     p.add_argument("--target", default="generic", choices=sorted(TARGETS))
-    add_gate_arguments(p)
     args = p.parse_args(argv)
     try:
         batch = args.batch or read_manifest(args.bundle).dims.batch.as_tuple()
@@ -254,8 +241,6 @@ def main(argv: list[str] | None = None) -> int:
             args.workspace,
             args.timing_cache,
             get_target(args.target),
-            tuple(args.gate_images),
-            args.agreement_pairs,
         )
         build = build_bundle_engines(request)
     except TensorRTMissing as err:

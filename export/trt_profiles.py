@@ -8,26 +8,32 @@ the maximum shapes.
 
 from __future__ import annotations
 
-from agff_deploy.contract import GRAPHS, IMAGE_ENCODER, SCORER, TEXT_ENCODER
+from agff_deploy.contract import LANGUAGE_ENCODER, SCORER, STORED, VISION_ENCODER
 from agff_deploy.manifest import Manifest
 
-ENGINE_FILES = {IMAGE_ENCODER.name: "model.plan", TEXT_ENCODER.name: "text_encoder.plan", SCORER.name: "scorer.plan"}
+# The language encoder is the model's bulk and what every item runs: `agff-run --engine model.plan`.
+ENGINE_FILES = {VISION_ENCODER.name: "vision.plan", LANGUAGE_ENCODER.name: "model.plan", SCORER.name: "scorer.plan"}
 SCORER_CANDIDATES = (1, 1024, 65536)
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
 
 
 def profile_shapes(manifest: Manifest, graph: str, batch: tuple[int, int, int]) -> Profile:
-    """(min, opt, max) shape of every input of `graph`: the contract's shapes, dynamic dims from the manifest."""
+    """(min, opt, max) shape of every input of stored `graph`: the contract's shapes, dynamic dims from the manifest.
+
+    One language-encoder profile spans text items (one placeholder image feature) and image items."""
     lo, opt, hi = batch
-    length = manifest.dims.image_length if graph == IMAGE_ENCODER.name else manifest.dims.text_length
+    text, image = manifest.dims.text_length, manifest.dims.image_length
+    shortest, longest = min(text.min, image.min), max(text.max, image.max)
+    tokens = manifest.image.num_image_tokens
     ranges = {
         "batch": batch,
-        "length": (length.min, min(length.max, length.min + 16), length.max),
+        "length": (shortest, min(longest, shortest + 16), longest),
+        "image_tokens": (1, tokens, tokens),
         "queries": (1, opt, hi),
         "candidates": SCORER_CANDIDATES,
     }
-    spec = GRAPHS[graph].resolve(manifest.sizes())
+    spec = STORED[graph].resolve(manifest.sizes())
 
     def at(i: int, shape: tuple[int | str, ...]) -> Shape:
         return tuple(ranges[d][i] if isinstance(d, str) else d for d in shape)

@@ -8,6 +8,8 @@ folder with agff_config.json     a checkpoint: PyTorch
 
 Every runner gets its graph's contract resolved for this model; a bundle
 whose recorded graph tensors differ from it is refused before anything loads.
+Runners are built per stored graph and joined into the item pipelines
+(`runtime.item_encoders`); callers get the pipelines by name.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agff_deploy.contract import GRAPH_NAMES, GraphSpec, model_sizes, resolved_graphs
+from agff_deploy.contract import GRAPH_NAMES, PIPELINES, GraphSpec, model_sizes, resolved_graphs, resolved_stored
 from agff_deploy.errors import ArtifactError, InputError, MissingFileError, NotInBundleError
 from agff_deploy.manifest import MANIFEST_FILE, GraphEntry, Manifest, check_external_data, read_manifest
 
+from .item_encoders import item_runners
 from .ort_runner import REEXPORT, OnnxSessionLoader, OrtRunner
 from .runner import ArtifactMismatch, Runner, verify_sha256
 from .spec import ModelSpec
@@ -67,7 +70,7 @@ def load_model(
     model_id = manifest.source.weights_sha256
     if chosen == "tensorrt":
         return LoadedModel(spec, _trt_runners(bundle, manifest, precision), "tensorrt", bundle, model_id)
-    runners = ort_runners(bundle, manifest, precision or "fp32", threads)
+    runners = ort_runners(bundle, manifest, precision or default_precision(manifest), threads)
     return LoadedModel(spec, runners, "onnxruntime", bundle, model_id)
 
 
@@ -77,6 +80,11 @@ def bundle_folder_of(path: Path) -> Path | None:
         if (folder / MANIFEST_FILE).is_file():
             return folder
     return None
+
+
+def default_precision(manifest: Manifest) -> str:
+    """fp32 where the bundle has it; a device bundle's first precision otherwise."""
+    return "fp32" if "fp32" in manifest.graphs else next(iter(manifest.graphs))
 
 
 def precision_of_graph(manifest: Manifest, bundle: Path, graph: Path) -> str:
@@ -124,6 +132,15 @@ def _checked(bundle: Path, entry: GraphEntry, spec: GraphSpec) -> GraphEntry:
     return entry
 
 
+def stored_graphs(pipelines: Sequence[str]) -> tuple[str, ...]:
+    """The stored graphs the named pipelines run, each once."""
+    return tuple(dict.fromkeys(graph for name in pipelines for graph in PIPELINES[name]))
+
+
+def _pipelines(manifest: Manifest, stored: dict[str, Runner]) -> dict[str, Runner]:
+    return item_runners(stored, resolved_graphs(manifest.sizes()), manifest.model.hidden_size)
+
+
 def ort_runners(
     bundle: Path,
     manifest: Manifest,
@@ -133,19 +150,20 @@ def ort_runners(
     graphs: Sequence[str] = GRAPH_NAMES,
     check_hashes: bool = True,
 ) -> dict[str, Runner]:
-    """ONNX Runtime runners of `graphs` at `precision` (not yet active: each opens its session on activation);
-    without `check_hashes` a graph is not compared with its manifest's sha256 when it loads."""
-    specs = resolved_graphs(manifest.sizes())
-    runners: dict[str, Runner] = {}
-    for name in graphs:
+    """ONNX Runtime runners of the pipelines `graphs` at `precision` (not yet active: each stored graph opens its
+    session when a pipeline that runs it activates); without `check_hashes` a graph is not compared with its
+    manifest's sha256 when it loads."""
+    specs = resolved_stored(manifest.sizes())
+    stored: dict[str, Runner] = {}
+    for name in stored_graphs(graphs):
         entry = _checked(bundle, manifest.graph(precision, name), specs[name])
         if entry.ungated:
             warnings.warn(
                 f"{bundle / entry.file} was added without the parity gate: its accuracy is not checked", stacklevel=2
             )
         loader = OnnxSessionLoader(bundle / entry.file, entry.sha256 if check_hashes else None, providers, threads)
-        runners[name] = OrtRunner(loader, specs[name])
-    return runners
+        stored[name] = OrtRunner(loader, specs[name])
+    return _pipelines(manifest, stored)
 
 
 def _trt_runners(bundle: Path, manifest: Manifest, precision: str | None) -> dict[str, Runner]:
@@ -159,17 +177,22 @@ def _trt_runners(bundle: Path, manifest: Manifest, precision: str | None) -> dic
         raise NotInBundleError(
             f"{bundle}'s TensorRT engines are {engines.precision}; build {precision} ones with `{rebuild}`"
         )
-    specs = resolved_graphs(manifest.sizes())
-    runners: dict[str, Runner] = {}
+    specs = resolved_stored(manifest.sizes())
+    stored: dict[str, Runner] = {}
     for name, entry in engines.graphs.items():
-        graph = _checked(bundle, manifest.graph(engines.precision, name), specs[name])
+        graph = manifest.graph(engines.precision, name)
         if (graph.file, graph.sha256) != (entry.source, entry.source_sha256):
             raise ArtifactMismatch(
                 f"{bundle / entry.file} was built from another {entry.source} than the bundle holds now; "
                 f"rebuild it with `python -m export.to_trt {bundle} --precision {engines.precision}`"
             )
-        runners[name] = TrtRunner(EngineLoader(bundle / entry.file, engines, entry.sha256), specs[name])
-    return runners
+        if (graph.inputs, graph.outputs) != (specs[name].inputs, specs[name].outputs):
+            raise ArtifactMismatch(
+                f"{bundle / entry.file} was built for other inputs or outputs than this agff-deploy runs; "
+                f"re-export the bundle with `{REEXPORT}`"
+            )
+        stored[name] = TrtRunner(EngineLoader(bundle / entry.file, engines, entry.sha256), specs[name])
+    return _pipelines(manifest, stored)
 
 
 def _torch_model(checkpoint: Path, image_size: tuple[int, int] | None) -> LoadedModel:

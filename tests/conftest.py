@@ -77,7 +77,7 @@ def export_bundle(ckpt, out, **options):
 
 def sample_manifest(**fields):
     """A small valid manifest (graphs without files) with `fields` replaced: for tests that only read it."""
-    from agff_deploy.contract import IMAGE_ENCODER, model_sizes
+    from agff_deploy.contract import VISION_ENCODER, model_sizes
     from agff_deploy.manifest import (
         BatchRange,
         Dims,
@@ -91,9 +91,9 @@ def sample_manifest(**fields):
         TokenizerFile,
     )
 
-    image = IMAGE_ENCODER.resolve(model_sizes((56, 56), num_prompts=3, hidden_size=32))
+    vision = VISION_ENCODER.resolve(model_sizes((56, 56), num_prompts=3, hidden_size=32))
     entry = GraphEntry(
-        "fp32/image_encoder.onnx", "0" * 64, (), image.inputs, image.outputs, ("onnxruntime", "tensorrt")
+        "fp32/vision_encoder.onnx", "0" * 64, (), vision.inputs, vision.outputs, ("onnxruntime", "tensorrt")
     )
     values = {
         "created_by": "agff-deploy 0.1.0",
@@ -102,7 +102,7 @@ def sample_manifest(**fields):
         "tokenizer": TokenizerFile("tokenizer.json", "1" * 64, 48),
         "fusion": Fusion(0.05, 0.05, (0.0, 0.1, -0.1, 0.0), 0.05),
         "dims": Dims(BatchRange(1, 4, 16), LengthRange(21, 69), LengthRange(15, 63)),
-        "graphs": {"fp32": {"image_encoder": entry}},
+        "graphs": {"fp32": {"vision_encoder": entry}},
         "source": Source("/ckpt", "2" * 64, "3" * 64),
     }
     return Manifest(**{**values, **fields})

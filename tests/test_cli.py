@@ -83,7 +83,7 @@ def test_embeds_one_image_and_prints_a_json_summary(tiny_bundle, photos):
 
 def test_engine_may_be_a_single_onnx_graph(tiny_bundle, photos):
     code, summary, _ = agff_run(
-        "--engine", tiny_bundle / "fp32" / "image_encoder.onnx", photos / "coffee.png", "--quiet"
+        "--engine", tiny_bundle / "fp32" / "language_encoder.onnx", photos / "coffee.png", "--quiet"
     )
     assert code == 0 and summary["embedded"] == 1
 

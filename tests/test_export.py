@@ -16,13 +16,14 @@ from onnx.reference import ReferenceEvaluator
 from agff_deploy import contract
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.config import AGFFConfig
-from agff_deploy.contract import BARS, IMAGE_ENCODER, TEXT_ENCODER, model_sizes, resolved_graphs
+from agff_deploy.contract import BARS, IMAGE_ENCODER, TEXT_ENCODER, model_sizes, resolved_graphs, resolved_stored
+from agff_deploy.feeds import language_feed as feeds_for_language
 from agff_deploy.manifest import MANIFEST_FILE, read_manifest, sha256_file
 from export.check import agreement, gate_bundle, parity_sets, pytorch_reference
 from export.check import main as check_main
 from export.targets import get_target
 from export.to_onnx import main as to_onnx_main
-from runtime.ort_runner import OnnxSessionLoader, OrtRunner
+from runtime.loading import ort_runners
 from runtime.torch_runner import TorchRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,13 +44,29 @@ def specs_of(config):
     return resolved_graphs(sizes_of(config))
 
 
-def test_bundle_holds_one_graph_per_modality_and_precision(tiny_bundle):
+def test_bundle_holds_a_vision_and_one_language_encoder_per_precision(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
     assert set(manifest.graphs) == {"fp32", "fp16", "int8", "int8-dynamic"}
-    for graphs in manifest.graphs.values():
-        assert set(graphs) == {"image_encoder", "text_encoder", "scorer"}
+    for precision, graphs in manifest.graphs.items():
+        assert {name: entry.file for name, entry in graphs.items()} == {
+            "vision_encoder": f"{precision}/vision_encoder.onnx",
+            "language_encoder": f"{precision}/language_encoder.onnx",
+            "scorer": "scorer.onnx",
+        }
         for entry in graphs.values():
             assert sha256_file(tiny_bundle / entry.file) == entry.sha256
+
+
+def test_the_language_model_and_its_token_table_are_stored_once_per_precision(tiny_bundle, tiny_checkpoint):
+    model, _ = load_checkpoint(tiny_checkpoint)
+    table = model.mllm.language_model.embed_tokens.weight.detach().numpy()
+    holders = []
+    for name in ("vision_encoder", "language_encoder"):
+        graph = onnx.load(str(tiny_bundle / "fp32" / f"{name}.onnx"))
+        arrays = [numpy_helper.to_array(t) for t in graph.graph.initializer]
+        if any(a.shape == table.shape and np.array_equal(a, table) for a in arrays):
+            holders.append(name)
+    assert holders == ["language_encoder"]
 
 
 def test_manifest_says_everything_the_runtime_needs(tiny_bundle, tiny_checkpoint):
@@ -63,17 +80,19 @@ def test_manifest_says_everything_the_runtime_needs(tiny_bundle, tiny_checkpoint
     assert manifest.dims.batch.as_tuple() == (1, 4, 16)
     stored = json.loads((tiny_bundle / MANIFEST_FILE).read_text())
     assert stored["dims"]["batch"] == {"min": 1, "opt": 4, "max": 16}
-    image_inputs = stored["graphs"]["fp32"]["image_encoder"]["inputs"]
-    assert image_inputs[0] == {"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 56, 56]}
-    assert manifest.graphs["fp32"]["image_encoder"].inputs == specs_of(config)["image_encoder"].inputs
-    assert manifest.graphs["int8-dynamic"]["image_encoder"].backends == ("onnxruntime",)
+    vision_inputs = stored["graphs"]["fp32"]["vision_encoder"]["inputs"]
+    assert vision_inputs == [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 56, 56]}]
+    stored_specs = resolved_stored(sizes_of(config))
+    assert manifest.graphs["fp32"]["language_encoder"].inputs == stored_specs["language_encoder"].inputs
+    assert manifest.graphs["int8-dynamic"]["language_encoder"].backends == ("onnxruntime",)
+    assert manifest.gate.file == "gate.npz" and manifest.gate.sha256 == sha256_file(tiny_bundle / "gate.npz")
     assert manifest.parity.passed is True
 
 
-def test_image_graph_is_the_whole_multi_prompt_pass_with_dynamic_batch(tiny_bundle, model_and_encoder):
+def test_image_pipeline_is_the_whole_multi_prompt_pass_with_dynamic_batch(tiny_bundle, model_and_encoder):
     model, encoder = model_and_encoder
     spec = specs_of(model.config)["image_encoder"]
-    graph = OrtRunner(OnnxSessionLoader(tiny_bundle / "fp32" / "image_encoder.onnx"), spec)
+    graph = ort_runners(tiny_bundle, read_manifest(tiny_bundle), "fp32", graphs=["image_encoder"])["image_encoder"]
     reference = TorchRunner(model, spec, device="cpu")
     feeds = parity_sets(encoder, sizes_of(model.config))["B"]["image_encoder"]
     with graph, reference:
@@ -85,11 +104,13 @@ def test_image_graph_is_the_whole_multi_prompt_pass_with_dynamic_batch(tiny_bund
             assert cos >= BARS["fp32"].min_cosine and err <= BARS["fp32"].max_abs
 
 
-def test_fp16_graph_keeps_norms_and_softmax_in_fp32(tiny_bundle):
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_bundle / "fp16" / "image_encoder.onnx")))
+# The vision tower normalises with LayerNorm, the language model with RMSNorm (a ReduceMean of squares).
+@pytest.mark.parametrize("graph, norm", [("vision_encoder", "LayerNormalization"), ("language_encoder", "ReduceMean")])
+def test_fp16_graph_keeps_norms_and_softmax_in_fp32(tiny_bundle, graph, norm):
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_bundle / "fp16" / f"{graph}.onnx")))
     types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
     first_input = {n.op_type: types.get(n.input[0]) for n in model.graph.node}
-    assert first_input["LayerNormalization"] == TensorProto.FLOAT
+    assert first_input[norm] == TensorProto.FLOAT
     assert first_input["Softmax"] == TensorProto.FLOAT
     matmuls = {types.get(n.input[0]) for n in model.graph.node if n.op_type == "MatMul"}
     assert TensorProto.FLOAT16 in matmuls
@@ -99,14 +120,15 @@ def test_fp16_text_graph_meets_its_bar_in_the_onnx_reference_evaluator(tiny_bund
     """A second, independent fp16 check: onnx's reference evaluator runs fp16 exactly (ORT CPU inserts casts)."""
     model, encoder = model_and_encoder
     feeds = parity_sets(encoder, sizes_of(model.config))["A"]["text_encoder"]
-    out = ReferenceEvaluator(str(tiny_bundle / "fp16" / "text_encoder.onnx")).run(None, feeds)[0]
+    language_feed = feeds_for_language(feeds, hidden=model.config.hidden_size)
+    out = ReferenceEvaluator(str(tiny_bundle / "fp16" / "language_encoder.onnx")).run(None, language_feed)[0]
     with TorchRunner(model, specs_of(model.config)["text_encoder"], device="cpu") as reference:
         cos, _ = agreement(out, reference.infer(feeds)[TEXT_ENCODER.output])
     assert cos >= BARS["fp16"].min_cosine
 
 
 def test_int8_graph_is_symmetric_qdq_on_weighted_matmuls_only(tiny_bundle, tiny_checkpoint):
-    model = onnx.load(str(tiny_bundle / "int8" / "text_encoder.onnx"))
+    model = onnx.load(str(tiny_bundle / "int8" / "language_encoder.onnx"))
     initializers = {t.name: t for t in model.graph.initializer}
     zero_points = [initializers[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert zero_points and all(zp.data_type == TensorProto.INT8 for zp in zero_points)
@@ -134,7 +156,7 @@ def test_gate_fails_a_graph_whose_numbers_drift(tmp_path, tiny_bundle, model_and
     model, encoder = model_and_encoder
     broken = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, broken)
-    path = broken / "fp32" / "text_encoder.onnx"
+    path = broken / "fp32" / "vision_encoder.onnx"
     graph = onnx.load(str(path))
     weight = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
@@ -142,18 +164,53 @@ def test_gate_fails_a_graph_whose_numbers_drift(tmp_path, tiny_bundle, model_and
     reference = pytorch_reference(model, encoder, read_manifest(tiny_bundle).fusion, agreement_pairs=0)
     report = gate_bundle(broken, *reference, get_target("generic"))
     failed = {(r.precision, r.graph) for r in report.rows if not r.passed}
-    assert failed == {("fp32", "text_encoder")}
+    assert failed == {("fp32", "image_encoder")}
     assert not report.passed and "FAIL" in report.table()
 
 
 def test_check_command_passes_a_good_bundle_and_prints_the_table(tiny_bundle, capsys):
-    assert check_main([str(tiny_bundle), "--agreement-pairs", "0"]) == 0
+    assert check_main([str(tiny_bundle), "--ckpt", "auto", "--agreement-pairs", "0"]) == 0
     out = capsys.readouterr().out
     assert "min cos" in out and "parity gate: passed" in out
 
 
-def copied_graphs(source, precisions, negate_fp32_image=False):
-    """A stand-in for `BundleBuilder.write_graphs`: `source`'s graphs at `precisions` (fp32 image output negated)."""
+def test_check_command_gates_against_the_record_the_bundle_carries(tiny_bundle, tmp_path, capsys):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["source"]["checkpoint"] = str(tmp_path / "gone")
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert check_main([str(copy)]) == 0
+    assert "parity gate: passed" in capsys.readouterr().out
+
+
+def test_a_gate_record_that_changed_is_refused_by_name(tiny_bundle, tmp_path, capsys):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    with open(copy / "gate.npz", "ab") as f:
+        f.write(b"x")
+    assert check_main([str(copy)]) == 2
+    assert f"{copy / 'gate.npz'} is not the gate record this bundle was exported with" in capsys.readouterr().err
+
+
+def test_a_device_bundle_leaves_fp32_out_and_still_runs_and_gates(tmp_path, tiny_checkpoint, tiny_bundle, monkeypatch):
+    import export.bundle as bundle
+    from runtime.embedder import Embedder
+
+    monkeypatch.setattr(bundle.BundleBuilder, "write_graphs", copied_graphs(tiny_bundle, ("fp32", "fp16")))
+    out = tmp_path / "bundle"
+    args = [str(tiny_checkpoint), "-o", str(out), "--precision", "fp16", "--without-fp32", "--agreement-pairs", "0"]
+    assert to_onnx_main(args) == 0
+    manifest = read_manifest(out)
+    assert list(manifest.graphs) == ["fp16"] and not (out / "fp32").exists()
+    assert {row.precision for row in manifest.parity.rows} == {"fp32", "fp16"}
+    with Embedder.load(out) as model:
+        assert model.embed_texts(["a red circle"]).shape == (1, manifest.model.num_prompts, manifest.model.hidden_size)
+    assert check_main([str(out)]) == 0
+
+
+def copied_graphs(source, precisions, negate_fp32_language=False):
+    """A stand-in for `BundleBuilder.write_graphs`: `source`'s graphs at `precisions` (fp32 embeddings negated)."""
     import export.bundle as bundle
 
     def write_graphs(self, folder):
@@ -161,10 +218,10 @@ def copied_graphs(source, precisions, negate_fp32_image=False):
         files = {}
         for precision in precisions:
             shutil.copytree(source / precision, folder / precision)
-            files[precision] = {name: folder / precision / f"{name}.onnx" for name in bundle.ENCODERS}
+            files[precision] = {name: folder / precision / f"{name}.onnx" for name in bundle.STORED_ENCODERS}
             files[precision]["scorer"] = folder / "scorer.onnx"
-        if negate_fp32_image:
-            negate_output(files["fp32"]["image_encoder"])
+        if negate_fp32_language:
+            negate_output(files["fp32"]["language_encoder"])
         return files
 
     return write_graphs
@@ -193,7 +250,14 @@ def test_a_precision_that_fails_the_gate_is_left_out_of_the_bundle(tmp_path, tin
     assert export_with_int8_out_of_reach(tiny_checkpoint, out, tiny_bundle, monkeypatch) == 1
     manifest = read_manifest(out)
     assert set(manifest.graphs) == {"fp32", "fp16"}
-    assert sorted(p.name for p in out.iterdir()) == ["fp16", "fp32", "manifest.json", "scorer.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fp16",
+        "fp32",
+        "gate.npz",
+        "manifest.json",
+        "scorer.onnx",
+        "tokenizer.json",
+    ]
     assert manifest.parity.passed is True
     assert {row.precision for row in manifest.parity.rows} == {"fp32", "fp16"}
     assert list(manifest.parity.left_out) == ["int8"]
@@ -217,7 +281,7 @@ def test_export_whose_fp32_fails_writes_no_bundle_even_where_others_pass(
 ):
     import export.bundle as bundle
 
-    graphs = copied_graphs(tiny_bundle, ("fp32", "fp16"), negate_fp32_image=True)
+    graphs = copied_graphs(tiny_bundle, ("fp32", "fp16"), negate_fp32_language=True)
     monkeypatch.setattr(bundle.BundleBuilder, "write_graphs", graphs)
     out = tmp_path / "bundle"
     code = to_onnx_main([str(tiny_checkpoint), "-o", str(out), "--precision", "fp16", "--agreement-pairs", "0"])
@@ -263,7 +327,7 @@ def test_export_prints_no_torchvision_warnings(fp32_export_run):
 
 def test_export_timing_lines_name_graphs_inside_the_bundle_never_the_temporary_folder(fp32_export_run):
     timed = [line.split(":")[0].strip() for line in fp32_export_run.stdout.splitlines() if line.endswith(" s")]
-    assert timed == ["scorer.onnx", "fp32/image_encoder.onnx", "fp32/text_encoder.onnx"]
+    assert timed == ["scorer.onnx", "fp32/vision_encoder.onnx", "fp32/language_encoder.onnx"]
     assert ".tmp-" not in fp32_export_run.stdout + fp32_export_run.stderr
 
 

@@ -15,7 +15,7 @@ from export.to_trt import BuildRequest, preflight
 from runtime.embedder import Embedder
 from tests.conftest import export_bundle, scene_images
 
-ENCODERS = ("image_encoder", "text_encoder")
+ENCODERS = ("vision_encoder", "language_encoder")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_every_encoder_keeps_its_weights_in_a_data_file_the_manifest_lists(split
 
 
 def test_int8_dynamic_of_a_split_graph_streams_its_weights_to_int8_matmul_integer(split_bundle):
-    graph = onnx.load(str(split_bundle / "int8-dynamic" / "text_encoder.onnx"), load_external_data=False)
+    graph = onnx.load(str(split_bundle / "int8-dynamic" / "language_encoder.onnx"), load_external_data=False)
     ops = [n.op_type for n in graph.graph.node]
     assert "MatMulInteger" in ops and ops.count("MatMulInteger") == ops.count("DynamicQuantizeLinear")
     int8 = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
@@ -51,7 +51,7 @@ def test_int8_dynamic_of_a_split_graph_streams_its_weights_to_int8_matmul_intege
 
 def test_int8_calibration_that_cannot_fit_in_memory_is_refused_first(tmp_path, tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(bundle_module.os, "sysconf", lambda name: 1024)
-    with pytest.raises(ValueError, match="calibrating the .* image encoder needs about"):
+    with pytest.raises(ValueError, match="calibrating the .* model needs about"):
         export_bundle(tiny_checkpoint, tmp_path / "bundle", precisions=("fp32", "int8"), agreement_pairs=0)
     assert list(tmp_path.iterdir()) == []
 
@@ -68,28 +68,28 @@ def test_a_copied_split_bundle_embeds_exactly_like_the_single_file_bundle(tmp_pa
 def test_a_missing_data_file_is_named_with_its_graph_before_any_inference(tmp_path, split_bundle):
     broken = tmp_path / "bundle"
     shutil.copytree(split_bundle, broken)
-    (broken / "fp32" / "text_encoder.onnx.data").unlink()
-    with pytest.raises(FileNotFoundError, match=r"fp32/text_encoder.onnx.data is missing: it holds the weights of .*"
-                       r"fp32/text_encoder.onnx"):  # fmt: skip
+    (broken / "fp32" / "language_encoder.onnx.data").unlink()
+    with pytest.raises(FileNotFoundError, match=r"fp32/language_encoder.onnx.data is missing: it holds the weights "
+                       r"of .*fp32/language_encoder.onnx"):  # fmt: skip
         Embedder.load(broken)
 
 
 def test_a_truncated_data_file_is_named_with_the_size_it_needs(tmp_path, split_bundle):
     broken = tmp_path / "bundle"
     shutil.copytree(split_bundle, broken)
-    data = broken / "int8-dynamic" / "image_encoder.onnx.data"
+    data = broken / "int8-dynamic" / "vision_encoder.onnx.data"
     size = data.stat().st_size
     data.write_bytes(data.read_bytes()[: size // 2])
-    with pytest.raises(ValueError, match=f"image_encoder.onnx.data is {size // 2} bytes but .* needs {size}"):
+    with pytest.raises(ValueError, match=f"vision_encoder.onnx.data is {size // 2} bytes but .* needs {size}"):
         Embedder.load(broken, precision="int8-dynamic")
 
 
 def test_the_engine_build_checks_data_files_before_tensorrt_starts(tmp_path, split_bundle):
     broken = tmp_path / "bundle"
     shutil.copytree(split_bundle, broken)
-    (broken / "int8" / "image_encoder.onnx.data").unlink()
+    (broken / "int8" / "vision_encoder.onnx.data").unlink()
     request = BuildRequest(broken, "int8", (1, 4, 16), 1.0, None, get_target("generic"))
-    with pytest.raises(FileNotFoundError, match="int8/image_encoder.onnx.data is missing"):
+    with pytest.raises(FileNotFoundError, match="int8/vision_encoder.onnx.data is missing"):
         preflight(request, read_manifest(broken))
 
 

@@ -70,7 +70,7 @@ def test_the_trainer_sees_the_pixels_the_runtime_sees_for_a_sideways_transparent
 
 def test_a_calibration_folder_photo_is_calibrated_upright_on_white(tmp_path, encoder):
     photo = sideways_transparent_photo(tmp_path / "calib" / "photo.png")
-    feeds = calibration_feeds(encoder, "image_encoder", tmp_path / "calib")
+    feeds = calibration_feeds(encoder, "vision_encoder", tmp_path / "calib")
     assert len(feeds) == 1
     assert np.array_equal(feeds[0]["pixel_values"], encoder.pixels([upright_on_white(photo)]))
 

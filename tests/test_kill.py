@@ -13,7 +13,7 @@ from agff_deploy.manifest import Manifest, read_manifest, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 # Lines the exporter prints as it enters each stage: PyTorch reference, graph export, parity gate.
-STAGES = ("PyTorch reference", "fp32/image_encoder.onnx", "parity gate ...")
+STAGES = ("PyTorch reference", "fp32/vision_encoder.onnx", "parity gate ...")
 
 
 def export_command(ckpt: Path, out: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""The typed, versioned bundle manifest: JSON in and out, older versions read, newer ones refused."""
+"""The typed, versioned bundle manifest: JSON in and out; older layouts and newer versions refused with what to do."""
 
 import json
 
@@ -26,7 +26,7 @@ ROWS = (
 )
 ENGINES = Engines("fp16", "10.3.0", "Orin", {"scorer": EngineEntry("scorer.plan", "4" * 64, "scorer.onnx", "0" * 64)})
 
-# What the exporter wrote before the manifest was typed (format_version 1): more fields, never read.
+# A format_version 1 manifest: the layout that stored the language model in an image and a text encoder graph.
 VERSION_1 = {
     "format": "agff-bundle",
     "format_version": 1,
@@ -71,9 +71,15 @@ def test_the_file_names_its_format_and_schema_version(tmp_path):
     assert "parity" not in stored and "engines" not in stored
 
 
-def test_a_version_1_manifest_of_the_untyped_exporter_loads_with_the_fields_that_are_read():
-    manifest = Manifest.from_json(VERSION_1)
-    assert manifest == sample_manifest(parity=Parity(True, ()), engines=ENGINES)
+def test_a_version_1_bundle_is_refused_with_the_command_that_re_exports_it(tmp_path):
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(VERSION_1))
+    expected = (
+        f"{tmp_path / MANIFEST_FILE}: format_version 1 is an older bundle layout (the language model stored per "
+        f"encoder) that agff-deploy {__version__} no longer reads; re-export it with `python -m export.to_onnx CKPT`"
+    )
+    with pytest.raises(ArtifactError) as raised:
+        read_manifest(tmp_path)
+    assert str(raised.value) == expected
 
 
 def test_a_manifest_written_by_a_newer_version_is_refused_naming_both_versions():
@@ -84,13 +90,6 @@ def test_a_manifest_written_by_a_newer_version_is_refused_naming_both_versions()
     )
     with pytest.raises(ValueError, match=expected):
         Manifest.from_json(newer)
-
-
-def test_the_recorded_fp32_error_of_a_graph_is_its_worst_over_the_input_sets():
-    parity = Parity(True, ROWS)
-    cosine_error, abs_error = parity.error("fp32", "text_encoder")
-    assert cosine_error == pytest.approx(3e-7) and abs_error == 3.0e-7
-    assert parity.error("fp32", "scorer") is None
 
 
 def test_a_manifest_missing_a_nested_field_is_an_artifact_error_naming_the_file(tmp_path):

@@ -9,13 +9,13 @@ from export.bundle import parse_precisions
 from export.to_onnx import parse_args
 from tests.conftest import sample_manifest
 
-ENTRY = sample_manifest().graphs["fp32"]["image_encoder"]
-BUNDLE = sample_manifest(graphs={"fp32": {"image_encoder": ENTRY}, "fp16": {"image_encoder": ENTRY}})
+ENTRY = sample_manifest().graphs["fp32"]["vision_encoder"]
+BUNDLE = sample_manifest(graphs={"fp32": {"vision_encoder": ENTRY}, "fp16": {"vision_encoder": ENTRY}})
 
 
 def advised_precisions(asked: str) -> list[str]:
     with pytest.raises(KeyError) as missing:
-        BUNDLE.graph(asked, "image_encoder")
+        BUNDLE.graph(asked, "vision_encoder")
     return re.findall(r"--precision ([\w-]+)", str(missing.value))
 
 
@@ -37,4 +37,4 @@ def test_a_precision_the_gate_left_out_is_answered_with_the_gate_s_reason():
     with pytest.raises(
         KeyError, match=re.escape(f"the parity gate left it out ({reason}); export with --precision int8")
     ):
-        bundle.graph("int8", "image_encoder")
+        bundle.graph("int8", "vision_encoder")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from agff_deploy.contract import IMAGE_ENCODER, TEXT_ENCODER
+from agff_deploy.contract import LANGUAGE_ENCODER, TEXT_ENCODER
 from runtime.embedder import Embedder
 from runtime.ort_runner import OnnxSessionLoader, OrtRunner
 from runtime.runner import ArtifactMismatch, Runner
@@ -104,10 +104,17 @@ def test_runners_sharing_a_model_leave_tf32_as_found_when_deactivated_in_reverse
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
 
 
+def stored_runners(model: Embedder) -> dict:
+    """The runners of the stored graphs under the Embedder's pipelines, each once."""
+    runners = {name: lease.runner for p in model.runners.values() for name, lease in getattr(p, "leases", {}).items()}
+    return {**runners, "scorer": model.runners["scorer"]}
+
+
 def counted_loads(model: Embedder) -> dict[str, int]:
-    """Count each runner's session loads from now on."""
-    loads = dict.fromkeys(model.runners, 0)
-    for name, runner in model.runners.items():
+    """Count each stored graph's session loads from now on."""
+    runners = stored_runners(model)
+    loads = dict.fromkeys(runners, 0)
+    for name, runner in runners.items():
         load = runner.load_session
 
         def counting(name=name, load=load):
@@ -124,8 +131,9 @@ def test_entering_an_embedder_after_first_use_loads_each_graph_once(tiny_bundle)
     model.embed_texts(["a red circle"])
     with model:
         model.embed_texts(["a snow scene"])
-    assert loads == {"image_encoder": 1, "text_encoder": 1, "scorer": 1}
-    assert not any(runner.is_active for runner in model.runners.values())
+        model.embed_images([np.zeros((56, 56, 3), np.uint8)])
+    assert loads == {"vision_encoder": 1, "language_encoder": 1, "scorer": 1}
+    assert not any(runner.is_active for runner in stored_runners(model).values())
 
 
 def test_an_embedder_deactivates_its_runners_in_reverse_order(tiny_bundle):
@@ -138,7 +146,8 @@ def test_an_embedder_deactivates_its_runners_in_reverse_order(tiny_bundle):
 
 
 def test_a_graph_whose_tensors_are_not_its_contract_s_is_refused_when_it_loads(tiny_bundle):
-    runner = OrtRunner(OnnxSessionLoader(tiny_bundle / "fp32" / "text_encoder.onnx"), IMAGE_ENCODER)
-    with pytest.raises(ArtifactMismatch, match="the image_encoder graph has attention_mask tensor\\(int64\\)"):
+    runner = OrtRunner(OnnxSessionLoader(tiny_bundle / "fp32" / "vision_encoder.onnx"), LANGUAGE_ENCODER)
+    found = "image_features tensor\\(float\\), pixel_values tensor\\(float\\);"
+    with pytest.raises(ArtifactMismatch, match=f"the language_encoder graph has {found}"):
         runner.activate()
     assert not runner.is_active

@@ -54,14 +54,15 @@ def test_onnxruntime_runner_matches_pytorch_runner_within_the_fp32_bar(ort_model
 
 def test_backend_follows_the_path(tiny_bundle, tiny_checkpoint):
     assert Embedder.load(tiny_bundle).backend == "onnxruntime"
-    assert Embedder.load(tiny_bundle / "fp16" / "image_encoder.onnx").backend == "onnxruntime"
+    assert Embedder.load(tiny_bundle / "fp16" / "vision_encoder.onnx").backend == "onnxruntime"
     assert Embedder.load(tiny_checkpoint).backend == "pytorch"
     assert Embedder.load(tiny_bundle, backend="pytorch").backend == "pytorch"
 
 
 def test_an_onnx_path_selects_its_precision(tiny_bundle):
-    model = Embedder.load(tiny_bundle / "int8" / "text_encoder.onnx")
-    assert model.runners["text_encoder"].load_session.path == tiny_bundle / "int8" / "text_encoder.onnx"
+    model = Embedder.load(tiny_bundle / "int8" / "language_encoder.onnx")
+    language = model.runners["text_encoder"].leases["language_encoder"].runner
+    assert language.load_session.path == tiny_bundle / "int8" / "language_encoder.onnx"
 
 
 def test_scorer_graph_equals_numpy_fusion_within_1e5(ort_model):
@@ -97,7 +98,7 @@ def test_rank_scores_images_as_the_model_was_trained(ort_model):
 def test_a_graph_that_differs_from_its_manifest_is_refused(tmp_path, tiny_bundle):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    with open(bundle / "fp32" / "text_encoder.onnx", "ab") as f:
+    with open(bundle / "fp32" / "language_encoder.onnx", "ab") as f:
         f.write(b"\0")
     model = Embedder.load(bundle)
     with pytest.raises(ArtifactMismatch, match="does not match its manifest.*python -m export.to_onnx CKPT"):
@@ -159,3 +160,21 @@ def test_activate_loads_only_the_graphs_named(tiny_bundle):
     assert {name for name, runner in model.runners.items() if runner.is_active} == {"text_encoder"}
     model.close()
     assert not any(runner.is_active for runner in model.runners.values())
+
+
+def test_a_text_only_user_never_loads_the_vision_encoder(tiny_bundle):
+    with Embedder.load(tiny_bundle) as model:
+        model.close()
+        model.embed_texts(["a red circle"])
+        leases = model.runners["image_encoder"].leases
+        assert leases["language_encoder"].runner.is_active and not leases["vision_encoder"].runner.is_active
+
+
+def test_the_image_and_text_pipelines_share_one_language_session(tiny_bundle):
+    with Embedder.load(tiny_bundle) as model:
+        image_language = model.runners["image_encoder"].leases["language_encoder"].runner
+        assert model.runners["text_encoder"].leases["language_encoder"].runner is image_language
+        model.embed_texts(["a red circle"])
+        model.runners["text_encoder"].deactivate()
+        assert image_language.is_active
+        assert model.embed_images(images(1)).shape[0] == 1

@@ -29,7 +29,7 @@ def train_from_base(base, out, image_size: int) -> Trainer:
 def check_split_bundle(bundle, image_size: int) -> None:
     manifest = read_manifest(bundle)
     assert manifest.parity.passed and manifest.image.size == (image_size, image_size)
-    for name in ("image_encoder", "text_encoder"):
+    for name in ("vision_encoder", "language_encoder"):
         assert manifest.graphs["fp32"][name].external_data, name
     with Embedder.load(bundle) as model:
         embeddings = model.embed_images(scene_images(1, image_size, 3))

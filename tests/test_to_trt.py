@@ -50,11 +50,12 @@ def test_without_tensorrt_the_builder_says_where_and_how_to_build(tiny_bundle, c
 
 def test_profiles_span_the_manifest_dims(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
-    shapes = profile_shapes(manifest, "image_encoder", (1, 4, 8))
-    length = manifest.dims.image_length
-    assert shapes["pixel_values"] == ((1, 3, 56, 56), (4, 3, 56, 56), (8, 3, 56, 56))
-    assert shapes["input_ids"][0] == (1, length.min) and shapes["input_ids"][2] == (8, length.max)
-    assert set(profile_shapes(manifest, "text_encoder", (1, 4, 8))) == {"input_ids", "attention_mask"}
+    vision = profile_shapes(manifest, "vision_encoder", (1, 4, 8))
+    assert vision == {"pixel_values": ((1, 3, 56, 56), (4, 3, 56, 56), (8, 3, 56, 56))}
+    language = profile_shapes(manifest, "language_encoder", (1, 4, 8))
+    text, image, tokens = manifest.dims.text_length, manifest.dims.image_length, manifest.image.num_image_tokens
+    assert language["input_ids"][0] == (1, text.min) and language["input_ids"][2] == (8, image.max)
+    assert language["image_features"] == ((1, 1, 32), (4, tokens, 32), (8, tokens, 32))
     assert profile_shapes(manifest, "scorer", (1, 4, 8))["candidates"][2][0] == 65536
 
 
@@ -70,7 +71,7 @@ def test_preflight_refuses_a_precision_the_bundle_or_target_lacks(tiny_bundle):
 
 def test_preflight_returns_the_graphs_to_build_for_a_jetson(tiny_bundle):
     paths = preflight(request(tiny_bundle, target=get_target("jetson-orin-jp6")), read_manifest(tiny_bundle))
-    assert [p.name for p in paths] == ["image_encoder.onnx", "text_encoder.onnx", "scorer.onnx"]
+    assert [p.name for p in paths] == ["vision_encoder.onnx", "language_encoder.onnx", "scorer.onnx"]
 
 
 def test_memory_check_notes_a_build_that_fits_and_refuses_one_that_does_not(tiny_bundle):
@@ -89,7 +90,7 @@ def test_engines_build_and_the_manifest_records_them(tmp_path, tiny_bundle, prec
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     cache = tmp_path / "timing.cache"
-    build = build_bundle_engines(request(bundle, precision=precision, timing_cache=cache, agreement_pairs=0))
+    build = build_bundle_engines(request(bundle, precision=precision, timing_cache=cache))
     assert build.report.passed, build.report.table()
     assert cache.is_file()
     assert {e.file for e in build.engines.graphs.values()} == set(ENGINE_FILES.values())
@@ -98,7 +99,7 @@ def test_engines_build_and_the_manifest_records_them(tmp_path, tiny_bundle, prec
     assert recorded["precision"] == precision and recorded["tensorrt"] == tensorrt_version()
 
 
-FAKE_BUILD = ["--batch", "1", "4", "8", "--agreement-pairs", "0"]
+FAKE_BUILD = ["--batch", "1", "4", "8"]
 
 
 def built_with_fakes(monkeypatch, source, folder, precision, scale=1.0):
@@ -125,18 +126,26 @@ def test_engines_that_pass_the_gate_are_put_in_place_and_recorded(fp32_engines):
     for name, entry in engines.graphs.items():
         assert entry.file == ENGINE_FILES[name] and sha256_file(bundle / entry.file) == entry.sha256
     assert not list(bundle.glob(".*.tmp-*"))
-    assert "built model.plan, text_encoder.plan, scorer.plan with TensorRT 10.3.0 on Fake GPU" in printed.out
+    assert "built vision.plan, model.plan, scorer.plan with TensorRT 10.3.0 on Fake GPU" in printed.out
 
 
-def test_the_gate_compares_each_engine_with_the_fp32_graph_under_the_widened_bar(fp32_engines):
+def test_the_gate_holds_each_engine_pipeline_to_the_recorded_pytorch_outputs_under_its_bar(fp32_engines):
     _, bundle, printed = fp32_engines
-    rows = [row for row in map(str.split, printed.out.splitlines()) if row[:1] == ["fp32"] and row[1] in ENGINE_FILES]
-    assert [(row[1], row[2], row[-1]) for row in rows] == [
-        (graph, inputs, "pass") for graph in ENGINE_FILES for inputs in ("A", "B")
+    pipelines = ("image_encoder", "text_encoder", "scorer")
+    rows = [row for row in map(str.split, printed.out.splitlines()) if row[:1] == ["fp32"] and row[1] in pipelines]
+    assert [(row[1], row[2], row[5], row[-1]) for row in rows] == [
+        (graph, inputs, "cos>=0.99999", "pass") for graph in pipelines for inputs in ("A", "B")
     ]
-    bar = next(row for row in rows if row[1] == "image_encoder")[5]
-    recorded = read_manifest(bundle).parity.error("fp32", "image_encoder")
-    assert bar == f"cos>={round(0.99999 - recorded[0], 9)}"
+
+
+def test_engines_are_gated_on_the_device_without_the_fp32_graphs(monkeypatch, tmp_path, tiny_bundle):
+    device = tmp_path / "device"
+    shutil.copytree(tiny_bundle, device)
+    shutil.rmtree(device / "fp32")
+    manifest = read_manifest(device)
+    write_manifest(device, dataclasses.replace(manifest, graphs={"fp16": manifest.graphs["fp16"]}))
+    code, bundle = built_with_fakes(monkeypatch, device, tmp_path / "copy", "fp16")
+    assert code == 0 and read_manifest(bundle).engines.precision == "fp16"
 
 
 def test_an_engine_that_misses_the_gate_is_not_kept_and_the_build_exits_1_with_the_table(
@@ -146,7 +155,8 @@ def test_an_engine_that_misses_the_gate_is_not_kept_and_the_build_exits_1_with_t
     printed = capsys.readouterr()
     assert code == 1
     assert "FAIL" in printed.out and "min cos" in printed.out
-    assert "error: parity gate FAILED for the fp16 engines: image_encoder on input set A: min cos -1.0" in printed.err
+    assert "error: parity gate FAILED for the fp16 engines: image_encoder on input set A: min cos -0." in printed.err
+    assert "text_encoder on input set A: min cos -1.00000" in printed.err
     assert read_manifest(bundle).engines is None
     assert not list(bundle.glob("*.plan")) and not list(bundle.glob(".*.tmp-*"))
 
@@ -166,10 +176,10 @@ def test_the_embedder_runs_recorded_engines_as_onnx_runtime_runs_their_graphs(fp
 def test_engines_built_from_graphs_the_bundle_no_longer_holds_are_refused(fp32_engines):
     _, bundle, _ = fp32_engines
     manifest = read_manifest(bundle)
-    entry = manifest.engines.graphs["text_encoder"]
-    stale = dict(manifest.engines.graphs, text_encoder=dataclasses.replace(entry, source_sha256="0" * 64))
+    entry = manifest.engines.graphs["language_encoder"]
+    stale = dict(manifest.engines.graphs, language_encoder=dataclasses.replace(entry, source_sha256="0" * 64))
     write_manifest(bundle, dataclasses.replace(manifest, engines=dataclasses.replace(manifest.engines, graphs=stale)))
-    with pytest.raises(ArtifactMismatch, match="text_encoder.plan was built from another fp32/text_encoder.onnx"):
+    with pytest.raises(ArtifactMismatch, match="model.plan was built from another fp32/language_encoder.onnx"):
         Embedder.load(bundle, backend="tensorrt")
 
 

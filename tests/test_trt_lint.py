@@ -69,6 +69,6 @@ def test_every_exported_trt_graph_lints_clean_for_every_target(tiny_bundle):
 
 
 def test_dynamic_int8_graphs_would_not_build_on_tensorrt(tiny_bundle):
-    problems = lint_file(tiny_bundle / "int8-dynamic" / "text_encoder.onnx", GENERIC)
+    problems = lint_file(tiny_bundle / "int8-dynamic" / "language_encoder.onnx", GENERIC)
     assert any("MatMulInteger" in p or "DynamicQuantizeLinear" in p for p in problems)
-    assert isinstance(onnx.load(str(tiny_bundle / "int8-dynamic" / "text_encoder.onnx")), onnx.ModelProto)
+    assert isinstance(onnx.load(str(tiny_bundle / "int8-dynamic" / "language_encoder.onnx")), onnx.ModelProto)
