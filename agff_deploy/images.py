@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
@@ -27,8 +28,19 @@ class ImageLoadError(InputError):
     """An image file that cannot be used as given; the message names the file and why."""
 
 
+# Pillow's integer modes for 16-bit (and 32-bit) single-channel data: 16-bit PNG and TIFF greyscale open as these.
+WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, compositing transparency onto white (transformers' `convert_to_rgb`)."""
+    """RGB, compositing transparency onto white (transformers' `convert_to_rgb`); 16-bit greyscale scaled to 8 bits.
+
+    Pillow's own conversion of a 16-bit greyscale image clips every value over 255, which turns a photo white.
+    Pillow already reduces 16-bit RGB files to 8 bits when it opens them.
+    """
+    if image.mode in WIDE_GREY_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        image = Image.fromarray(((np.clip(values, 0, 65535) + 128) // 257).astype(np.uint8), mode="L")
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.graphs import ImageEncoderGraph, TextEncoderGraph, export_graph
+from agff_deploy.contract import GRAPHS
+from export.graphs import export_graph
 
-from .common import image_feeds, interleaved_medians, model_for, ort_session
+from .common import OneGraphImageEncoder, OneGraphTextEncoder, image_feeds, interleaved_medians, model_for, ort_session
 
 
 def main() -> None:
@@ -34,14 +35,14 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, module, feeds, length_with_image in (
-            ("image_encoder", ImageEncoderGraph(model), image, True),
-            ("text_encoder", TextEncoderGraph(model), text, False),
+            ("image_encoder", OneGraphImageEncoder(model), image, True),
+            ("text_encoder", OneGraphTextEncoder(model), text, False),
         ):
             lo, hi = encoder.formatter.length_range(with_image=length_with_image)
             dims = {"batch": (1, 64), "length": (max(2, lo), hi)}
             example = tuple(torch.from_numpy(v[:2]) for v in feeds.values())
             with contextlib.redirect_stdout(io.StringIO()):
-                path = export_graph(module, name, example, Path(tmp) / f"{name}.onnx", 18, dims)
+                path = export_graph(module, GRAPHS[name], example, Path(tmp) / f"{name}.onnx", 18, dims)
             sess = ort_session(path, args.threads)
             tensors = tuple(torch.from_numpy(v) for v in feeds.values())
 

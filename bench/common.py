@@ -127,3 +127,27 @@ class Spread:
     def to_json(self) -> dict[str, float]:
         """For json.dumps(..., default=Spread.to_json)."""
         return {k: round(v, 3) for k, v in vars(self).items()}
+
+
+class OneGraphImageEncoder(torch.nn.Module):
+    """pixels + tokens -> `[B, K+1, D]` as ONE graph (vision tower and language model together): how bundles stored
+    the image encoder before format 2. Benchmarks time it as one graph and set it against the two-graph pipeline."""
+
+    def __init__(self, model: AGFFEmbedder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        dtype = next(self.model.parameters()).dtype
+        return self.model(input_ids, attention_mask, pixel_values.to(dtype))
+
+
+class OneGraphTextEncoder(torch.nn.Module):
+    """tokens -> `[B, K+1, D]` as one graph without an image-features input (the text encoder before format 2)."""
+
+    def __init__(self, model: AGFFEmbedder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self.model(input_ids, attention_mask)

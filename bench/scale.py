@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from agff_deploy.config import AGFFConfig
-from agff_deploy.contract import ENCODERS, SCORER
+from agff_deploy.contract import SCORER, STORED_ENCODERS
 from agff_deploy.manifest import read_manifest
+from agff_deploy.provenance import provenance
 from agff_deploy.scenes import make_scene
 from runtime.scoring import fused_similarity
 
@@ -124,12 +125,13 @@ def run_export(command: list[str], period: float = 0.5) -> ExportRun:
 
 
 def bundle_sizes(bundle: Path) -> dict[str, int]:
-    """Bytes per precision: its two encoder graphs and their external data (the shared scorer apart)."""
+    """Bytes per precision: its vision and language encoder graphs and their external data (the shared scorer
+    apart)."""
     manifest = read_manifest(bundle)
     sizes = {}
     for precision, graphs in manifest.graphs.items():
         total = 0
-        for name in ENCODERS:
+        for name in STORED_ENCODERS:
             entry = graphs[name]
             total += (bundle / entry.file).stat().st_size + sum(d.bytes for d in entry.external_data)
         sizes[precision] = total
@@ -152,7 +154,7 @@ def add_ungated_int8_dynamic(bundle: Path) -> None:
     folder.mkdir(exist_ok=True)
     fp32 = manifest.graphs["fp32"]
     entries = {SCORER.name: fp32[SCORER.name]}
-    for name in ENCODERS:
+    for name in STORED_ENCODERS:
         path = quantize_dynamic_int8(bundle / fp32[name].file, folder / f"{name}.onnx")
         entries[name] = dataclasses.replace(
             fp32[name],
@@ -165,13 +167,87 @@ def add_ungated_int8_dynamic(bundle: Path) -> None:
     write_manifest(bundle, dataclasses.replace(manifest, graphs={**manifest.graphs, "int8-dynamic": entries}))
 
 
+def device_bundle_bytes(bundle: Path, precision: str) -> int:
+    """What a device bundle of `precision` alone (`--without-fp32`) holds: its graphs, the scorer, the gate record,
+    tokenizer and manifest."""
+    shared = ("scorer.onnx", "gate.npz", "tokenizer.json", "manifest.json")
+    return bundle_sizes(bundle)[precision] + sum((bundle / name).stat().st_size for name in shared)
+
+
+def measure_text_only(bundle: str, precision: str, threads: int, texts: int) -> dict[str, Any]:
+    """Peak RSS of a process that only embeds texts: the vision encoder is never loaded."""
+    from runtime.embedder import Embedder
+
+    model = Embedder.load(bundle, precision=precision, threads=threads)
+    _, captions = _scenes(texts, 28)
+    model.embed_texts(captions)
+    vision_loaded = model.runners["image_encoder"].leases["vision_encoder"].runner.is_active
+    model.close()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"precision": precision, "peak_rss": rss, "vision_loaded": vision_loaded}
+
+
 def _scenes(count: int, size: int) -> tuple[list[np.ndarray], list[str]]:
     scenes = [make_scene(SCENE_SEED + i, held_out=True) for i in range(count)]
     return [s.render(size) for s in scenes], [s.caption() for s in scenes]
 
 
+ONE_GRAPH = "one-graph"  # the fp32 layout before format 2: one image and one text graph, each with the LM
+
+
+def export_one_graph(ckpt: str, bundle: str) -> None:
+    """The checkpoint's fp32 image and text encoders as one graph each (format 1's layout) into `bundle/one-graph`,
+    with the bundle's dims: the layout the two-graph pipeline replaced, timed beside it in the same run."""
+    import contextlib
+    import io
+
+    import torch
+
+    from agff_deploy.checkpoint import item_encoder, load_checkpoint
+    from agff_deploy.contract import IMAGE_ENCODER, TEXT_ENCODER
+    from export.graphs import export_graph
+
+    from .common import OneGraphImageEncoder, OneGraphTextEncoder
+
+    manifest = read_manifest(Path(bundle))
+    model, tokenizer = load_checkpoint(Path(ckpt), image_size=manifest.image.size)
+    encoder = item_encoder(model.config, tokenizer)
+    folder = Path(bundle) / ONE_GRAPH
+    folder.mkdir(exist_ok=True)
+    batch = (manifest.dims.batch.min, manifest.dims.batch.max)
+    pictures, captions = _scenes(2, manifest.image.size[0])
+    for spec, module, feed, length in (
+        (IMAGE_ENCODER, OneGraphImageEncoder(model), encoder.feeds(["", ""], pictures), manifest.dims.image_length),
+        (TEXT_ENCODER, OneGraphTextEncoder(model), encoder.feeds(captions), manifest.dims.text_length),
+    ):
+        example = tuple(torch.from_numpy(feed[n]) for n in spec.input_names)
+        dims = {"batch": batch, "length": (length.min, length.max)}
+        with contextlib.redirect_stdout(io.StringIO()):
+            export_graph(module, spec, example, folder / f"{spec.name}.onnx", 18, dims)
+
+
+def _one_graph_embedder(bundle: Path, threads: int):
+    """An Embedder over the one-graph encoders, with the bundle's preprocessing and scorer."""
+    from agff_deploy.contract import IMAGE_ENCODER, TEXT_ENCODER, resolved_graphs
+    from runtime.embedder import Embedder
+    from runtime.ort_runner import OnnxSessionLoader, OrtRunner
+    from runtime.spec import ModelSpec
+
+    manifest = read_manifest(bundle)
+    specs = resolved_graphs(manifest.sizes())
+    runners = {
+        spec.name: OrtRunner(
+            OnnxSessionLoader(bundle / ONE_GRAPH / f"{spec.name}.onnx", threads=threads), specs[spec.name]
+        )
+        for spec in (IMAGE_ENCODER, TEXT_ENCODER)
+    }
+    spec = ModelSpec.from_manifest(bundle, manifest)
+    return Embedder(spec, runners, "onnxruntime", bundle, manifest.source.weights_sha256)
+
+
 def measure_runtime(bundle: str, precision: str, threads: int, images: int, texts: int) -> dict[str, Any]:
-    """One precision in this (fresh) process: load, latencies at batch 1 and `images`, and its embeddings."""
+    """One precision (or the one-graph layout) in this (fresh) process: load, latencies at batch 1 and `images`, and
+    its embeddings."""
     from runtime.embedder import Embedder
 
     def timed(fn) -> tuple[float, Any]:
@@ -180,7 +256,11 @@ def measure_runtime(bundle: str, precision: str, threads: int, images: int, text
         return time.perf_counter() - t, out
 
     started = time.perf_counter()
-    with Embedder.load(bundle, precision=precision, threads=threads) as model:
+    if precision == ONE_GRAPH:
+        loaded = _one_graph_embedder(Path(bundle), threads)
+    else:
+        loaded = Embedder.load(bundle, precision=precision, threads=threads)
+    with loaded as model:
         load_seconds = time.perf_counter() - started
         pictures, captions = _scenes(max(images, texts), model.preprocessor.height)
         pixels = model.pixels(pictures[:images])
@@ -273,6 +353,21 @@ def agreement(reference: dict[str, Any], other: dict[str, Any], fusion: tuple[fl
     }
 
 
+def _layout_comparison(pipeline: dict[str, Any], one_graph: dict[str, Any]) -> dict[str, Any]:
+    """Time ratios (pipeline / one graph, under 1 is faster) per batch, and how far apart their embeddings are."""
+    from export.check import agreement
+
+    pairs = [(pipeline[k], one_graph[k]) for k in ("image_embeddings", "text_embeddings")]
+    cosine, max_abs = min(agreement(a, b)[0] for a, b in pairs), max(agreement(a, b)[1] for a, b in pairs)
+    return {
+        "image_time_ratio": {k: pipeline["image_ms"][k] / one_graph["image_ms"][k] for k in pipeline["image_ms"]},
+        "text_time_ratio": {k: pipeline["text_ms"][k] / one_graph["text_ms"][k] for k in pipeline["text_ms"]},
+        "peak_rss_ratio": pipeline["peak_rss"] / one_graph["peak_rss"],
+        "max_abs": max_abs,
+        "min_cosine": cosine,
+    }
+
+
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
@@ -298,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agreement-pairs", type=int, default=0, help="the gate's retrieval check (default: off)")
     p.add_argument("--reuse", action="store_true", help="keep an export already in --work")
     p.add_argument(
+        "--one-graph",
+        action="store_true",
+        help="also export the fp32 encoders as one graph each (the layout before format 2) and time them beside the "
+        "vision + language pipeline",
+    )
+    p.add_argument(
         "--ungated-int8-dynamic",
         action="store_true",
         help="add int8-dynamic encoders quantised from the fp32 ones without the gate (speed where the gate refuses)",
@@ -311,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         command = [sys.executable, "-m", "export.to_onnx", str(args.ckpt), "-o", str(bundle), "--precision"]
         command += [*args.precision, "--gate-images", "1", "2", "--calib-samples", str(args.calib_samples)]
-        command += ["--agreement-pairs", str(args.agreement_pairs)]
+        command += ["--agreement-pairs", str(args.agreement_pairs), "--fp16-guard-samples", "4"]
         print("export:", " ".join(command[1:]))
         run = run_export(command)
         export = {
@@ -331,6 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     print("bundle size: " + ", ".join(f"{k} {_gib(v)}" for k, v in sizes.items()))
 
     results = {}
+    if args.one_graph:
+        if not (bundle / ONE_GRAPH / "image_encoder.onnx").is_file():
+            print("exporting the one-graph fp32 encoders (the layout before format 2) ...", flush=True)
+            in_fresh_processes(export_one_graph, str(args.ckpt), str(bundle), processes=1)
+        print(f"runtime {ONE_GRAPH} ...", flush=True)
+        job = (str(bundle), ONE_GRAPH, args.threads, args.images, args.texts)
+        results[ONE_GRAPH] = in_fresh_processes(measure_runtime, *job, processes=1)[0]
     for precision in args.runtime_precisions:
         if precision not in read_manifest(bundle).graphs:
             print(f"runtime {precision}: not in the bundle (the gate left it out)")
@@ -338,6 +446,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"runtime {precision} ...", flush=True)
         job = (str(bundle), precision, args.threads, args.images, args.texts)
         results[precision] = in_fresh_processes(measure_runtime, *job, processes=1)[0]
+        text_only = in_fresh_processes(
+            measure_text_only, str(bundle), precision, args.threads, args.texts, processes=1
+        )[0]
+        results[precision]["text_only"] = text_only
+        print(
+            f"  text-only process: peak RSS {_gib(text_only['peak_rss'])}, vision loaded: {text_only['vision_loaded']}"
+        )
     manifest = read_manifest(bundle)
     fusion = (manifest.fusion.t_in, manifest.fusion.t_f, np.asarray(manifest.fusion.pattern_bias))
     config = AGFFConfig.load(args.ckpt)
@@ -351,7 +466,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{precision:<13}{r['load_s']:>8.1f}{_gib(r['peak_rss']):>11}{r['image_ms']['1']:>13.0f}"
             f"{r['image_ms'][n]:>13.0f}{r['text_ms']['1']:>12.0f}{r['text_ms'][str(args.texts)]:>13.0f}"
         )
-    summary: dict[str, Any] = {"export": export, "bundle_bytes": sizes, "gflop_per_image": gflop, "gemm_gflops": peak}
+    summary: dict[str, Any] = {
+        "export": export,
+        "bundle_bytes": sizes,
+        "device_bundle_bytes": {p: device_bundle_bytes(bundle, p) for p in sizes if p != "fp32"},
+        "gflop_per_image": gflop,
+        "gemm_gflops": peak,
+    }
     fp32 = results.get("fp32")
     if fp32:
         achieved = gflop / (fp32["image_ms"][n] / 1000)
@@ -370,7 +491,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{speedup_text['1']:.2f}x / {speedup_text[str(args.texts)]:.2f}x; min cosine {match['min_cosine']:.4f}; "
             f"top-1 agreement {match['top1_agreement']:.1%} over {match['decisions']} retrievals"
         )
+    if fp32 and ONE_GRAPH in results:
+        summary["pipeline_vs_one_graph"] = _layout_comparison(fp32, results[ONE_GRAPH])
+        ratios = summary["pipeline_vs_one_graph"]
+        print(
+            f"vision + language pipeline vs one graph (fp32, same run): time ratio image "
+            f"{ratios['image_time_ratio']['1']:.3f} (batch 1), {ratios['image_time_ratio'][n]:.3f} (batch {n}); "
+            f"text {ratios['text_time_ratio']['1']:.3f} / {ratios['text_time_ratio'][str(args.texts)]:.3f}; "
+            f"peak RSS {_gib(fp32['peak_rss'])} vs {_gib(results[ONE_GRAPH]['peak_rss'])}; "
+            f"embeddings min cosine {ratios['min_cosine']:.7f}"
+        )
     summary["runtime"] = {k: {m: v for m, v in r.items() if not m.endswith("embeddings")} for k, r in results.items()}
+    summary.update(provenance())
+    summary["command"] = ["python", "-m", "bench.scale", *(argv if argv is not None else sys.argv[1:])]
     (args.work / "scale.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"bench": "scale", **{k: v for k, v in summary.items() if k != "export"}}))
     return 0

@@ -21,11 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agff_deploy.contract import IMAGE_ENCODER
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.prompts import PrefixSharedPrompts
-from export.graphs import ImageEncoderGraph, export_graph
+from export.graphs import export_graph
 
-from .common import Spread, image_feeds, in_fresh_processes, ort_session, random_model, session_medians
+from .common import (
+    OneGraphImageEncoder,
+    Spread,
+    image_feeds,
+    in_fresh_processes,
+    ort_session,
+    random_model,
+    session_medians,
+)
 
 
 class NaivePromptsGraph(nn.Module):
@@ -74,14 +83,14 @@ def export_graphs(preset: str, batch: int, folder: Path) -> tuple[dict[str, Path
     dims = {"batch": (1, 64), "length": encoder.formatter.length_range(with_image=True)}
     example = tuple(torch.from_numpy(feeds[k][:2]) for k in ("pixel_values", "input_ids", "attention_mask"))
     graphs = {
-        "agff": ImageEncoderGraph(model),
-        "single": ImageEncoderGraph(single_prompt_model(model)),
+        "agff": OneGraphImageEncoder(model),
+        "single": OneGraphImageEncoder(single_prompt_model(model)),
         "naive": NaivePromptsGraph(model),
     }
     paths = {}
     for name, module in graphs.items():
         with contextlib.redirect_stdout(io.StringIO()):
-            paths[name] = export_graph(module, "image_encoder", example, folder / f"{preset}-{name}.onnx", 18, dims)
+            paths[name] = export_graph(module, IMAGE_ENCODER, example, folder / f"{preset}-{name}.onnx", 18, dims)
     return paths, feeds, model
 
 

@@ -51,6 +51,7 @@ from agff_deploy.contract import (
     PRECISIONS,
     QUERIES,
     SCORER,
+    STORED,
     STORED_ENCODERS,
     TRT_PRECISIONS,
     VISION_ENCODER,
@@ -95,9 +96,6 @@ from .graphs import (
 from .precision import quantize_dynamic_int8, quantize_qdq
 from .targets import Target
 
-# Calibration items (as many images and texts) whose activation ranges decide what fp16 keeps in fp32.
-FP16_GUARD_SAMPLES = 16
-
 
 class DiskFull(AgffError, OSError):
     """The bundle does not fit where it is written; nothing partial is left."""
@@ -114,6 +112,7 @@ class ExportOptions:
     gate_images: tuple[int, int] = GATE_IMAGES
     external_data_bytes: int = EXTERNAL_DATA_BYTES
     keep_fp32: bool = True  # False: a device bundle (fp32 gated, then left out)
+    fp16_guard_samples: int = 16  # calibration images and texts whose activation ranges the fp16 guard measures
 
     def validate(self) -> None:
         lo, opt, hi = self.batch
@@ -189,7 +188,7 @@ class BundleBuilder:
         with contextlib.redirect_stdout(io.StringIO()):
             export_graph(
                 module,
-                name,
+                STORED[name],
                 self._examples()[name],
                 path,
                 self.options.opset,
@@ -225,7 +224,7 @@ class BundleBuilder:
 
     def _overflowing_modules(self) -> list[str]:
         """Modules whose activations leave fp16's range on calibration items (images with instructions, texts)."""
-        size, count = self.encoder.preprocessor.height, FP16_GUARD_SAMPLES
+        size, count = self.encoder.preprocessor.height, self.options.fp16_guard_samples
         scenes = [make_scene(CALIBRATION_SEED + i) for i in range(count)]
         feeds = [self.encoder.feeds([s.caption() for s in scenes[i : i + 4]]) for i in range(0, count, 4)]
         feeds += [self.encoder.feeds([""] * 4, [s.render(size) for s in scenes[i : i + 4]]) for i in range(0, count, 4)]
@@ -252,7 +251,9 @@ class BundleBuilder:
                 feeds = calibration_feeds(
                     self.encoder, name, self.options.calib_dir, self.options.calib_samples, fp32[VISION_ENCODER.name]
                 )
-                quantize_qdq(fp32[name], path, feeds)
+                kept = [f"{name}/{node}" for node in quantize_qdq(fp32[name], path, feeds)]
+                self.kept_in_float["int8"] = (*self.kept_in_float.get("int8", ()), *kept)
+                self.log(f"  {self._label(path)}: {len(kept)} weight MatMuls kept in float by sensitivity")
             else:
                 quantize_dynamic_int8(fp32[name], path)
             self.log(f"  {self._label(path)}: {time.perf_counter() - started:.1f} s")

@@ -28,6 +28,7 @@ which onnx's reference evaluator computes as the walk reaches them.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ from onnx.reference import ReferenceEvaluator
 from agff_deploy.contract import TRT_PRECISIONS
 from agff_deploy.errors import AgffError, InputError, print_error
 from agff_deploy.manifest import Manifest, read_manifest
+from agff_deploy.provenance import provenance
 
 from .targets import ORIN_BOARDS, Target
 from .trt_profiles import ENGINE_FILES, Shape, profile_shapes
@@ -275,10 +277,23 @@ class BundleMemory:
         return steps[first - 1] if first else None
 
 
-def budget_table(memory: BundleMemory, batch: Batch, boards: Sequence[Target]) -> str:
+BUDGET_HEADER = (
+    "precision",
+    "weights",
+    "activations",
+    "workspace",
+    "total GiB",
+    "shapes",
+    "board",
+    "usable GiB",
+    "fits",
+    "largest max batch",
+)
+
+
+def budget_rows(memory: BundleMemory, batch: Batch, boards: Sequence[Target]) -> list[tuple[str, ...]]:
     """One row per precision and board: the estimate at `batch`, and the largest max batch that fits the board."""
-    header = ("precision", "weights", "activations", "workspace", "total GiB", "shapes", "board", "usable GiB")
-    rows = [(*header, "fits", "largest max batch")]
+    rows = []
     for precision in memory.precisions:
         budget = memory.budget(precision, batch)
         for board in boards:
@@ -298,7 +313,12 @@ def budget_table(memory: BundleMemory, batch: Batch, boards: Sequence[Target]) -
                     str(largest) if largest else "none",
                 )
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) + 2)]
+    return rows
+
+
+def budget_table(rows: Sequence[tuple[str, ...]]) -> str:
+    rows = [BUDGET_HEADER, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(BUDGET_HEADER))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     )
@@ -311,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), help="default: the bundle's export range"
     )
     p.add_argument("--workspace", type=float, default=2.0, help="builder workspace in GiB (default: %(default)s)")
+    p.add_argument("--json", type=Path, help="also write the table here, one object per row")
     args = p.parse_args(argv)
     try:
         manifest = read_manifest(args.bundle)
@@ -323,7 +344,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.bundle}: TensorRT engines at --batch {lo} {opt} {hi}, --workspace {args.workspace:g} GiB "
             "(sizes in GiB; activations at the profile's max shapes, an upper bound)"
         )
-        print(budget_table(memory, (lo, opt, hi), ORIN_BOARDS))
+        rows = budget_rows(memory, (lo, opt, hi), ORIN_BOARDS)
+        print(budget_table(rows))
+        if args.json:
+            table = [dict(zip(BUDGET_HEADER, row, strict=True)) for row in rows]
+            record = {"bundle": str(args.bundle), "batch": [lo, opt, hi], "rows": table, **provenance()}
+            args.json.write_text(json.dumps(record, indent=2) + "\n")
     except (AgffError, OSError) as err:
         return print_error(err)
     return 0

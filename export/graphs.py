@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from agff_deploy.contract import STORED
+from agff_deploy.contract import GraphSpec
 from agff_deploy.manifest import ExternalData
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.similarity import fused_similarity
@@ -70,20 +70,19 @@ class ScorerGraph(nn.Module):
 
 def export_graph(
     module: nn.Module,
-    name: str,
+    spec: GraphSpec,
     example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int,
     dims: dict[str, tuple[int, int]],
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> Path:
-    """`torch.onnx.export(dynamo=True)` of graph `name` as the contract names its tensors and dynamic axes; `dims`
+    """`torch.onnx.export(dynamo=True)` of `module` as the contract `spec` names its tensors and dynamic axes; `dims`
     gives each dynamic axis's (min, max).
 
     Past `external_data_bytes` of weights the tensors go to `<file>.onnx.data` beside the graph,
     referenced by a relative path, so the pair can be copied anywhere and still load.
     """
-    spec = STORED[name]
     torch_dims = {d: torch.export.Dim(d, min=lo, max=hi) for d, (lo, hi) in dims.items()}
     dynamic_shapes = {
         arg: {axis: torch_dims[d] for axis, d in axes.items()} for arg, axes in spec.dynamic_axes().items()

@@ -11,6 +11,9 @@
   is calibrated and rewritten in a streaming pass instead.
 - int8-dynamic: ONNX Runtime dynamic quantization, for CPU deployments only
   (TensorRT cannot parse its MatMulInteger).
+- int4: weight-only, block-wise symmetric int4 of the MatMul weights behind an
+  opset-21 DequantizeLinear (TensorRT 10's INT4 weight-only form); activations
+  stay in float. Rewritten in a streaming pass, one weight in memory at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +84,9 @@ def activation_matmuls(path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and not constants & set(n.input)]
 
 
-def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
-    """Symmetric int8 Q/DQ on weight-bearing MatMul/Gemm/Conv, calibrated (min/max) on `feeds`.
+def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> list[str]:
+    """Symmetric int8 Q/DQ on weight-bearing MatMul/Gemm/Conv, calibrated (min/max) on `feeds`; the MatMuls whose
+    own int8 error is largest on the first feed stay in float (`export.int8_sensitivity`). Returns their names.
 
     ORT's static quantizer holds a graph about three times over, so a graph with
     external weights goes through `stream_qdq` instead.
@@ -91,6 +96,7 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Pa
     if _has_external(onnx.load(str(src), load_external_data=False)):
         return stream_qdq(src, dst, feeds)
     with _preprocessed(src) as (prepared, external):
+        kept = _sensitive_matmuls(prepared, feeds)
         quantize_static(
             str(prepared),
             str(dst),
@@ -100,7 +106,7 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Pa
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=QUANTIZED_OPS,
-            nodes_to_exclude=activation_matmuls(prepared),
+            nodes_to_exclude=activation_matmuls(prepared) + kept,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={
                 "ActivationSymmetric": True,
@@ -109,7 +115,25 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Pa
             },
             use_external_data_format=external,
         )
-    return dst
+    return kept
+
+
+def _activation_scales(src: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.float32]:
+    """Per-tensor int8 scale of every weight MatMul's activation: its calibrated absolute maximum / 127."""
+    model = onnx.load(str(src), load_external_data=False)
+    targets = _weight_matmuls(model.graph)
+    activations = sorted({n.input[0] for n in model.graph.node if n.output and n.output[0] in targets})
+    peaks = _peaks(src, activations, feeds)
+    return {name: np.float32(peak / 127 if peak > 0 else 1.0) for name, peak in peaks.items()}
+
+
+def _sensitive_matmuls(
+    src: Path, feeds: list[dict[str, np.ndarray]], scales: dict[str, np.float32] | None = None
+) -> list[str]:
+    from .int8_sensitivity import keep_in_float, matmul_errors
+
+    scales = scales if scales is not None else _activation_scales(src, feeds)
+    return keep_in_float(matmul_errors(src, feeds[0], scales))
 
 
 def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
@@ -197,8 +221,9 @@ def stream_dynamic_int8(src: Path, dst: Path) -> Path:
     return _rewrite_weight_matmuls(src, dst, _integer_matmul)
 
 
-def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
-    """Static int8 Q/DQ of every MatMul by a 2-D weight, for graphs too large for ORT's quantizer.
+def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> list[str]:
+    """Static int8 Q/DQ of every MatMul by a 2-D weight, for graphs too large for ORT's quantizer; returns the
+    MatMuls left in float because their own int8 error is largest (`export.int8_sensitivity`).
 
     The form `quantize_qdq` writes for TensorRT: the activation goes through a
     QuantizeLinear/DequantizeLinear pair with a per-tensor scale (its calibrated
@@ -210,15 +235,14 @@ def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Path
     at a time. MatMuls between two activations (attention), Conv and Gemm stay in
     float. The output is `dst` plus `dst.data`.
     """
-    model = onnx.load(str(src), load_external_data=False)
-    targets = _weight_matmuls(model.graph)
-    activations = sorted({n.input[0] for n in model.graph.node if n.output and n.output[0] in targets})
-    scales = {
-        name: np.float32(peak / 127 if peak > 0 else 1.0) for name, peak in _peaks(src, activations, feeds).items()
-    }
+    scales = _activation_scales(src, feeds)
+    kept = set(_sensitive_matmuls(src, feeds, scales))
     quantized: set[str] = set()
 
     def qdq_matmul(node, name, weight, writer):
+        if node.name in kept:
+            float_weight = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=weight.shape)
+            return [writer.add(float_weight, weight)], [node]
         tensors, nodes = _weight_dq(name, weight, writer)
         x = node.input[0]
         if x not in quantized:
@@ -238,7 +262,8 @@ def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> Path
         )
         return tensors, nodes
 
-    return _rewrite_weight_matmuls(src, dst, qdq_matmul)
+    _rewrite_weight_matmuls(src, dst, qdq_matmul)
+    return sorted(kept)
 
 
 def _peaks(src: Path, activations: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -366,3 +391,192 @@ def _integer_matmul(
         helper.make_node("Mul", [f"{out}_float", f"{out}_scale"], [out]),
     ]
     return tensors, nodes
+
+
+# int4 weight-only: every `block_size` rows (the K axis) of a [K, N] weight share one scale per column.
+INT4_BLOCK_SIZES = (32, 64, 128)  # TensorRT 10 takes blocks of 64 and 128; 32 is for ONNX Runtime only
+INT4_OPSET = 21  # INT4 tensors and DequantizeLinear's block_size exist from opset 21 (IR version 10) on
+_INT4_IR_VERSION = 10
+_INT4_MAX = 7  # symmetric: scale = the block's absolute maximum / 7, so codes span [-7, 7] and -8 is never used
+_INT4_CHUNK = 1 << 22  # weight elements quantised at once: bounds the temporaries of a large weight to ~16 MB each
+_INT4_SCALE_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
+
+
+@dataclass(frozen=True)
+class Int4Counts:
+    """The MatMuls (and Gemms) of a graph by what they multiply by: what the manifest records of an int4 variant."""
+
+    quantized: int  # a weight behind an int4 DequantizeLinear
+    kept: int  # a weight left in float: K not a whole number of blocks, tied, not 2-D, not fp32/fp16, or a Gemm's
+    activation: int  # two activations (attention): never quantized
+
+
+def quantize_int4(src: Path, dst: Path, block_size: int = 128) -> Path:
+    """Weight-only int4 of every MatMul by a 2-D weight: DequantizeLinear(int4, block_size) -> MatMul.
+
+    The form TensorRT 10 parses as INT4 weight-only block quantization (and
+    ONNX Runtime runs): each weight [K, N] is stored as ONNX INT4 with one
+    positive scale per `block_size` rows of each column (DequantizeLinear
+    axis 0, no zero point: symmetric, zero point 0), scale = block absolute
+    maximum / 7, codes = round-half-to-even(w / scale). Activations stay in
+    float, as do MatMuls of two activations, tied weights and weights whose K
+    is not a multiple of `block_size` (a ragged last block is valid ONNX, but
+    TensorRT documents whole blocks of 64 or 128 only, and padding K would put
+    a Pad on the activation between the DequantizeLinear and its MatMul).
+    The graph goes to opset 21 (ONNX's version converter, on the graph
+    without its weights), the first with INT4 and block_size.
+
+    Written here rather than by ONNX Runtime's MatMulNBitsQuantizer in its
+    QDQ format, which does write DQ(int4, block) -> MatMul, because (1) its
+    symmetric scales carry the sign of each block's largest value (max / -8),
+    and TensorRT's parser refuses any scale that is not positive; (2) it loads
+    the whole graph with its external weights and keeps every float weight
+    until all are quantised, where this pass holds one weight at a time.
+
+    `dst` gets its weights inline when `src` has them inline; a graph with
+    external weights gets them in `dst.data` beside `dst`. Returns `dst`.
+    """
+    if block_size not in INT4_BLOCK_SIZES:
+        raise ValueError(f"int4 block size {block_size}: choose one of {INT4_BLOCK_SIZES}")
+    originals = onnx.load(str(src), load_external_data=False)
+    external = _has_external(originals)
+    rewrite = _int4_rewrite({t.name: t for t in originals.graph.initializer}, src.parent, block_size)
+    with _at_opset(src, INT4_OPSET) as converted:
+        _rewrite_weight_matmuls(converted, dst, rewrite)
+    if not external:
+        _inline(dst)
+    return dst
+
+
+def int4_counts(path: Path) -> Int4Counts:
+    """How many MatMuls of the graph at `path` read an int4 weight, a float weight, or two activations.
+
+    A Gemm with a constant operand (torch.onnx writes an nn.Linear on a 2-D
+    input as one, e.g. the vision merger's MLP) counts as a weight kept in
+    float: `quantize_int4` rewrites MatMuls only.
+    """
+    graph = onnx.load(str(path), load_external_data=False).graph
+    int4 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT4}
+    dequantized = {n.output[0]: n.input[0] in int4 for n in graph.node if n.op_type == "DequantizeLinear"}
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    quantized = kept = activation = 0
+    for node in (n for n in graph.node if n.op_type in ("MatMul", "Gemm")):
+        if any(dequantized.get(name, False) for name in node.input):
+            quantized += 1
+        elif any(name in constants or name in dequantized for name in node.input):
+            kept += 1
+        else:
+            activation += 1
+    return Int4Counts(quantized, kept, activation)
+
+
+@contextlib.contextmanager
+def _at_opset(src: Path, opset: int) -> Iterator[Path]:
+    """`src`'s graph at `opset` or above (and IR version 10), its weights where they were.
+
+    ONNX's version converter is given the graph without its external weights
+    (their references pass through untouched), so a large graph is never held;
+    it updates the nodes whose operator changed between the two opsets, which
+    bumping the opset number alone would not. The result sits beside `src`
+    under a hidden name, because that is where the references resolve.
+    """
+    from onnx import version_converter
+
+    model = onnx.load(str(src), load_external_data=False)
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current < opset:
+        model = version_converter.convert_version(model, opset)
+    model.ir_version = max(model.ir_version, _INT4_IR_VERSION)
+    converted = src.with_name(f".{src.stem}-{os.getpid()}-opset{opset}.onnx")
+    try:
+        onnx.save(model, str(converted))
+        del model
+        yield converted
+    finally:
+        converted.unlink(missing_ok=True)
+
+
+def _int4_rewrite(originals: dict[str, onnx.TensorProto], folder: Path, block_size: int) -> MatMulRewrite:
+    """The MatMulRewrite of `quantize_int4`; `originals` are the source's initializers (in `folder`)."""
+
+    def rewrite(node, name, weight, writer):
+        original = originals[name]
+        dtype = _INT4_SCALE_DTYPES.get(original.data_type)
+        if dtype is None or weight.shape[0] % block_size:
+            return _kept_weight(node, original, folder, writer)
+        packed, scale = _int4_blocks(weight, block_size, dtype)
+        int4 = onnx.TensorProto(name=f"{name}_int4", data_type=onnx.TensorProto.INT4, dims=weight.shape)
+        scales = onnx.TensorProto(name=f"{name}_int4_scale", data_type=original.data_type, dims=scale.shape)
+        dq = helper.make_node(
+            "DequantizeLinear",
+            [int4.name, scales.name],
+            [f"{name}_dequantized"],
+            name=f"{name}_DequantizeLinear",
+            axis=0,
+            block_size=block_size,
+        )
+        matmul = helper.make_node("MatMul", [node.input[0], f"{name}_dequantized"], list(node.output), name=node.name)
+        return [writer.add(int4, packed), writer.add(scales, scale)], [dq, matmul]
+
+    return rewrite
+
+
+def _int4_blocks(weight: np.ndarray, block_size: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """A [K, N] weight as packed int4 codes (two a byte, row-major) and its [K / block_size, N] scales.
+
+    Quantised a band of whole blocks at a time, so a large weight (which may be
+    a memory map of the source's data) never has more than `_INT4_CHUNK`
+    elements of temporaries.
+    """
+    rows, cols = weight.shape
+    step = block_size * max(1, _INT4_CHUNK // (block_size * cols))
+    packed = np.empty(rows * cols // 2, np.uint8)
+    scales = np.empty((rows // block_size, cols), dtype)
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        codes, scales[start // block_size : stop // block_size] = _int4_codes(
+            np.asarray(weight[start:stop], np.float32), block_size, dtype
+        )
+        packed[start * cols // 2 : stop * cols // 2] = _pack_int4(codes)
+    return packed, scales
+
+
+def _int4_codes(band: np.ndarray, block_size: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int4 codes of whole blocks of rows and their scales (in the weight's float type).
+
+    The codes are taken against the scale as stored (after rounding to fp16
+    for an fp16 graph), so dequantising reproduces exactly what was meant. A
+    block of zeros (or one whose scale underflows fp16) gets scale 1:
+    TensorRT refuses a zero scale.
+    """
+    blocks = band.reshape(-1, block_size, band.shape[1])
+    scale = (np.abs(blocks).max(axis=1) / np.float32(_INT4_MAX)).astype(dtype)
+    scale[~(scale > 0)] = 1
+    codes = np.rint(blocks / scale.astype(np.float32)[:, None, :])
+    return np.clip(codes, -8, 7).astype(np.int8).reshape(-1), scale
+
+
+def _pack_int4(codes: np.ndarray) -> np.ndarray:
+    """ONNX's INT4 layout: two's-complement nibbles, the even-indexed element in the low half of each byte."""
+    nibbles = codes.astype(np.uint8) & np.uint8(0x0F)
+    return nibbles[0::2] | (nibbles[1::2] << np.uint8(4))
+
+
+def _kept_weight(
+    node: onnx.NodeProto, original: onnx.TensorProto, folder: Path, writer: _ExternalWriter
+) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+    """A weight that stays float, copied from the source in its own type (not the fp32 copy the rewrite gets)."""
+    external = original.data_location == onnx.TensorProto.EXTERNAL
+    array = _external_array(original, folder) if external else numpy_helper.to_array(original)
+    kept = onnx.TensorProto(name=original.name, data_type=original.data_type, dims=original.dims)
+    return [writer.add(kept, array)], [node]
+
+
+def _inline(path: Path) -> None:
+    """Move the weights of `path` from `path.data` into the graph: a source with inline weights was small enough."""
+    data = path.with_name(path.name + ".data")
+    model = onnx.load(str(path))
+    onnx.save(model, str(path))
+    del model
+    data.unlink()

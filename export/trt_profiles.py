@@ -13,7 +13,10 @@ from agff_deploy.manifest import Manifest
 
 # The language encoder is the model's bulk and what every item runs: `agff-run --engine model.plan`.
 ENGINE_FILES = {VISION_ENCODER.name: "vision.plan", LANGUAGE_ENCODER.name: "model.plan", SCORER.name: "scorer.plan"}
-SCORER_CANDIDATES = (1, 1024, 65536)
+# The scorer's candidate profile. The runner splits a larger candidate set into calls of at most the profile's
+# maximum, so a bigger maximum buys nothing but memory: at 2B width (K+1 = 5, D = 1536) 65,536 candidates needed
+# about 6.8 GiB of activations (export.engine_memory), more than the whole language engine at batch 8.
+SCORER_CANDIDATES = (1, 1024, 4096)
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
 

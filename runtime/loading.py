@@ -122,7 +122,11 @@ def _bundle_backend(manifest: Manifest, precision: str | None) -> str:
 
 
 def _checked(bundle: Path, entry: GraphEntry, spec: GraphSpec) -> GraphEntry:
-    """`entry`, once its data files are whole and its recorded tensors are the contract's."""
+    """`entry`, once its graph and data files are there and whole and its recorded tensors are the contract's."""
+    if not (bundle / entry.file).is_file():
+        raise MissingFileError(
+            f"{bundle / entry.file} is missing: copy the whole bundle folder, or re-export it with `{REEXPORT}`"
+        )
     check_external_data(bundle, entry)
     if (entry.inputs, entry.outputs) != (spec.inputs, spec.outputs):
         raise ArtifactMismatch(

@@ -74,6 +74,18 @@ def test_a_missing_data_file_is_named_with_its_graph_before_any_inference(tmp_pa
         Embedder.load(broken)
 
 
+def test_a_missing_language_graph_is_named_with_what_to_do_before_any_inference(tmp_path, split_bundle):
+    broken = tmp_path / "bundle"
+    shutil.copytree(split_bundle, broken)
+    (broken / "fp32" / "language_encoder.onnx").unlink()
+    with pytest.raises(FileNotFoundError) as missing:
+        Embedder.load(broken)
+    assert str(missing.value) == (
+        f"{broken / 'fp32' / 'language_encoder.onnx'} is missing: copy the whole bundle folder, or re-export it with "
+        "`python -m export.to_onnx CKPT`"
+    )
+
+
 def test_a_truncated_data_file_is_named_with_the_size_it_needs(tmp_path, split_bundle):
     broken = tmp_path / "bundle"
     shutil.copytree(split_bundle, broken)

@@ -83,3 +83,42 @@ def test_an_image_received_as_bytes_decodes_to_the_pixels_of_its_file(tmp_path):
     from_file, _ = open_image(path)
     assert from_bytes.size == from_file.size == (24, 40)
     np.testing.assert_array_equal(np.asarray(from_bytes), np.asarray(from_file))
+
+
+RAMP = np.linspace(0, 65535, 256).astype(np.uint16)
+
+
+def write_png16(path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG (greyscale `[H, W]` or RGB `[H, W, 3]`), encoded by hand: Pillow cannot write 16-bit RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = pixels.shape[:2]
+    header = struct.pack(">IIBBBBB", width, height, 16, 2 if pixels.ndim == 3 else 0, 0, 0, 0)
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    from agff_deploy.images import open_image
+
+    write_png16(tmp_path / "grey16.png", np.tile(RAMP, (4, 1)))
+    image, _ = open_image(tmp_path / "grey16.png")
+    pixels = np.asarray(image)
+    assert image.mode == "RGB"
+    assert np.array_equal(pixels[0, :, 0], np.rint(RAMP / 257).astype(np.uint8))
+    assert pixels[0, [0, 85, 170, 255], 1].tolist() == [0, 85, 170, 255]
+
+
+def test_a_16_bit_rgb_png_is_scaled_to_8_bits_per_channel(tmp_path):
+    from agff_deploy.images import open_image
+
+    rgb = np.stack([RAMP, 65535 - RAMP, np.full_like(RAMP, 32768)], axis=-1)
+    write_png16(tmp_path / "rgb16.png", np.tile(rgb, (4, 1, 1)))
+    pixels = np.asarray(open_image(tmp_path / "rgb16.png")[0])
+    assert pixels[0, [0, 85, 170, 255]].tolist() == [[0, 255, 128], [85, 170, 128], [170, 85, 128], [255, 0, 128]]

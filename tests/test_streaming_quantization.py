@@ -52,7 +52,7 @@ def external_graph(tmp_path) -> Path:
     return path
 
 
-def _ort_static(tmp_path: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
+def _ort_static(tmp_path: Path, feeds: list[dict[str, np.ndarray]], kept: list[str]) -> Path:
     """ORT's quantize_static restricted to stream_qdq's form: weight MatMuls, Q/DQ on inputs only."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -68,7 +68,7 @@ def _ort_static(tmp_path: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
         weight_type=QuantType.QInt8,
         per_channel=True,
         op_types_to_quantize=["MatMul"],
-        nodes_to_exclude=["attention", "mix"],
+        nodes_to_exclude=["attention", "mix", *kept],
         calibrate_method=CalibrationMethod.MinMax,
         extra_options={
             "ActivationSymmetric": True,
@@ -81,15 +81,16 @@ def _ort_static(tmp_path: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_streamed_qdq_computes_what_onnx_runtimes_static_quantizer_computes(tmp_path, external_graph, seed):
-    calibration = _feeds(0)
-    ours = stream_qdq(external_graph, tmp_path / "int8.onnx", calibration)
-    reference = _ort_static(tmp_path, calibration)
+    calibration, ours = _feeds(0), tmp_path / "int8.onnx"
+    kept = stream_qdq(external_graph, ours, calibration)
+    reference = _ort_static(tmp_path, calibration, kept)
     feed = _feeds(seed, count=1)[0]
     np.testing.assert_allclose(_run(ours, feed), _run(reference, feed), rtol=1e-5, atol=1e-5)
 
 
 def test_streamed_qdq_differs_from_float_by_int8_rounding_only(tmp_path, external_graph):
-    ours = stream_qdq(external_graph, tmp_path / "int8.onnx", _feeds(0))
+    ours = tmp_path / "int8.onnx"
+    stream_qdq(external_graph, ours, _feeds(0))
     feed = _feeds(3, count=1)[0]
     quantized, exact = _run(ours, feed), _run(external_graph, feed)
     assert not np.array_equal(quantized, exact)
@@ -97,7 +98,8 @@ def test_streamed_qdq_differs_from_float_by_int8_rounding_only(tmp_path, externa
 
 
 def test_streamed_qdq_quantizes_a_shared_activation_once_and_leaves_attention_in_float(tmp_path, external_graph):
-    graph = onnx.load(str(stream_qdq(external_graph, tmp_path / "int8.onnx", _feeds(0))), load_external_data=False)
+    assert stream_qdq(external_graph, tmp_path / "int8.onnx", _feeds(0)) == []
+    graph = onnx.load(str(tmp_path / "int8.onnx"), load_external_data=False)
     quantized_inputs = [n.input[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"]
     assert sorted(quantized_inputs) == ["mixed", "x"]
     matmuls = {n.name: n.input for n in graph.graph.node if n.op_type == "MatMul"}
@@ -105,7 +107,8 @@ def test_streamed_qdq_quantizes_a_shared_activation_once_and_leaves_attention_in
 
 
 def test_streamed_qdq_stores_per_column_int8_weights_in_its_own_data_file(tmp_path, external_graph):
-    dst = stream_qdq(external_graph, tmp_path / "int8.onnx", _feeds(0))
+    dst = tmp_path / "int8.onnx"
+    stream_qdq(external_graph, dst, _feeds(0))
     graph = onnx.load(str(dst), load_external_data=False)
     weights = [t for t in graph.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 2]
     assert len(weights) == 3

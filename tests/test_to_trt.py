@@ -56,7 +56,7 @@ def test_profiles_span_the_manifest_dims(tiny_bundle):
     text, image, tokens = manifest.dims.text_length, manifest.dims.image_length, manifest.image.num_image_tokens
     assert language["input_ids"][0] == (1, text.min) and language["input_ids"][2] == (8, image.max)
     assert language["image_features"] == ((1, 1, 32), (4, tokens, 32), (8, tokens, 32))
-    assert profile_shapes(manifest, "scorer", (1, 4, 8))["candidates"][2][0] == 65536
+    assert profile_shapes(manifest, "scorer", (1, 4, 8))["candidates"][2][0] == 4096
 
 
 def test_preflight_refuses_a_batch_outside_the_exported_range(tiny_bundle):

@@ -1,0 +1,78 @@
+"""int8 Q/DQ keeps in float the weight MatMuls whose own quantisation error is largest, within a weight budget."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from export.int8_sensitivity import MatMulError, keep_in_float, matmul_errors
+from export.precision import _activation_scales, stream_qdq
+
+DIM = 32
+OUTLIER = 1000.0  # one channel of the second layer's activation this many times the others
+
+
+def _graph(outlier: bool) -> onnx.ModelProto:
+    """Three chained projections; with `outlier`, the first one writes one huge channel that the second reads."""
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=(DIM, DIM)).astype(np.float32) / np.sqrt(DIM) for _ in range(3)]
+    if outlier:
+        weights[0][:, 3] *= OUTLIER
+        weights[1][3, :] /= OUTLIER
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h0"], name="first"),
+        helper.make_node("MatMul", ["h0", "w1"], ["h1"], name="second"),
+        helper.make_node("MatMul", ["h1", "w2"], ["y"], name="third"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", DIM])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", DIM])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _saved(tmp_path: Path, outlier: bool) -> Path:
+    path = tmp_path / "chain.onnx"
+    onnx.save(_graph(outlier), str(path), save_as_external_data=True, location="chain.onnx.data", size_threshold=0)
+    return path
+
+
+def _feeds(seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(size=(16, DIM)).astype(np.float32)} for _ in range(2)]
+
+
+def test_the_matmul_reading_an_outlier_channel_has_the_largest_int8_error(tmp_path):
+    path = _saved(tmp_path, outlier=True)
+    errors = {e.node: e.error for e in matmul_errors(path, _feeds()[0], _activation_scales(path, _feeds()))}
+    assert max(errors, key=errors.get) == "second"
+    assert errors["second"] > 10 * max(errors["first"], errors["third"])
+
+
+def test_int8_keeps_the_outlier_matmul_in_float_and_quantises_the_rest(tmp_path):
+    path, dst = _saved(tmp_path, outlier=True), tmp_path / "int8.onnx"
+    assert stream_qdq(path, dst, _feeds()) == ["second"]
+    graph = onnx.load(str(dst), load_external_data=False)
+    inputs = {n.name: list(n.input) for n in graph.graph.node if n.op_type == "MatMul"}
+    assert inputs["second"] == ["h0", "w1"]
+    assert inputs["first"] == ["x_dequantized", "w0_dequantized"]
+
+
+def test_a_graph_without_outliers_keeps_nothing_in_float(tmp_path):
+    path = _saved(tmp_path, outlier=False)
+    assert keep_in_float(matmul_errors(path, _feeds()[0], _activation_scales(path, _feeds()))) == []
+
+
+@pytest.mark.parametrize(("budget", "kept"), [(0.10, ["small"]), (0.60, ["big", "small"])])
+def test_the_most_sensitive_matmuls_are_kept_only_within_the_weight_budget(budget, kept):
+    errors = [
+        MatMulError("big", 500, 0.5),
+        MatMulError("small", 100, 0.4),
+        *(MatMulError(f"ordinary{i}", 100, 0.01) for i in range(4)),
+    ]
+    assert keep_in_float(errors, budget=budget) == kept
