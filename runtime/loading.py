@@ -168,8 +168,8 @@ def ort_runners(
 
     On the CPU the vision encoder takes one image per call: at 448 px an image is already 1,024 patches, large
     enough for its GEMMs to run at the machine's peak, while a batch of 8 keeps 8 images' attention and MLP
-    activations live at once. Measured at 2B (fp32, 8 images): 8.0 s per image and 8.8 GiB peak RSS one at a time,
-    8.6 s and 11.7 GiB batched (docs/bundle-layout.md).
+    activations live at once. `bench.scale` sets this against the one-graph layout, which runs the whole batch
+    (docs/scale-2b.md).
     """
     specs = resolved_stored(manifest.sizes())
     stored: dict[str, Runner] = {}
