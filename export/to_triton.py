@@ -2,11 +2,19 @@
 
     image             ensemble        image (BYTES) [+ instruction (BYTES)]  ->  embeddings FP32 [K+1, D]
       image_preprocess  python          decode, resize, tokenize, pad to L  ->  pixel_values, input_ids, attention_mask
-      image_encoder     onnxruntime | tensorrt_plan (the bundle's graph or engine at --precision)
+      vision_encoder    onnxruntime | tensorrt_plan   pixel_values          ->  image_features FP32 [T, D]
+      language_encoder  onnxruntime | tensorrt_plan   input_ids, attention_mask, image_features  ->  embeddings
     text              ensemble        text (BYTES)                           ->  embeddings FP32 [K+1, D]
-      text_preprocess   python          tokenize, pad to L                   ->  input_ids, attention_mask
-      text_encoder      onnxruntime | tensorrt_plan
+      text_preprocess   python          tokenize, pad to L                   ->  input_ids, attention_mask,
+                                                                                 image_features FP32 [1, D] (zeros)
+      language_encoder  (the same model as in `image`)
     score             onnxruntime     queries, candidates                    ->  scores (the scorer graph; no batching)
+
+The encoders are the bundle's stored graphs (or their TensorRT engines) at --precision, one model each, so the
+language model is in the repository once and serves both ensembles. Its `image_features` input takes T features
+per image item and one per text item: an ensemble cannot make a constant, so the text preprocess model emits the
+runtime's placeholder (`agff_deploy.feeds.language_feed`), a zero feature no token reads. Triton's dynamic batcher
+joins requests of equal shapes only, so text and image items batch separately in front of the language encoder.
 
 The public names (`image`, `text`, `score` and their inputs and outputs) are agff-serve's,
 so a client works against either. Preprocessing (`serve.preprocess_model`) pads every item's tokens to one length
@@ -17,8 +25,9 @@ appears: it is built in a temporary folder beside REPO and renamed into place, s
 What was run for real here: the two python preprocess models, loaded and queried over HTTP on the Triton binary the
 nvidia-pytriton wheel ships (tests/test_to_triton.py). What was only validated: the onnxruntime and tensorrt_plan
 encoder models, the scorer and the ensembles, whose configs were parsed by the protobuf and checked (names, dtypes,
-dims, ensemble wiring) but never loaded, because that server has only the Python backend; the encoders' graphs were
-run in ONNX Runtime directly on the preprocess models' fixed-length outputs. TensorRT engines were not exercised.
+dims, ensemble wiring, the ONNX graphs' own dims) but never loaded, because that server has only the Python
+backend; the vision and language graphs were run in ONNX Runtime directly on the preprocess models' fixed-length
+outputs. TensorRT engines were not exercised.
 """
 
 from __future__ import annotations
@@ -33,9 +42,18 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from agff_deploy.contract import IMAGE_ENCODER, SCORER, TEXT_ENCODER
+from agff_deploy.contract import (
+    IMAGE_ENCODER,
+    PIPELINES,
+    SCORER,
+    STORED_ENCODERS,
+    STORED_NAMES,
+    TEXT_ENCODER,
+    TensorSpec,
+)
 from agff_deploy.errors import AgffError, ArtifactError, InputError, MissingFileError, print_error
-from agff_deploy.manifest import MANIFEST_FILE, Manifest, check_external_data, read_manifest, sha256_file
+from agff_deploy.manifest import MANIFEST_FILE, GraphEntry, Manifest, check_external_data, read_manifest, sha256_file
+from runtime.loading import default_precision
 from serve.model_configs import (
     CONFIG_FILE,
     TRITON_DTYPES,
@@ -50,8 +68,13 @@ from serve.preprocess_model import Preprocessor, fixed_lengths
 from serve.request_items import IMAGE, INSTRUCTION, TEXT
 
 TASKS = ("image", "text")
-ENCODER = {"image": IMAGE_ENCODER.name, "text": TEXT_ENCODER.name}
+PIPELINE = {"image": IMAGE_ENCODER.name, "text": TEXT_ENCODER.name}  # the contract's item pipeline per ensemble
 PREPROCESS = {"image": "image_preprocess", "text": "text_preprocess"}
+REQUESTS = {
+    "image": (Tensor(IMAGE, "bytes", (1,)), Tensor(INSTRUCTION, "bytes", (1,), optional=True)),
+    "text": (Tensor(TEXT, "bytes", (1,)),),
+}
+PLACEHOLDER_FEATURES = 1  # image features per text item: one zero feature, never read
 SCORE = "score"  # agff-serve's name for the model that runs the scorer graph
 BACKENDS = ("onnxruntime", "tensorrt")
 VERSION = "1"
@@ -61,7 +84,7 @@ DTYPE_NAMES = {value: name for name, value in TRITON_DTYPES.items()}
 
 @dataclass(frozen=True)
 class RepoOptions:
-    precision: str = "fp32"
+    precision: str = ""  # empty: fp32 where the bundle has it, else its first precision (a device bundle)
     backend: str = ""  # empty: tensorrt when the bundle has engines at `precision`, else onnxruntime
     max_batch: int = 0  # 0: the bundle's batch max
     max_queue_delay_ms: float = 2.0
@@ -103,9 +126,10 @@ class Model:
 
 def resolve(manifest: Manifest, options: RepoOptions) -> Plan:
     """Refuse options the bundle cannot serve before anything is written."""
-    for graph in (*ENCODER.values(), SCORER.name):
-        manifest.graph(options.precision, graph)  # says what to export or choose instead
-    backend = choose_backend(manifest, options.precision, options.backend)
+    precision = options.precision or default_precision(manifest)
+    for graph in STORED_NAMES:
+        manifest.graph(precision, graph)  # says what to export or choose instead
+    backend = choose_backend(manifest, precision, options.backend)
     top = manifest.dims.batch.max
     max_batch = options.max_batch or top
     if not 1 <= max_batch <= top:
@@ -116,7 +140,7 @@ def resolve(manifest: Manifest, options: RepoOptions) -> Plan:
     if backend == "tensorrt" and device != "gpu":
         raise InputError("--device cpu: TensorRT engines run on the GPU only; use --backend onnxruntime for the CPU")
     return Plan(
-        options.precision,
+        precision,
         backend,
         Batching(max_batch, round(options.max_queue_delay_ms * 1000)),
         f"KIND_{device.upper()}",
@@ -139,24 +163,28 @@ def choose_backend(manifest: Manifest, precision: str, asked: str) -> str:
     return asked or ("tensorrt" if has_engines else "onnxruntime")
 
 
+def steps(task: str) -> tuple[str, ...]:
+    """The models an ensemble runs, in order: its preprocess model, then the stored graphs of its pipeline."""
+    return (PREPROCESS[task], *PIPELINES[PIPELINE[task]])
+
+
 def interfaces(manifest: Manifest, precision: str, max_batch: int) -> dict[str, Interface]:
     """Every model's tensors: the graphs' names, dtypes and dims from the manifest, the batch axis dropped where the
-    model batches; the preprocess outputs are the encoder inputs with the token length fixed at L."""
+    model batches; a preprocess model emits what its pipeline's graphs take and none of them makes, the token
+    length fixed at L and a text's image features at one."""
+    graphs = {name: manifest.graph(precision, name) for name in STORED_NAMES}
+    # The vision graph's output has T rows for its fixed image size, and Triton's onnxruntime backend compares
+    # config output dims exactly with the graph's: declare T, not -1.
+    made = {"image_tokens": manifest.image.num_image_tokens}
+    models = {name: encoder_interface(graphs[name], made, max_batch) for name in STORED_ENCODERS}
     lengths = fixed_lengths(manifest)
-    requests = {
-        "image": (Tensor(IMAGE, "bytes", (1,)), Tensor(INSTRUCTION, "bytes", (1,), optional=True)),
-        "text": (Tensor(TEXT, "bytes", (1,)),),
-    }
-    models = {}
     for task in TASKS:
-        entry = manifest.graph(precision, ENCODER[task])
-        inputs = tuple(tensor_of(t, batched=True) for t in entry.inputs)
-        outputs = tuple(tensor_of(t, batched=True) for t in entry.outputs)
-        padded = tuple(Tensor(t.name, t.dtype, tuple(lengths[task] if d == -1 else d for d in t.dims)) for t in inputs)
-        models[PREPROCESS[task]] = Interface(requests[task], padded, max_batch)
-        models[ENCODER[task]] = Interface(inputs, outputs, max_batch)
-        models[task] = Interface(requests[task], outputs, max_batch)
-    scorer = manifest.graph(precision, SCORER.name)
+        pipeline = PIPELINES[PIPELINE[task]]
+        fixed = {"length": lengths[task], "image_tokens": PLACEHOLDER_FEATURES}
+        fed = tuple(tensor_of(t, batched=True, sizes=fixed) for t in fed_inputs([graphs[g] for g in pipeline]))
+        models[PREPROCESS[task]] = Interface(REQUESTS[task], fed, max_batch)
+        models[task] = Interface(REQUESTS[task], models[pipeline[-1]].outputs, max_batch)
+    scorer = graphs[SCORER.name]
     models[SCORE] = Interface(
         tuple(tensor_of(t, batched=False) for t in scorer.inputs),
         tuple(tensor_of(t, batched=False) for t in scorer.outputs),
@@ -165,15 +193,33 @@ def interfaces(manifest: Manifest, precision: str, max_batch: int) -> dict[str, 
     return models
 
 
+def encoder_interface(entry: GraphEntry, made: Mapping[str, int], max_batch: int) -> Interface:
+    """A stored encoder graph's tensors; outputs have the sizes its export fixed (`made`), inputs stay dynamic."""
+    inputs = tuple(tensor_of(t, batched=True) for t in entry.inputs)
+    outputs = tuple(tensor_of(t, batched=True, sizes=made) for t in entry.outputs)
+    return Interface(inputs, outputs, max_batch)
+
+
+def fed_inputs(graphs: Sequence[GraphEntry]) -> tuple[TensorSpec, ...]:
+    """The inputs of a pipeline's graphs, run in order, that no earlier graph of it produces, each once."""
+    made: set[str] = set()
+    needed: dict[str, TensorSpec] = {}
+    for graph in graphs:
+        for tensor in graph.inputs:
+            if tensor.name not in made:
+                needed.setdefault(tensor.name, tensor)
+        made |= {t.name for t in graph.outputs}
+    return tuple(needed.values())
+
+
 def repository_models(bundle: Path, manifest: Manifest, plan: Plan) -> dict[str, Model]:
     io = interfaces(manifest, plan.precision, plan.batching.max_batch_size)
-    models = {}
+    models = {name: encoder_model(name, io[name], bundle, manifest, plan) for name in STORED_ENCODERS}
     for task in TASKS:
         models[PREPROCESS[task]] = preprocess_model(
             PREPROCESS[task], io[PREPROCESS[task]], bundle, manifest, plan, task
         )
-        models[ENCODER[task]] = encoder_model(ENCODER[task], io[ENCODER[task]], bundle, manifest, plan)
-        models[task] = ensemble_model(task, io[task], PREPROCESS[task], io[PREPROCESS[task]], ENCODER[task])
+        models[task] = ensemble_model(task, io, steps(task))
     scorer = io[SCORE]
     models[SCORE] = Model(
         model_config(SCORE, scorer.inputs, scorer.outputs, None, backend="onnxruntime", kind=plan.kind),
@@ -193,6 +239,7 @@ def preprocess_model(name: str, io: Interface, bundle: Path, manifest: Manifest,
 
 
 def encoder_model(name: str, io: Interface, bundle: Path, manifest: Manifest, plan: Plan) -> Model:
+    """A stored graph as its own model, named as the graph: each is in the repository once."""
     if plan.backend == "tensorrt":
         config = model_config(name, io.inputs, io.outputs, plan.batching, platform="tensorrt_plan", kind=plan.kind)
         return Model(config, (engine_copy(bundle, manifest, plan.precision, name),))
@@ -212,7 +259,11 @@ def onnx_copies(bundle: Path, manifest: Manifest, precision: str, graph: str) ->
 def engine_copy(bundle: Path, manifest: Manifest, precision: str, graph: str) -> Copy:
     """The TensorRT engine as model.plan, refused when it was built from another graph than the bundle's."""
     assert manifest.engines is not None  # resolve() chose tensorrt because the bundle has engines
-    engine = manifest.engines.graphs[graph]
+    engine = manifest.engines.graphs.get(graph)
+    if engine is None:
+        raise ArtifactError(
+            f"{bundle}'s TensorRT engines lack the {graph}: rebuild them with `python -m export.to_trt {bundle}`"
+        )
     if engine.source_sha256 != manifest.graph(precision, graph).sha256:
         raise ArtifactError(
             f"{bundle / engine.file} was built from another {graph} graph than the bundle's: rebuild it with "
@@ -221,17 +272,18 @@ def engine_copy(bundle: Path, manifest: Manifest, precision: str, graph: str) ->
     return Copy(bundle / engine.file, "model.plan", engine.sha256)
 
 
-def ensemble_model(name: str, io: Interface, preprocess: str, between: Interface, encoder: str) -> Model:
-    """Request tensors -> preprocess -> encoder -> embeddings; the ensemble batches as far as its encoder does."""
-    config = model_config(name, io.inputs, io.outputs, None, platform="ensemble")
-    config.max_batch_size = io.max_batch
-    passed = {t.name: t.name for t in between.outputs}
-    config.ensemble_scheduling.step.add(
-        model_name=preprocess, model_version=-1, input_map={t.name: t.name for t in io.inputs}, output_map=passed
-    )
-    config.ensemble_scheduling.step.add(
-        model_name=encoder, model_version=-1, input_map=passed, output_map={t.name: t.name for t in io.outputs}
-    )
+def ensemble_model(name: str, io: Mapping[str, Interface], step_models: Sequence[str]) -> Model:
+    """Request tensors -> each step in turn -> embeddings. Every tensor keeps the contract's name from the step that
+    makes it to the steps that take it; the ensemble batches as far as its steps do."""
+    config = model_config(name, io[name].inputs, io[name].outputs, None, platform="ensemble")
+    config.max_batch_size = io[name].max_batch
+    for step in step_models:
+        config.ensemble_scheduling.step.add(
+            model_name=step,
+            model_version=-1,
+            input_map={t.name: t.name for t in io[step].inputs},
+            output_map={t.name: t.name for t in io[step].outputs},
+        )
     return Model(config)
 
 
@@ -362,6 +414,10 @@ Clients call the ensembles `image` (inputs `image`: the bytes of an encoded imag
 UTF-8) and `text` (input `text`: UTF-8); both return `embeddings`. `score` takes whole sets of embeddings
 (`queries`, `candidates`) and returns their fused `scores`. All three are agff-serve's models of the same names.
 
+`image` runs `image_preprocess`, `vision_encoder` (pixels to image features) and `language_encoder`; `text` runs
+`text_preprocess` and the same `language_encoder`, so the language model is loaded once. A text item carries one
+zero image feature that no token reads; text and image requests differ in shape, so each batches with its own kind.
+
 The preprocess models run on Triton's Python backend and import `serve.preprocess_model`, so the Triton container
 needs agff-deploy installed (it brings numpy, Pillow and tokenizers; no torch, no ONNX Runtime) into a Python of
 3.11 or newer, agff-deploy's minimum: check `python3 --version` in the image you pick. Build a wheel where
@@ -423,7 +479,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by `python -m export.to_onnx`")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="REPO", help="model repository folder to write")
-    p.add_argument("--precision", default="fp32", help="the bundle's graphs to serve (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        default="",
+        help="the bundle's graphs to serve (default: fp32, or the bundle's first precision when it has no fp32)",
+    )
     p.add_argument(
         "--backend",
         choices=BACKENDS,

@@ -40,9 +40,12 @@ class Tensor:
     optional: bool = False
 
 
-def tensor_of(spec: TensorSpec, batched: bool) -> Tensor:
-    """The graph contract's tensor (named dimensions -1) for Triton; a batching model drops the leading axis."""
-    dims = tuple(d if isinstance(d, int) else -1 for d in spec.shape)
+def tensor_of(spec: TensorSpec, batched: bool, sizes: Mapping[str, int] | None = None) -> Tensor:
+    """The graph contract's tensor for Triton; a batching model drops the leading axis.
+
+    A named dimension is -1 unless `sizes` fixes it: a preprocess model pads to one length, and Triton compares a
+    config's output dims exactly with a graph whose export fixed them."""
+    dims = tuple(d if isinstance(d, int) else (sizes or {}).get(d, -1) for d in spec.shape)
     return Tensor(spec.name, spec.dtype, dims[1:] if batched else dims)
 
 

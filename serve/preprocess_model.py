@@ -2,13 +2,18 @@
 
     image_preprocess  image (BYTES) [+ instruction (BYTES)]  ->  pixel_values FP32 [3, H, W],
                                                                   input_ids INT64 [L], attention_mask INT64 [L]
-    text_preprocess   text (BYTES, UTF-8)                     ->  input_ids INT64 [L], attention_mask INT64 [L]
+    text_preprocess   text (BYTES, UTF-8)                     ->  input_ids INT64 [L], attention_mask INT64 [L],
+                                                                  image_features FP32 [1, D] (zeros)
 
 They decode, resize and tokenize exactly as the runtime does (`runtime.spec.ModelSpec.feed_encoder`), then
 right-pad the tokens to one fixed length L per model, the longest item the bundle's manifest allows. Every
-request then has the same shape, so Triton's dynamic batcher can batch them in front of the encoder; the
+request then has the same shape, so Triton's dynamic batcher can batch them in front of the encoders; the
 padding is masked, so no embedding changes. Items are checked one by one with agff-serve's messages
 (`serve.embedder_model`), and a bad item fails its own request only.
+
+Text items run the same language encoder as image items, which takes image features as well. An ensemble cannot
+make a constant, so the text model emits the placeholder the runtime feeds (`agff_deploy.feeds.language_feed`):
+one zero feature per item, which no token reads because a text has no `<|image_pad|>` id.
 
 `Preprocessor` holds all of that and knows nothing of Triton, so tests drive it directly; `TritonPythonModel`
 moves tensors in and out of Triton's request objects. No torch and no ONNX Runtime: a Triton container needs
@@ -26,6 +31,7 @@ import numpy as np
 
 from agff_deploy.contract import ATTENTION_MASK, INPUT_IDS
 from agff_deploy.errors import ArtifactError
+from agff_deploy.feeds import language_feed
 from agff_deploy.images import DEFAULT_MAX_PIXELS
 from agff_deploy.manifest import Manifest, read_manifest
 from runtime.spec import ModelSpec
@@ -42,12 +48,16 @@ def fixed_lengths(manifest: Manifest) -> dict[str, int]:
 
 
 class Preprocessor:
-    """Per-request checks and preprocessing into fixed-shape encoder inputs, one result per request."""
+    """Per-request checks and preprocessing into fixed-shape encoder inputs, one result per request; `hidden` is
+    the width of the placeholder image feature a text item carries."""
 
-    def __init__(self, spec: ModelSpec, lengths: dict[str, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self, spec: ModelSpec, lengths: dict[str, int], hidden: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
         self.encoder = spec.feed_encoder()
         self.formatter = self.encoder.formatter
         self.lengths = lengths
+        self.hidden = hidden
         self.items = RequestItems(self.formatter, self.encoder.preprocessor, max_pixels)
         if self.formatter.pad_id is None:
             raise ArtifactError(f"{spec.tokenizer_file} has no <|endoftext|> token to pad with; re-export the bundle")
@@ -64,14 +74,14 @@ class Preprocessor:
     def from_folder(cls, folder: Path) -> Preprocessor:
         """From a folder holding a bundle's manifest.json and the tokenizer file it names."""
         manifest = read_manifest(folder)
-        return cls(ModelSpec.from_manifest(folder, manifest), fixed_lengths(manifest))
+        return cls(ModelSpec.from_manifest(folder, manifest), fixed_lengths(manifest), manifest.model.hidden_size)
 
     def images(self, requests: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[Result]:
         """Each request: encoded image files `[n, 1]` (bytes) and optionally one instruction per image."""
         return [self._image_request(images, instructions) for images, instructions in requests]
 
     def texts(self, requests: Sequence[np.ndarray]) -> list[Result]:
-        """Each request: texts `[n, 1]` (UTF-8 bytes)."""
+        """Each request: texts `[n, 1]` (UTF-8 bytes); each result is the language encoder's whole feed."""
         return [self._text_request(raw) for raw in requests]
 
     def _image_request(self, images: np.ndarray, instructions: np.ndarray | None) -> Result:
@@ -87,7 +97,7 @@ class Preprocessor:
             texts = self.items.texts(raw)
         except RequestError as err:
             return err
-        return self._padded(self.encoder.text_feed(texts), self.lengths["text"])
+        return language_feed(self._padded(self.encoder.text_feed(texts), self.lengths["text"]), hidden=self.hidden)
 
     def _padded(self, feed: Feeds, length: int) -> Feeds:
         """Tokens right-padded to `length`: pad ids, mask 0, as the runtime pads a batch to its longest item."""

@@ -1,8 +1,9 @@
 """`python -m export.to_triton`: the standalone Triton repository written from the tiny bundle.
 
-Configs are parsed back with tritonclient's model-config protobuf and held to the manifest; the encoders run in
-ONNX Runtime on the preprocess models' fixed-length outputs; the two python preprocess models run for real on the
-Triton binary the nvidia-pytriton wheel ships (it has no onnxruntime backend, so encoders and ensembles cannot).
+Configs are parsed back with tritonclient's model-config protobuf and held to the manifest and to the ONNX graphs'
+own dims; the vision and language graphs run in ONNX Runtime on the preprocess models' fixed-length outputs; the two
+python preprocess models run for real on the Triton binary the nvidia-pytriton wheel ships (it has no onnxruntime
+backend, so encoders and ensembles cannot).
 """
 
 import dataclasses
@@ -14,16 +15,19 @@ import sys
 import textwrap
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
-from agff_deploy.contract import IMAGE_ENCODER, SCORER, TEXT_ENCODER
+from agff_deploy.contract import IMAGE_FEATURES, LANGUAGE_ENCODER, SCORER, VISION_ENCODER
+from agff_deploy.feeds import language_feed
 from agff_deploy.manifest import EngineEntry, Engines, ExternalData, read_manifest, sha256_file, write_manifest
 from agff_deploy.scenes import make_scene
 from export import to_triton
 from export.to_triton import RepoOptions, write_repository
+from export.trt_profiles import ENGINE_FILES
 from runtime.spec import ModelSpec
 from serve.model_configs import CONFIG_FILE, read_config
 from serve.preprocess_model import Preprocessor
@@ -32,6 +36,12 @@ from serve.request_items import RequestError
 TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 TEXTS = ("a red circle", "two small blue squares above a green triangle")
 INSTRUCTIONS = ("", "what colour is the star?")
+ENCODERS = (VISION_ENCODER.name, LANGUAGE_ENCODER.name)
+STEPS = {
+    "image": ["image_preprocess", VISION_ENCODER.name, LANGUAGE_ENCODER.name],
+    "text": ["text_preprocess", LANGUAGE_ENCODER.name],
+}
+MODELS = {"image", "image_preprocess", "vision_encoder", "language_encoder", "text", "text_preprocess", "score"}
 
 
 @pytest.fixture(scope="module")
@@ -71,28 +81,71 @@ def config_tensors(tensors) -> list[tuple[str, str, list[int]]]:
     return [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in tensors]
 
 
-def manifest_tensors(specs, batched: bool) -> list[tuple[str, str, list[int]]]:
-    """The manifest's tensors as a config must declare them: named dims -1, the batch axis gone if batched."""
+def manifest_tensors(specs, batched: bool, sizes=None) -> list[tuple[str, str, list[int]]]:
+    """The manifest's tensors as a config must declare them: named dims -1 unless `sizes` fixes them, the batch axis
+    gone if batched."""
     rows = []
     for spec in specs:
-        dims = [d if isinstance(d, int) else -1 for d in spec.shape]
+        dims = [d if isinstance(d, int) else (sizes or {}).get(d, -1) for d in spec.shape]
         rows.append((spec.name, TRITON_TYPES[spec.dtype], dims[1:] if batched else dims))
     return rows
 
 
-def embed(graph, feed) -> np.ndarray:
+def graph_dims(graph, kind: str) -> dict[str, list[int]]:
+    """The ONNX graph's own input or output dims, -1 where a dimension is symbolic."""
+    model = onnx.load(str(graph), load_external_data=False)
+    values = model.graph.input if kind == "input" else model.graph.output
+    return {
+        v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim] for v in values
+    }
+
+
+def run(graph, feed) -> np.ndarray:
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     return session.run(None, feed)[0]
 
 
-@pytest.mark.parametrize("graph", [IMAGE_ENCODER.name, TEXT_ENCODER.name])
+def model_graph(repo, name: str):
+    return repo / name / "1" / "model.onnx"
+
+
+def image_embeddings(repo, feed) -> np.ndarray:
+    """The image pipeline on the repository's graphs: vision, then language on the item's tokens and features."""
+    features = run(model_graph(repo, VISION_ENCODER.name), {"pixel_values": feed["pixel_values"]})
+    return run(model_graph(repo, LANGUAGE_ENCODER.name), language_feed(feed, features))
+
+
+@pytest.mark.parametrize("graph", ENCODERS)
 def test_encoder_configs_parse_and_declare_the_manifests_tensors(repo, manifest, graph):
     config = read_config(repo / graph / CONFIG_FILE)
     entry = manifest.graph("fp32", graph)
+    made = {"image_tokens": manifest.image.num_image_tokens}
     assert (config.name, config.backend, config.max_batch_size) == (graph, "onnxruntime", manifest.dims.batch.max)
     assert config_tensors(config.input) == manifest_tensors(entry.inputs, batched=True)
-    assert config_tensors(config.output) == manifest_tensors(entry.outputs, batched=True)
+    assert config_tensors(config.output) == manifest_tensors(entry.outputs, batched=True, sizes=made)
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+
+
+def test_the_vision_encoder_makes_t_features_the_language_encoder_takes_any_number_of(repo, manifest):
+    vision, language = (read_config(repo / name / CONFIG_FILE) for name in ENCODERS)
+    tokens, hidden = manifest.image.num_image_tokens, manifest.model.hidden_size
+    assert config_tensors(vision.output) == [(IMAGE_FEATURES.name, "TYPE_FP32", [tokens, hidden])]
+    assert config_tensors(language.input)[-1] == (IMAGE_FEATURES.name, "TYPE_FP32", [-1, hidden])
+
+
+@pytest.mark.parametrize("model", [*ENCODERS, "score"])
+def test_config_dims_pass_the_onnxruntime_backends_check_against_the_graph(repo, model):
+    """Triton's onnxruntime backend: a config input dim must equal the graph's unless the graph's is dynamic; an
+    output dim must equal it exactly. A batching model's config leaves out the graph's leading -1."""
+    config = read_config(repo / model / CONFIG_FILE)
+    batch = [-1] if config.max_batch_size else []
+    inputs, outputs = (graph_dims(model_graph(repo, model), kind) for kind in ("input", "output"))
+    assert [t.name for t in config.input] == list(inputs) and [t.name for t in config.output] == list(outputs)
+    for tensor in config.input:
+        declared, graph = batch + list(tensor.dims), inputs[tensor.name]
+        assert len(declared) == len(graph) and all(g in (-1, d) for d, g in zip(declared, graph, strict=True))
+    for tensor in config.output:
+        assert batch + list(tensor.dims) == outputs[tensor.name]
 
 
 def test_scorer_config_takes_whole_sets_without_batching(repo, manifest):
@@ -104,13 +157,16 @@ def test_scorer_config_takes_whole_sets_without_batching(repo, manifest):
 
 
 @pytest.mark.parametrize("task", ["image", "text"])
-def test_preprocess_outputs_are_the_encoder_inputs_at_one_fixed_length(repo, manifest, task):
+def test_preprocess_outputs_are_the_graph_inputs_no_step_makes_at_one_fixed_length(repo, manifest, task):
     config = read_config(repo / f"{task}_preprocess" / CONFIG_FILE)
-    encoder = manifest.graph("fp32", f"{task}_encoder")
+    vision, language = (manifest.graph("fp32", name) for name in ENCODERS)
     length = {"image": manifest.dims.image_length.max, "text": manifest.dims.text_length.max}[task]
-    fixed = [(n, t, [length if d == -1 else d for d in dims]) for n, t, dims in manifest_tensors(encoder.inputs, True)]
+    if task == "image":  # the vision encoder makes the language encoder's image features
+        fed = (*vision.inputs, *(t for t in language.inputs if t.name != IMAGE_FEATURES.name))
+    else:  # one placeholder feature per text item
+        fed = language.inputs
     assert (config.backend, config.parameters["task"].string_value) == ("python", task)
-    assert config_tensors(config.output) == fixed
+    assert config_tensors(config.output) == manifest_tensors(fed, True, {"length": length, "image_tokens": 1})
     assert (
         (repo / f"{task}_preprocess" / "1" / "model.py")
         .read_text()
@@ -129,40 +185,68 @@ def test_ensembles_take_agff_serves_inputs_and_return_embeddings(repo):
     assert image.platform == text.platform == "ensemble"
 
 
+def fits(source, target) -> bool:
+    """Same dtype, same rank, each dim equal or -1 on one side: what an ensemble may connect."""
+    if source.data_type != target.data_type or len(source.dims) != len(target.dims):
+        return False
+    return all(-1 in (a, b) or a == b for a, b in zip(source.dims, target.dims, strict=True))
+
+
 @pytest.mark.parametrize("task", ["image", "text"])
 def test_ensemble_steps_connect_tensors_that_exist_on_both_sides(repo, task):
     ensemble = read_config(repo / task / CONFIG_FILE)
-    preprocess_step, encoder_step = ensemble.ensemble_scheduling.step
-    preprocess = read_config(repo / preprocess_step.model_name / CONFIG_FILE)
-    encoder = read_config(repo / encoder_step.model_name / CONFIG_FILE)
-    assert (preprocess.name, encoder.name) == (f"{task}_preprocess", f"{task}_encoder")
-    assert dict(preprocess_step.input_map) == {t.name: t.name for t in ensemble.input}
-    assert set(preprocess_step.input_map) == {t.name for t in preprocess.input}
-    assert set(preprocess_step.output_map) == {t.name for t in preprocess.output}
-    assert set(encoder_step.input_map.values()) == set(preprocess_step.output_map.values())
-    assert set(encoder_step.input_map) == {t.name for t in encoder.input}
-    assert dict(encoder_step.output_map) == {t.name: t.name for t in ensemble.output}
-    assert ensemble.max_batch_size == encoder.max_batch_size == preprocess.max_batch_size
+    steps = list(ensemble.ensemble_scheduling.step)
+    models = {step.model_name: read_config(repo / step.model_name / CONFIG_FILE) for step in steps}
+    assert [step.model_name for step in steps] == [models[step.model_name].name for step in steps] == STEPS[task]
+    assert dict(steps[0].input_map) == {t.name: t.name for t in ensemble.input}
+    available = {t.name: t for t in ensemble.input}
+    consumed = set()
+    for step in steps:
+        model = models[step.model_name]
+        assert set(step.input_map) == {t.name for t in model.input}
+        assert set(step.output_map) == {t.name for t in model.output}
+        for tensor in model.input:
+            source = available[step.input_map[tensor.name]]
+            assert fits(source, tensor), (step.model_name, tensor.name)
+            consumed.add(step.input_map[tensor.name])
+        available |= {step.output_map[t.name]: t for t in model.output}
+    assert dict(steps[-1].output_map) == {t.name: t.name for t in ensemble.output}
+    made = {name for step in steps for name in step.output_map.values()}
+    assert made - consumed == {t.name for t in ensemble.output}  # every step's output is used
+    assert all(fits(available[t.name], t) for t in ensemble.output)
+    assert {ensemble.max_batch_size} == {model.max_batch_size for model in models.values()}
+
+
+def test_the_language_model_is_in_the_repository_once(repo, manifest):
+    language = manifest.graph("fp32", LANGUAGE_ENCODER.name).sha256
+    copies = [path for path in repo.rglob("*.onnx") if sha256_file(path) == language]
+    assert copies == [model_graph(repo, LANGUAGE_ENCODER.name)]
+    assert {p.parent.parent.name for p in repo.rglob("model.onnx")} == {*ENCODERS, "score"}
 
 
 @pytest.mark.parametrize(
     "graph, model",
-    [(IMAGE_ENCODER.name, IMAGE_ENCODER.name), (TEXT_ENCODER.name, TEXT_ENCODER.name), (SCORER.name, "score")],
+    [
+        (VISION_ENCODER.name, VISION_ENCODER.name),
+        (LANGUAGE_ENCODER.name, LANGUAGE_ENCODER.name),
+        (SCORER.name, "score"),
+    ],
 )
 def test_encoder_and_scorer_graphs_hash_match_the_bundles(repo, tiny_bundle, manifest, graph, model):
-    copied = sha256_file(repo / model / "1" / "model.onnx")
+    copied = sha256_file(model_graph(repo, model))
     assert (
         copied == manifest.graph("fp32", graph).sha256 == sha256_file(tiny_bundle / manifest.graph("fp32", graph).file)
     )
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_fixed_length_padding_leaves_text_embeddings_unchanged(repo, preprocessors, feed_encoder, text):
+def test_fixed_length_padding_leaves_text_embeddings_unchanged(repo, manifest, preprocessors, feed_encoder, text):
     (padded,) = preprocessors["text"].texts([items(text.encode())])
-    unpadded = feed_encoder.text_feed([text])
+    unpadded = language_feed(feed_encoder.text_feed([text]), hidden=manifest.model.hidden_size)
     assert padded["input_ids"].shape[1] > unpadded["input_ids"].shape[1]
-    graph = repo / TEXT_ENCODER.name / "1" / "model.onnx"
-    assert np.abs(embed(graph, padded) - embed(graph, unpadded)).max() <= 1e-5
+    np.testing.assert_array_equal(padded[IMAGE_FEATURES.name], unpadded[IMAGE_FEATURES.name])
+    graph = model_graph(repo, LANGUAGE_ENCODER.name)
+    assert np.abs(run(graph, padded) - run(graph, unpadded)).max() <= 1e-5
 
 
 @pytest.mark.parametrize(("index", "instruction"), list(enumerate(INSTRUCTIONS)))
@@ -170,8 +254,7 @@ def test_fixed_length_padding_leaves_image_embeddings_unchanged(repo, preprocess
     (padded,) = preprocessors["image"].images([(items(png(index)), items(instruction.encode()))])
     unpadded = feed_encoder.image_feed(padded["pixel_values"], [instruction])
     assert padded["input_ids"].shape[1] > unpadded["input_ids"].shape[1]
-    graph = repo / IMAGE_ENCODER.name / "1" / "model.onnx"
-    assert np.abs(embed(graph, padded) - embed(graph, unpadded)).max() <= 1e-5
+    assert np.abs(image_embeddings(repo, padded) - image_embeddings(repo, unpadded)).max() <= 1e-5
 
 
 def test_image_preprocessing_equals_the_runtimes_feed_encoder(preprocessors, feed_encoder):
@@ -179,19 +262,24 @@ def test_image_preprocessing_equals_the_runtimes_feed_encoder(preprocessors, fee
     (result,) = preprocessors["image"].images([(items(data), items(instruction.encode()))])
     expected = feed_encoder.image_feed(feed_encoder.pixels([Image.open(io.BytesIO(data))]), [instruction])
     length = expected["input_ids"].shape[1]
+    assert list(result) == ["pixel_values", "input_ids", "attention_mask"]
     np.testing.assert_array_equal(result["pixel_values"], expected["pixel_values"])
     np.testing.assert_array_equal(result["input_ids"][:, :length], expected["input_ids"])
     assert (result["input_ids"][:, length:] == feed_encoder.formatter.pad_id).all()
     assert result["attention_mask"].sum() == expected["attention_mask"].sum() == length
 
 
-def test_text_preprocessing_equals_the_runtimes_feed_encoder(preprocessors, feed_encoder):
+def test_text_preprocessing_equals_the_runtimes_feed_encoder(manifest, preprocessors, feed_encoder):
     (result,) = preprocessors["text"].texts([items(*(t.encode() for t in TEXTS))])
     expected = feed_encoder.text_feed(list(TEXTS))
     length = expected["input_ids"].shape[1]
+    assert list(result) == ["input_ids", "attention_mask", IMAGE_FEATURES.name]
     np.testing.assert_array_equal(result["input_ids"][:, :length], expected["input_ids"])
     np.testing.assert_array_equal(result["attention_mask"][:, :length], expected["attention_mask"])
     assert not result["attention_mask"][:, length:].any()
+    features = result[IMAGE_FEATURES.name]
+    assert (features.dtype, features.shape) == (np.float32, (len(TEXTS), 1, manifest.model.hidden_size))
+    assert not features.any()
 
 
 @pytest.mark.parametrize(
@@ -241,11 +329,10 @@ def test_force_replaces_an_existing_repository(tiny_bundle, tmp_path, capsys):
     out.mkdir()
     (out / "mine.txt").write_text("old")
     assert to_triton.main([str(tiny_bundle), "-o", str(out), "--force"]) == 0
-    names = {"image", "image_preprocess", "image_encoder", "text", "text_preprocess", "text_encoder", "score"}
-    assert {p.name for p in out.iterdir()} == names | {"README.md"}
+    assert {p.name for p in out.iterdir()} == MODELS | {"README.md"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no temporary or old folder left beside it
     rows = capsys.readouterr().out.splitlines()[2:9]
-    assert {row.split()[0] for row in rows} == names
+    assert {row.split()[0] for row in rows} == MODELS
 
 
 def test_a_failure_midway_leaves_no_repository(tiny_bundle, tmp_path, monkeypatch):
@@ -266,7 +353,7 @@ def test_a_failure_midway_leaves_no_repository(tiny_bundle, tmp_path, monkeypatc
 
 def test_a_config_that_disagrees_with_the_manifest_fails_the_command(tiny_bundle, tmp_path, monkeypatch, capsys):
     def shrink_the_embeddings(folder, config):
-        if config.name == TEXT_ENCODER.name:
+        if config.name == LANGUAGE_ENCODER.name:
             config.output[0].dims[0] = 1
         return write_config(folder, config)
 
@@ -275,8 +362,9 @@ def test_a_config_that_disagrees_with_the_manifest_fails_the_command(tiny_bundle
     assert to_triton.main([str(tiny_bundle), "-o", str(tmp_path / "repo")]) == 2
     err = capsys.readouterr().err
     assert "the written configs disagree with the bundle's manifest" in err
-    assert "text_encoder: outputs are embeddings FP32[1,32], the manifest says embeddings FP32[3,32]" in err
+    assert "language_encoder: outputs are embeddings FP32[1,32], the manifest says embeddings FP32[3,32]" in err
     assert "text: embeddings FP32[1,32] does not fit embeddings FP32[3,32]" in err
+    assert "image: embeddings FP32[1,32] does not fit embeddings FP32[3,32]" in err  # the one model serves both
     assert list(tmp_path.iterdir()) == []
 
 
@@ -296,41 +384,67 @@ def copy_bundle(tiny_bundle, tmp_path):
     return bundle, read_manifest(bundle)
 
 
-def test_a_bundle_with_engines_gets_tensorrt_plan_encoders(tiny_bundle, tmp_path):
-    bundle, manifest = copy_bundle(tiny_bundle, tmp_path)
+def with_engines(bundle, manifest, graphs=tuple(ENGINE_FILES)):
+    """Stand-in fp16 engines of `graphs` (named as `export.to_trt` names them), recorded in the manifest."""
     entries = {}
-    for graph in (IMAGE_ENCODER.name, TEXT_ENCODER.name):
-        plan = bundle / f"{graph}.plan"
+    for graph in graphs:
+        plan = bundle / ENGINE_FILES[graph]
         plan.write_bytes(f"engine of {graph}".encode())
         source = manifest.graph("fp16", graph)
         entries[graph] = EngineEntry(plan.name, sha256_file(plan), source.file, source.sha256)
     write_manifest(bundle, dataclasses.replace(manifest, engines=Engines("fp16", "10.3", "test GPU", entries)))
+
+
+def test_a_bundle_with_engines_gets_tensorrt_plan_encoders(tiny_bundle, tmp_path):
+    bundle, manifest = copy_bundle(tiny_bundle, tmp_path)
+    with_engines(bundle, manifest)
     write_repository(bundle, tmp_path / "repo", RepoOptions(precision="fp16"))
-    for graph in entries:
+    for graph in ENCODERS:
         config = read_config(tmp_path / "repo" / graph / CONFIG_FILE)
         assert (config.platform, config.backend) == ("tensorrt_plan", "")
         assert mc.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == "KIND_GPU"
         assert (tmp_path / "repo" / graph / "1" / "model.plan").read_bytes() == f"engine of {graph}".encode()
-    assert read_config(tmp_path / "repo" / "score" / CONFIG_FILE).backend == "onnxruntime"
+    score = read_config(tmp_path / "repo" / "score" / CONFIG_FILE)
+    assert score.backend == "onnxruntime"
+    assert sha256_file(model_graph(tmp_path / "repo", "score")) == manifest.graph("fp16", SCORER.name).sha256
+
+
+def test_engines_that_lack_an_encoder_are_refused(tiny_bundle, tmp_path, capsys):
+    bundle, manifest = copy_bundle(tiny_bundle, tmp_path)
+    with_engines(bundle, manifest, (LANGUAGE_ENCODER.name, SCORER.name))
+    assert to_triton.main([str(bundle), "-o", str(tmp_path / "repo"), "--precision", "fp16"]) == 2
+    assert (
+        "TensorRT engines lack the vision_encoder: rebuild them with `python -m export.to_trt"
+        in capsys.readouterr().err
+    )
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_bundle_without_fp32_serves_its_first_precision_by_default(tiny_bundle, tmp_path):
+    bundle, manifest = copy_bundle(tiny_bundle, tmp_path)
+    graphs = {p: g for p, g in manifest.graphs.items() if p != "fp32"}
+    write_manifest(bundle, dataclasses.replace(manifest, graphs=graphs))
+    write_repository(bundle, tmp_path / "repo", RepoOptions())
+    first = next(iter(graphs))
+    for graph in ENCODERS:
+        assert sha256_file(model_graph(tmp_path / "repo", graph)) == graphs[first][graph].sha256
 
 
 def test_external_data_files_travel_beside_model_onnx(tiny_bundle, tmp_path):
-    import onnx
-
     bundle, manifest = copy_bundle(tiny_bundle, tmp_path)
-    entry = manifest.graph("fp32", TEXT_ENCODER.name)
+    entry = manifest.graph("fp32", LANGUAGE_ENCODER.name)
     graph = bundle / entry.file
     onnx.save_model(onnx.load(str(graph)), str(graph), save_as_external_data=True, location="weights.bin")
     data = graph.parent / "weights.bin"
     external = (ExternalData(str(data.relative_to(bundle)), data.stat().st_size),)
     moved = dataclasses.replace(entry, sha256=sha256_file(graph), external_data=external)
-    graphs = {**manifest.graphs, "fp32": {**manifest.graphs["fp32"], TEXT_ENCODER.name: moved}}
+    graphs = {**manifest.graphs, "fp32": {**manifest.graphs["fp32"], LANGUAGE_ENCODER.name: moved}}
     write_manifest(bundle, dataclasses.replace(manifest, graphs=graphs))
     write_repository(bundle, tmp_path / "repo", RepoOptions())
-    version = tmp_path / "repo" / TEXT_ENCODER.name / "1"
+    version = tmp_path / "repo" / LANGUAGE_ENCODER.name / "1"
     assert (version / "weights.bin").read_bytes() == data.read_bytes()
     feed = Preprocessor.from_folder(tmp_path / "repo" / "text_preprocess" / "1").texts([items(b"a red circle")])[0]
-    np.testing.assert_array_equal(embed(version / "model.onnx", feed), embed(tiny_bundle / entry.file, feed))
+    np.testing.assert_array_equal(run(version / "model.onnx", feed), run(tiny_bundle / entry.file, feed))
 
 
 def test_the_preprocess_model_imports_without_torch_or_onnxruntime():
