@@ -64,7 +64,10 @@ def test_a_chunk_re_run_under_dropout_backpropagates_through_the_masks_of_its_fi
     queries, candidates = torch.cat([q for q, _ in embedded]), torch.cat([c for _, c in embedded])
     trainer.objective.loss(queries, candidates, shard).backward()
     for name, param in trainer.model.named_parameters():
-        torch.testing.assert_close(chunked[name], param.grad, rtol=0, atol=1e-6, msg=name)
+        # float32 gradients summed over chunks rather than in one graph: up to 1.9e-6 x the tensor's largest gradient
+        # seen (prompts.vectors: 3.6e-7 of 0.19) over the default, AVX2 and AVX-512 kernels; ~10x that, to scale
+        atol = 2e-5 * param.grad.abs().max().item()
+        torch.testing.assert_close(chunked[name], param.grad, rtol=0, atol=atol, msg=name)
 
 
 def test_the_cli_refuses_a_chunk_size_below_one(capsys):
