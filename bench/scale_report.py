@@ -20,12 +20,18 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.2f}"
 
 
+def _short(commit: str) -> str:
+    """A commit as `git describe --dirty` gives it, the hash cut to 12 characters."""
+    head, dirty, _ = commit.partition("-dirty")
+    return head[:12] + dirty
+
+
 def render(scale: dict[str, Any], memory: dict[str, Any], sources: tuple[str, str]) -> str:
     lines = [
         "# A 2B model in the vision + language layout, measured",
         "",
         f"Rendered by `python -m bench.scale_report {sources[0]} {sources[1]}` from the files",
-        f"`{' '.join(scale['command'])}` (commit `{scale['commit'][:12]}`) and",
+        f"`{' '.join(scale['command'])}` (commit `{_short(scale['commit'])}`) and",
         "`python -m export.engine_memory BUNDLE --json` wrote. The model is a random-initialised",
         "Qwen2-VL-2B-architecture base after two LoRA steps at 448 px: right for size, memory, speed and parity, not",
         "for quality. ONNX Runtime on this machine's CPU; TensorRT was not run (the memory table is",
@@ -41,7 +47,8 @@ def render(scale: dict[str, Any], memory: dict[str, Any], sources: tuple[str, st
         alone = _gib(device[precision]) if precision in device else "(fp32 is the reference; not a device bundle)"
         lines.append(f"| {precision} | {_gib(size)} | {alone} |")
     export = scale["export"]
-    lines += ["", f"Export and gate: {export['seconds']:.0f} s, peak RSS {_gib(export['peak_rss'])} GiB.", ""]
+    reused = " (an earlier run's export, kept by `--reuse`)" if "--reuse" in scale["command"] else ""
+    lines += ["", f"Export and gate{reused}: {export['seconds']:.0f} s, peak RSS {_gib(export['peak_rss'])} GiB.", ""]
     lines += ["| export stage | seconds | peak RSS GiB |", "| --- | --- | --- |"]
     lines += [f"| {s['name']} | {s['seconds']:.0f} | {_gib(s['peak_rss'])} |" for s in export["stages"]]
     lines += _runtime(scale)
