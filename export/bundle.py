@@ -93,8 +93,10 @@ from .graphs import (
     export_graph,
     external_data_entries,
 )
-from .precision import quantize_dynamic_int8, quantize_qdq
+from .precision import INT4_BLOCK_SIZES, int4_counts, quantize_dynamic_int8, quantize_int4, quantize_qdq
 from .targets import Target
+
+QUANTIZED = ("int8", "int8-dynamic", "int4")  # made from the fp32 graphs after the model is released
 
 
 class DiskFull(AgffError, OSError):
@@ -113,6 +115,7 @@ class ExportOptions:
     external_data_bytes: int = EXTERNAL_DATA_BYTES
     keep_fp32: bool = True  # False: a device bundle (fp32 gated, then left out)
     fp16_guard_samples: int = 16  # calibration images and texts whose activation ranges the fp16 guard measures
+    int4_block_size: int = 128  # weight rows per int4 scale (TensorRT documents 64 and 128)
 
     def validate(self) -> None:
         lo, opt, hi = self.batch
@@ -123,6 +126,8 @@ class ExportOptions:
                 f"--opset {self.opset}: choose 17..20 (LayerNormalization needs 17; TensorRT 10 reads up to 20)"
             )
         check_gate_images(self.gate_images)
+        if self.int4_block_size not in INT4_BLOCK_SIZES:
+            raise InputError(f"--int4-block-size {self.int4_block_size}: choose one of {INT4_BLOCK_SIZES}")
         if not self.keep_fp32 and self.precisions == ("fp32",):
             raise InputError("--without-fp32 needs another precision to keep: add --precision fp16, int8, ...")
 
@@ -215,7 +220,7 @@ class BundleBuilder:
             files["fp16"] = self._encoders(folder / "fp16")
         self.model.to("meta")
         for precision in self.options.precisions:
-            if precision.startswith("int8"):
+            if precision in QUANTIZED:
                 (folder / precision).mkdir()
                 files[precision] = self._quantized(precision, files["fp32"])
         for graphs in files.values():
@@ -241,8 +246,8 @@ class BundleBuilder:
         }
 
     def _quantized(self, precision: str, fp32: dict[str, Path]) -> dict[str, Path]:
-        """Both encoders at an int8 precision, made from the fp32 files; Q/DQ calibrates the language encoder on
-        text items and on image items whose features the fp32 vision graph computes."""
+        """Both encoders at an int8 or int4 precision, made from the fp32 files; Q/DQ calibrates the language
+        encoder on text items and on image items whose features the fp32 vision graph computes."""
         out = {}
         for name in STORED_ENCODERS:
             path = fp32[name].parent.parent / precision / f"{name}.onnx"
@@ -254,6 +259,10 @@ class BundleBuilder:
                 kept = [f"{name}/{node}" for node in quantize_qdq(fp32[name], path, feeds)]
                 self.kept_in_float["int8"] = (*self.kept_in_float.get("int8", ()), *kept)
                 self.log(f"  {self._label(path)}: {len(kept)} weight MatMuls kept in float by sensitivity")
+            elif precision == "int4":
+                quantize_int4(fp32[name], path, self.options.int4_block_size)
+                counts = int4_counts(path)
+                self.log(f"  {self._label(path)}: {counts.quantized} weight MatMuls int4, {counts.kept} kept in float")
             else:
                 quantize_dynamic_int8(fp32[name], path)
             self.log(f"  {self._label(path)}: {time.perf_counter() - started:.1f} s")
@@ -359,7 +368,7 @@ class BundleBuilder:
         """Disk a build needs at its peak: the fp32 encoders hold one copy of the weights, fp16 half of one,
         each int8 kind a quarter, and int8 calibration an augmented fp32 copy of one graph at a time."""
         weights = self.weight_bytes()
-        share = {"fp32": 1.0, "fp16": 0.5, "int8": 1.0, "int8-dynamic": 0.25}
+        share = {"fp32": 1.0, "fp16": 0.5, "int8": 1.0, "int8-dynamic": 0.25, "int4": 0.15}
         total = sum(share[p] for p in self.options.precisions)
         return int(weights * total) + (64 << 20)
 

@@ -14,6 +14,7 @@ from agff_deploy.errors import AgffError, print_error
 from .bundle import BundleBuilder, DiskFull, ExportOptions, parse_precisions
 from .check import GateReport, add_gate_arguments
 from .graphs import EXTERNAL_DATA_BYTES
+from .precision import INT4_BLOCK_SIZES
 from .targets import TARGETS, get_target
 
 ADVICE = {
@@ -24,6 +25,7 @@ ADVICE = {
         "int8-dynamic for ONNX Runtime on CPU, or fp16 for TensorRT; a briefly trained model often misses int8's bars"
     ),
     "int8-dynamic": "left out; try fp16, or int8 with --calib-dir and a folder of your own images",
+    "int4": "left out; try --int4-block-size 64 (a scale per 64 weight rows), or int8 or fp16",
 }
 
 
@@ -54,6 +56,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--calib-samples", type=int, default=128, help="built-in scenes for int8 calibration (default: %(default)s)"
+    )
+    p.add_argument(
+        "--int4-block-size",
+        type=int,
+        default=128,
+        choices=INT4_BLOCK_SIZES,
+        help="weight rows per int4 scale (default: %(default)s; TensorRT documents 64 and 128)",
     )
     p.add_argument(
         "--fp16-guard-samples",
@@ -88,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             external_data_bytes=int(args.external_data_mb * 2**20),
             keep_fp32=not args.without_fp32,
             fp16_guard_samples=args.fp16_guard_samples,
+            int4_block_size=args.int4_block_size,
         )
         options.validate()
         target = get_target(args.target)

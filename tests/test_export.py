@@ -355,8 +355,8 @@ def test_image_size_off_the_patch_grid_is_refused(tiny_checkpoint, capsys):
 
 
 def test_unknown_precision_is_refused(tiny_checkpoint, capsys):
-    assert to_onnx_main([str(tiny_checkpoint), "--precision", "int4"]) == 2
-    assert "--precision int4: choose from fp32, fp16, int8, int8-dynamic" in capsys.readouterr().err
+    assert to_onnx_main([str(tiny_checkpoint), "--precision", "int2"]) == 2
+    assert "--precision int2: choose from fp32, fp16, int8, int8-dynamic, int4" in capsys.readouterr().err
 
 
 def test_reading_a_folder_without_manifest_says_how_to_make_one(tmp_path):
