@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .graph_weights import external_array, int8_columns, weight_matmuls
+
 # A MatMul is sensitive when its error is at least this many times the median's: the error of an
 # ordinary activation is set by int8's grid and is alike across layers; outlier channels multiply it.
 SENSITIVE_RATIO = 3.0
@@ -37,22 +39,18 @@ class MatMulError:
 
 def weight_matmul_inputs(model: onnx.ModelProto) -> dict[str, tuple[str, onnx.TensorProto]]:
     """MatMul name -> (its activation input, its 2-D weight), for the MatMuls int8 quantises."""
-    from .precision import _weight_matmuls
-
-    targets = _weight_matmuls(model.graph)
+    targets = weight_matmuls(model.graph)
     return {n.name: (n.input[0], targets[n.output[0]]) for n in model.graph.node if n.output and n.output[0] in targets}
 
 
 def matmul_errors(src: Path, feed: Mapping[str, np.ndarray], scales: Mapping[str, np.float32]) -> list[MatMulError]:
     """Every weight MatMul's int8 error on `feed`, activation scales from `scales` (activation name -> scale)."""
-    from .precision import _external_array
-
     model = onnx.load(str(src), load_external_data=False)
     matmuls = weight_matmul_inputs(model)
     activations = _activations(src, model, sorted({x for x, _ in matmuls.values()}), feed)
     errors = []
     for name, (x, weight) in matmuls.items():
-        array = _external_array(weight, src.parent) if weight.data_location else numpy_helper.to_array(weight)
+        array = external_array(weight, src.parent) if weight.data_location else numpy_helper.to_array(weight)
         errors.append(MatMulError(name, int(np.prod(weight.dims)), _error(activations[x], array, scales[x])))
     return errors
 
@@ -76,10 +74,8 @@ def _activations(
 
 
 def _error(x: np.ndarray, weight: np.ndarray, scale: np.float32) -> float:
-    from .precision import _int8_columns
-
     exact = x @ np.asarray(weight, np.float32)
-    quantized, columns = _int8_columns(np.asarray(weight, np.float32))
+    quantized, columns = int8_columns(np.asarray(weight, np.float32))
     x_q = np.clip(np.rint(x / scale), -127, 127) * scale
     approx = x_q @ (quantized.astype(np.float32) * columns)
     return float(np.linalg.norm(exact - approx) / max(np.linalg.norm(exact), 1e-30))

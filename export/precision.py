@@ -28,6 +28,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .graph_weights import external_array, int8_columns, weight_matmuls
+from .int8_sensitivity import keep_in_float, matmul_errors
+
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
 
 
@@ -121,7 +124,7 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> li
 def _activation_scales(src: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.float32]:
     """Per-tensor int8 scale of every weight MatMul's activation: its calibrated absolute maximum / 127."""
     model = onnx.load(str(src), load_external_data=False)
-    targets = _weight_matmuls(model.graph)
+    targets = weight_matmuls(model.graph)
     activations = sorted({n.input[0] for n in model.graph.node if n.output and n.output[0] in targets})
     peaks = _peaks(src, activations, feeds)
     return {name: np.float32(peak / 127 if peak > 0 else 1.0) for name, peak in peaks.items()}
@@ -130,8 +133,6 @@ def _activation_scales(src: Path, feeds: list[dict[str, np.ndarray]]) -> dict[st
 def _sensitive_matmuls(
     src: Path, feeds: list[dict[str, np.ndarray]], scales: dict[str, np.float32] | None = None
 ) -> list[str]:
-    from .int8_sensitivity import keep_in_float, matmul_errors
-
     scales = scales if scales is not None else _activation_scales(src, feeds)
     return keep_in_float(matmul_errors(src, feeds[0], scales))
 
@@ -181,32 +182,10 @@ class _ExternalWriter:
         return tensor
 
 
-def _external_array(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
-    """A read-only memory map of one externally stored tensor: its bytes are read only when used."""
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    return np.memmap(folder / info["location"], dtype, "r", int(info.get("offset", 0)), tuple(tensor.dims))
-
-
 # How one weight-bearing MatMul is rewritten: (node, weight name, fp32 weight, writer) -> (new tensors, new nodes).
 MatMulRewrite = Callable[
     [onnx.NodeProto, str, np.ndarray, "_ExternalWriter"], tuple[list[onnx.TensorProto], list[onnx.NodeProto]]
 ]
-
-
-def _weight_matmuls(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    """MatMul output name -> its 2-D weight, for weights no other node reads (tied weights stay float)."""
-    weights = {t.name: t for t in graph.initializer}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    found = {}
-    for node in graph.node:
-        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
-        if weight is not None and len(weight.dims) == 2 and readers[weight.name] == 1:
-            found[node.output[0]] = weight
-    return found
 
 
 def stream_dynamic_int8(src: Path, dst: Path) -> Path:
@@ -218,7 +197,7 @@ def stream_dynamic_int8(src: Path, dst: Path) -> Path:
     Mul by both scales return to float (ORT fuses the chain into one kernel).
     Every other tensor is copied as it is. The output is `dst` plus `dst.data`.
     """
-    return _rewrite_weight_matmuls(src, dst, _integer_matmul)
+    return _rewriteweight_matmuls(src, dst, _integer_matmul)
 
 
 def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> list[str]:
@@ -262,7 +241,7 @@ def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> list
         )
         return tensors, nodes
 
-    _rewrite_weight_matmuls(src, dst, qdq_matmul)
+    _rewriteweight_matmuls(src, dst, qdq_matmul)
     return sorted(kept)
 
 
@@ -326,7 +305,7 @@ def _weight_dq(
 
 def _int8_weight(name: str, weight: np.ndarray, writer: _ExternalWriter) -> list[onnx.TensorProto]:
     """`{name}_int8` (written to the external file), `{name}_scale` and `{name}_zero_point`, per output column."""
-    quantized, scale = _int8_columns(weight)
+    quantized, scale = int8_columns(weight)
     int8 = onnx.TensorProto(name=f"{name}_int8", data_type=onnx.TensorProto.INT8, dims=quantized.shape)
     return [
         writer.add(int8, quantized),
@@ -335,18 +314,11 @@ def _int8_weight(name: str, weight: np.ndarray, writer: _ExternalWriter) -> list
     ]
 
 
-def _int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output column: the weight in int8 and one fp32 scale per column."""
-    peak = np.abs(weight).max(axis=0)
-    scale = np.where(peak > 0, peak / 127, 1).astype(np.float32)
-    return np.clip(np.rint(weight / scale), -127, 127).astype(np.int8), scale
-
-
-def _rewrite_weight_matmuls(src: Path, dst: Path, rewrite: MatMulRewrite) -> Path:
+def _rewriteweight_matmuls(src: Path, dst: Path, rewrite: MatMulRewrite) -> Path:
     """Replace every weight-bearing MatMul of `src` by `rewrite`'s nodes, one weight in memory at a time."""
     model = onnx.load(str(src), load_external_data=False)
     graph = model.graph
-    targets = _weight_matmuls(graph)
+    targets = weight_matmuls(graph)
     weights = {t.name: t for t in graph.initializer}
     writer = _ExternalWriter(dst.with_name(dst.name + ".data"))
     nodes: list[onnx.NodeProto] = []
@@ -357,7 +329,7 @@ def _rewrite_weight_matmuls(src: Path, dst: Path, rewrite: MatMulRewrite) -> Pat
             if weight is None:
                 nodes.append(node)
                 continue
-            array = _external_array(weight, src.parent) if weight.data_location else numpy_helper.to_array(weight)
+            array = external_array(weight, src.parent) if weight.data_location else numpy_helper.to_array(weight)
             tensors, matmul = rewrite(node, weight.name, np.asarray(array, np.float32), writer)
             nodes += matmul
             added += tensors
@@ -365,7 +337,7 @@ def _rewrite_weight_matmuls(src: Path, dst: Path, rewrite: MatMulRewrite) -> Pat
         kept = [t for t in graph.initializer if t.name in weights]
         for tensor in kept:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                writer.add(tensor, _external_array(tensor, src.parent))
+                writer.add(tensor, external_array(tensor, src.parent))
     finally:
         writer.file.close()
     del graph.initializer[:]
@@ -442,7 +414,7 @@ def quantize_int4(src: Path, dst: Path, block_size: int = 128) -> Path:
     external = _has_external(originals)
     rewrite = _int4_rewrite({t.name: t for t in originals.graph.initializer}, src.parent, block_size)
     with _at_opset(src, INT4_OPSET) as converted:
-        _rewrite_weight_matmuls(converted, dst, rewrite)
+        _rewriteweight_matmuls(converted, dst, rewrite)
     if not external:
         _inline(dst)
     return dst
@@ -568,7 +540,7 @@ def _kept_weight(
 ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
     """A weight that stays float, copied from the source in its own type (not the fp32 copy the rewrite gets)."""
     external = original.data_location == onnx.TensorProto.EXTERNAL
-    array = _external_array(original, folder) if external else numpy_helper.to_array(original)
+    array = external_array(original, folder) if external else numpy_helper.to_array(original)
     kept = onnx.TensorProto(name=original.name, data_type=original.data_type, dims=original.dims)
     return [writer.add(kept, array)], [node]
 

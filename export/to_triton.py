@@ -420,7 +420,7 @@ zero image feature that no token reads; text and image requests differ in shape,
 
 The preprocess models run on Triton's Python backend and import `serve.preprocess_model`, so the Triton container
 needs agff-deploy installed (it brings numpy, Pillow and tokenizers; no torch, no ONNX Runtime) into a Python of
-3.11 or newer, agff-deploy's minimum: check `python3 --version` in the image you pick. Build a wheel where
+3.10 or newer, agff-deploy's minimum: check `python3 --version` in the image you pick. Build a wheel where
 agff-deploy is checked out with `pip wheel --no-deps -w dist .`, then:
 
 ```

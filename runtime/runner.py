@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Self
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from agff_deploy.errors import ArtifactError
 from agff_deploy.manifest import sha256_file
 
 Outputs = dict[str, np.ndarray]
+# `typing.Self` is Python 3.11+: the runtime also runs on 3.10 (Jetson JetPack 6).
+_RunnerT = TypeVar("_RunnerT", bound="Runner")
 
 
 class ArtifactMismatch(ArtifactError):
@@ -62,7 +64,7 @@ class Runner:
         self.inference_time = None
         self.deactivate_impl()
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _RunnerT) -> _RunnerT:
         self.activate()
         return self
 

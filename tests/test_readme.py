@@ -35,11 +35,17 @@ COMMANDS = ("python", "agff-run", "pip")
 OUTPUT_FLAGS = ("--out", "-o", "--index", "--json", "--work")
 
 
-def test_the_python_the_readme_names_is_the_minimum_setup_cfg_accepts():
+def test_the_readme_names_the_minimum_python_setup_cfg_accepts():
     config = configparser.ConfigParser()
     config.read(REPO / "setup.cfg")
     minimum = config["options"]["python_requires"].removeprefix(">=")
-    assert re.search(r"with Python (\d+\.\d+) and pip", README).group(1) == minimum
+    assert re.search(r"The package itself needs Python (\d+\.\d+) or newer", README).group(1) == minimum
+
+
+def test_the_set_up_commands_name_the_python_ci_runs_them_with():
+    ci = (REPO / ".ci" / "run").read_text()
+    setup_python = re.search(r"with Python (\d+\.\d+) and pip", README).group(1)
+    assert f"/usr/bin/python{setup_python}" in ci
 
 
 def test_every_output_a_readme_command_writes_is_ignored_by_git():
