@@ -72,4 +72,4 @@ def test_an_unresolved_contract_cannot_be_resolved_without_every_model_size():
 
 def test_the_scorer_is_held_to_fp32_and_the_encoders_to_every_precision():
     assert set(SCORER.bars) == {"fp32"}
-    assert set(IMAGE_ENCODER.bars) == set(TEXT_ENCODER.bars) == {"fp32", "fp16", "int8", "int8-dynamic"}
+    assert set(IMAGE_ENCODER.bars) == set(TEXT_ENCODER.bars) == {"fp32", "fp16", "int8", "int8-dynamic", "int4"}
