@@ -3,9 +3,10 @@
 With it a bundle is gated where no checkpoint and no torch are: `export.to_trt`
 holds engines to PyTorch on the Jetson itself, `python -m export.check` re-gates
 a copied bundle, and a device bundle can leave its fp32 graphs out. The record
-is small (sets A and B, the held-out pairs' feeds and the embeddings; the
-synthetic scenes compress well) and is one `.npz` of plain arrays, read with
-`allow_pickle=False`.
+is one compressed `.npz` of plain arrays, read with `allow_pickle=False`: sets A
+and B, the held-out pairs' feeds when `--agreement-pairs` is set (most of its
+size: up to pairs x 3 x H x W float32 pixels before compression) and PyTorch's
+outputs.
 
 Keys: `feed/<graph>/<index>/<tensor>` for every feed the gate gives `graph`, in
 `InputSets.feeds` order (one per input set, then the held-out pairs' chunks),
