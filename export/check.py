@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,21 +229,26 @@ def compare(
     """Each candidate graph against the reference runner of the same graph, on every input set, under `bars` (by
     graph); the encoders also on the held-out pairs when their bar has a top-1 part.
 
-    One runner is active at a time: each runs all its feeds and is deactivated before the next one loads, so a 2B
-    graph never shares memory with another. Rows are labelled `precision`.
+    The candidates are the pipelines of one precision, which share their stored graphs (the language encoder
+    serves image and text items): all are activated first, so each stored graph loads once, and each pipeline is
+    released after its feeds, so a graph no later pipeline needs is freed early. Together they hold one copy of the
+    model. Rows are labelled `precision`.
     """
     rows, held_out = [], {}
     set_names = list(input_sets.sets)
-    for graph, candidate in candidates.items():
-        bar = bars[graph]
-        feeds = [input_sets.sets[s][graph] for s in set_names]
-        pairs = input_sets.held_out.feeds.get(graph, []) if input_sets.held_out and bar.top1 is not None else []
-        expected = _run_all(reference[graph], feeds + pairs)
-        found = _run_all(candidate, feeds + pairs)
-        for name, out, ref in zip(set_names, found, expected, strict=False):
-            rows.append(_row(precision, graph, name, out, ref, bar))
-        if pairs:
-            held_out[graph] = (np.concatenate(found[len(feeds) :]), np.concatenate(expected[len(feeds) :]))
+    with ExitStack() as active:
+        for candidate in candidates.values():
+            active.enter_context(candidate)
+        for graph, candidate in candidates.items():
+            bar = bars[graph]
+            feeds = [input_sets.sets[s][graph] for s in set_names]
+            pairs = input_sets.held_out.feeds.get(graph, []) if input_sets.held_out and bar.top1 is not None else []
+            expected = _run_all(reference[graph], feeds + pairs)
+            found = _run_all(candidate, feeds + pairs)
+            for name, out, ref in zip(set_names, found, expected, strict=False):
+                rows.append(_row(precision, graph, name, out, ref, bar))
+            if pairs:
+                held_out[graph] = (np.concatenate(found[len(feeds) :]), np.concatenate(expected[len(feeds) :]))
     if input_sets.held_out and set(ENCODERS) <= set(held_out):
         rows.append(_retrieval_row(precision, input_sets.held_out, held_out, bars[IMAGE_ENCODER.name]))
     return rows

@@ -365,3 +365,24 @@ def test_reading_a_folder_without_manifest_says_how_to_make_one(tmp_path):
     (tmp_path / MANIFEST_FILE).write_text("{}")
     with pytest.raises(ValueError, match="format is None"):
         read_manifest(tmp_path)
+
+
+def test_the_gate_loads_each_stored_graph_once_per_precision(tiny_bundle, model_and_encoder, monkeypatch):
+    from collections import Counter
+
+    from runtime.ort_runner import OnnxSessionLoader
+
+    model, encoder = model_and_encoder
+    loads: Counter[str] = Counter()
+    load = OnnxSessionLoader.__call__
+
+    def counting(self):
+        loads[str(self.path.relative_to(tiny_bundle))] += 1
+        return load(self)
+
+    monkeypatch.setattr(OnnxSessionLoader, "__call__", counting)
+    reference = pytorch_reference(model, encoder, read_manifest(tiny_bundle).fusion, agreement_pairs=0)
+    gate_bundle(tiny_bundle, *reference, get_target("generic"))
+    precisions = ("fp32", "fp16", "int8", "int8-dynamic")
+    stored = [f"{p}/{g}_encoder.onnx" for p in precisions for g in ("vision", "language")]
+    assert loads == Counter([*stored, "scorer.onnx"])
