@@ -35,11 +35,10 @@ class Lease:
         self.runner = runner
         self.holders = 0
 
-    def acquire(self) -> Runner:
+    def acquire(self) -> None:
         if self.holders == 0:
             self.runner.activate()
         self.holders += 1
-        return self.runner
 
     def release(self) -> None:
         self.holders -= 1
