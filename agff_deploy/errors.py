@@ -27,6 +27,10 @@ class InputError(AgffError, ValueError):
     """A flag value, data file or image that is not what the command needs."""
 
 
+class ImageSizeError(InputError):
+    """An image whose shape the model's resize refuses (aspect ratio over the limit, no pixels); says what to do."""
+
+
 class MissingFileError(AgffError, FileNotFoundError):
     """A file or folder the user named, or one an artifact needs beside it, is not there."""
 
