@@ -1,17 +1,20 @@
 """Evaluation: metrics on hand-checkable matrices, the synthetic benchmarks, and the real-benchmark loaders."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from agff_deploy.eval.__main__ import main, table
-from agff_deploy.eval.evaluate import _item_scores, evaluate, mmeb
+from agff_deploy.eval.evaluate import _item_scores, evaluate, mmeb, synthetic_global, synthetic_mmvp
 from agff_deploy.eval.metrics import hit_at_1, mmvp_pair_correct, recall_at_k
 from agff_deploy.eval.mmeb import META_TASKS, MMEBItem, Side, load_mmeb, meta_task
 from agff_deploy.eval.mmvp_vlm import load_mmvp_vlm
 from agff_deploy.eval.synthetic import MMVP_PATTERNS, global_retrieval_set, mmvp_pairs
+from agff_deploy.provenance import KEYS
+from runtime.embedder import Embedder
 from train.evaluate import evaluate_held_out
 
 
@@ -31,6 +34,12 @@ def test_recall_at_k_on_a_small_matrix():
     assert recall_at_k(sim, 1) == pytest.approx(1 / 3)
     assert recall_at_k(sim, 2) == pytest.approx(2 / 3)
     assert recall_at_k(sim, 3) == 1.0
+
+
+def test_recall_is_one_when_every_positive_ranks_first_and_zero_until_k_reaches_it_when_it_ranks_last():
+    count = 6
+    assert [recall_at_k(np.eye(count), k) for k in (1, 5)] == [1.0, 1.0]
+    assert [recall_at_k(-np.eye(count), k) for k in (1, 5, 6)] == [0.0, 0.0, 1.0]
 
 
 def test_hit_at_1_counts_the_first_candidate_winning():
@@ -53,6 +62,52 @@ def test_pairs_differ_only_in_their_pattern():
     assert len(a ^ b) == 2
     first, mirrored = pairs["viewpoint"].images
     assert np.array_equal(mirrored, first[:, ::-1])
+
+
+class OneHotModel:
+    """A stand-in embedder for a known set of images and texts: image i is the unit vector e_i, a text is the vector
+    it was given. Scores are dot products, so every rank, and so every benchmark number, is known in advance."""
+
+    def __init__(self, images, texts, size):
+        self.images = {np.asarray(image).tobytes(): i for i, image in enumerate(images)}
+        self.texts = texts
+        self.spec = SimpleNamespace(image_size=(size, size))
+
+    def embed_images(self, images, instructions=""):
+        return np.eye(len(self.images), dtype=np.float32)[[self.images[np.asarray(i).tobytes()] for i in images], None]
+
+    def embed_texts(self, texts):
+        return np.stack([self.texts[t] for t in texts])[:, None].astype(np.float32)
+
+    def score(self, queries, candidates):
+        return queries[:, 0] @ candidates[:, 0].T
+
+
+@pytest.mark.parametrize(
+    ("caption_vector", "recall"),
+    [
+        (lambda eye, i: eye[i], {"R@1": 1.0, "R@5": 1.0}),  # each caption is its own image: perfect retrieval
+        (lambda eye, i: eye[(i + 1) % len(eye)], {"R@1": 0.0, "R@5": 1.0}),  # each is the next image: ranked second
+        (lambda eye, i: -eye[i], {"R@1": 0.0, "R@5": 0.0}),  # each is its image reversed: ranked last of 16
+    ],
+    ids=["perfect", "shifted", "reversed"],
+)
+def test_synthetic_global_recall_on_embeddings_whose_ranks_are_known(caption_vector, recall):
+    images, captions = global_retrieval_set(16, seed=1, size=56)
+    eye = np.eye(16)
+    model = OneHotModel(images, {c: caption_vector(eye, i) for i, c in enumerate(captions)}, 56)
+    result = synthetic_global(model, seed=1, count=16)
+    assert result == {"items": 16, "image_to_text": recall, "text_to_image": recall}
+
+
+@pytest.mark.parametrize(("swap", "accuracy"), [(0, 1.0), (1, 0.0)], ids=["own-image", "swapped"])
+def test_synthetic_mmvp_scores_each_pattern_from_its_pairs(swap, accuracy):
+    pairs = mmvp_pairs(pairs_per_pattern=2, seed=1, size=56)
+    images = [image for pair in pairs for image in pair.images]
+    eye = np.eye(len(images))
+    statements = {s: eye[(2 * p + k) ^ swap] for p, pair in enumerate(pairs) for k, s in enumerate(pair.statements)}
+    result = synthetic_mmvp(OneHotModel(images, statements, 56), seed=1, pairs_per_pattern=2)
+    assert result == {"pairs": 18, "per_pattern": dict.fromkeys(MMVP_PATTERNS, accuracy), "mean": accuracy}
 
 
 def test_synthetic_benchmarks_are_deterministic_per_seed_and_differ_across_seeds():
@@ -289,12 +344,26 @@ def test_training_reports_pair_accuracy_under_the_benchmarks_pattern_names(tiny_
 def test_evaluate_runs_every_benchmark_through_the_runtime(tiny_bundle, mmvp_folder, mmeb_folder):
     mmvp = evaluate(tiny_bundle, "synthetic-mmvp", seed=1, pairs_per_pattern=3)
     assert set(mmvp["per_pattern"]) == set(MMVP_PATTERNS) and mmvp["pairs"] == 27
+    assert {3 * a for a in mmvp["per_pattern"].values()} <= {0, 1, 2, 3}  # a fraction of its 3 pairs
+
     glob = evaluate(tiny_bundle, "synthetic-global", seed=1)
-    assert 0 <= glob["image_to_text"]["R@1"] <= glob["image_to_text"]["R@5"] <= 1
+    with Embedder.load(tiny_bundle) as model:
+        images, captions = global_retrieval_set(512, seed=1, size=model.spec.image_size[0])
+        scores = model.score(model.embed_images(images), model.embed_texts(captions))
+    own = np.arange(512)
+    assert glob["image_to_text"]["R@1"] == pytest.approx(np.mean(scores.argmax(1) == own))
+    assert glob["text_to_image"]["R@1"] == pytest.approx(np.mean(scores.argmax(0) == own))
+
     real = evaluate(tiny_bundle, "mmvp-vlm", data=mmvp_folder)
     assert set(real["per_pattern"]) == {"Orientation and Direction", "Color and Appearance"}
+    assert set(real["per_pattern"].values()) <= {0.0, 1.0}  # one pair per pattern
     mmeb = evaluate(tiny_bundle, "mmeb", data=mmeb_folder)
-    assert set(mmeb["per_meta_task"]) == {"classification", "retrieval"} and 0 <= mmeb["overall"] <= 1
+    assert mmeb["per_subset"]["ImageNet-1K"] in (0.0, 0.5, 1.0) and mmeb["per_subset"]["MSCOCO_t2i"] in (0.0, 1.0)
+    assert mmeb["per_meta_task"] == {
+        "classification": mmeb["per_subset"]["ImageNet-1K"],
+        "retrieval": mmeb["per_subset"]["MSCOCO_t2i"],
+    }
+    assert mmeb["overall"] == pytest.approx(np.mean(list(mmeb["per_subset"].values())))
 
 
 def test_cli_prints_a_table_and_writes_json_and_a_chart(tiny_bundle, tmp_path, capsys):
@@ -302,7 +371,10 @@ def test_cli_prints_a_table_and_writes_json_and_a_chart(tiny_bundle, tmp_path, c
     out = tmp_path / "mmvp.json"
     assert main([str(tiny_bundle), "--bench", "synthetic-mmvp", "--pairs-per-pattern", "2", "--json", str(out)]) == 0
     assert "orientation" in capsys.readouterr().out
-    assert json.loads(out.read_text())["bench"] == "synthetic-mmvp"
+    written = json.loads(out.read_text())
+    assert written["bench"] == "synthetic-mmvp" and set(KEYS) <= set(written)
+    assert written["config"]["pairs_per_pattern"] == 2
+    assert written["command"][:4] == ["python", "-m", "agff_deploy.eval", str(tiny_bundle)]
     assert out.with_suffix(".png").stat().st_size > 1000
 
 

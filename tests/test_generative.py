@@ -4,9 +4,11 @@ import torch
 
 from agff_deploy.base import write_backbone_files
 from agff_deploy.errors import InputError
+from agff_deploy.eval.synthetic import pattern_name
 from agff_deploy.model import load_base_folder
 from agff_deploy.prompts import ASPECT_TEXTS
 from agff_deploy.scenes import ANSWER_OPTIONS, make_scene
+from train import generative_probe
 from train.generative import IGNORED, Example, SceneExamples, encode_examples
 from train.generative_probe import probe_answers
 from train.trainer import Trainer, TrainSettings
@@ -101,7 +103,17 @@ def test_the_probe_asks_every_question_and_knows_its_chance(tiny_model, encoder)
     assert sum(report.questions.values()) == len(asked)
     assert report.chance["colour"] == 1 / len(ANSWER_OPTIONS["colour"])
     assert report.chance["orientation" if "orientation" in report.chance else "size"] in (0.25, 0.5)
-    assert all(0.0 <= a <= 1.0 for a in report.accuracy.values())
+
+
+def test_the_probe_answers_each_question_with_its_best_scored_option(tiny_model, encoder, monkeypatch):
+    # every option scores the same, so the first option is chosen: accuracy is the share of right answers listed first
+    monkeypatch.setattr(generative_probe, "answer_log_probs", lambda model, batch: torch.zeros(len(batch.input_ids), 1))
+    report = probe_answers(tiny_model, encoder, num_scenes=6)
+    first: dict[str, list[bool]] = {}
+    for i in range(6):
+        for attribute, _, answer in make_scene(generative_probe.PROBE_SEED_OFFSET + i, held_out=True).question_items():
+            first.setdefault(pattern_name(attribute), []).append(answer == ANSWER_OPTIONS[attribute][0])
+    assert report.accuracy == {name: sum(hits) / len(hits) for name, hits in first.items()}
 
 
 def test_a_frozen_backbone_stays_unchanged_while_the_prompts_train(tmp_path):

@@ -18,7 +18,10 @@ def test_demo_trains_exports_and_runs(tmp_path):
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
     recall = float(re.search(r"R@1 among 256: ([0-9.]+)", trained.stdout).group(1))
-    assert recall >= 0.7, trained.stdout
+    # Measured 0.934 (seed 0, 2-core CPU, commit 2e63320); issue 22 reports 0.93-0.95 for the demo. Over 256 pairs the
+    # sampling spread alone is about 0.015 (binomial at 0.94), so 0.88 sits more than three of those below the lowest
+    # run, and a model more than five points below it fails.
+    assert recall >= 0.88, trained.stdout
 
     exported = subprocess.run(
         [sys.executable, "-m", "export.to_onnx", str(tmp_path / "ckpt"), "-o", str(tmp_path / "bundle")],

@@ -83,10 +83,17 @@ def test_numpy_fusion_equals_torch_fusion():
     assert np.abs(ours - theirs).max() <= 1e-5
 
 
-def test_classify_returns_a_label_and_a_distribution(ort_model):
-    results = ort_model.classify(images(2), ["beach", "snow", "night"], template="a {} scene")
-    assert [set(r["scores"]) for r in results] == [{"beach", "snow", "night"}] * 2
-    assert all(r["label"] in ("beach", "snow", "night") and 1 / 3 <= r["probability"] <= 1 for r in results)
+def test_classify_is_the_softmax_of_the_fused_scores_at_the_model_temperature(ort_model):
+    labels = ["beach", "snow", "night"]
+    pics = ort_model.embed_images(images(2))
+    results = ort_model.classify(pics, labels, template="a {} scene")
+
+    scores = ort_model.numpy_score(pics, ort_model.embed_texts([f"a {label} scene" for label in labels]))
+    logits = scores.astype(np.float64) / ort_model.spec.temperature
+    probs = np.exp(logits - np.log(np.exp(logits).sum(1, keepdims=True)))
+    assert [r["label"] for r in results] == [labels[i] for i in probs.argmax(1)]
+    assert np.allclose([r["probability"] for r in results], probs.max(1), atol=1e-5)
+    assert np.allclose([[r["scores"][label] for label in labels] for r in results], scores, atol=1e-5)
 
 
 def test_rank_scores_images_as_the_model_was_trained(ort_model):
