@@ -5,11 +5,12 @@ ONNX (fp32, mixed fp16, or int8 Q/DQ), never from builder flags (TensorRT 11
 removed them). One optimisation profile per dynamic input of the graph
 contract, and a reusable timing cache. On a board target (a Jetson) the
 engines' memory, estimated from the graphs (export.engine_memory), is checked
-before TensorRT starts. Built engines, joined into the item pipelines, pass
-the parity gate against the PyTorch outputs the bundle's gate record holds (no
-torch and no fp32 graphs needed on the device), under their precision's bar,
-before they replace the bundle's engines and the manifest records them;
-engines that miss it are not kept.
+before TensorRT starts; the estimate has not been compared with a real build,
+so --skip-memory-check builds past its refusal. Built engines, joined into the
+item pipelines, pass the parity gate against the PyTorch outputs the bundle's
+gate record holds (no torch and no fp32 graphs needed on the device), under
+their precision's bar, before they replace the bundle's engines and the
+manifest records them; engines that miss it are not kept.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ NO_TENSORRT = (
     "TensorRT is not installed here. Engines are not portable across GPUs or TensorRT versions, so build them on "
     "the machine that runs them: copy the bundle there and run `python -m export.to_trt BUNDLE`. On a Jetson use "
     "JetPack's TensorRT (python3-libnvinfer); on an x86 GPU host `pip install 'agff-deploy[gpu]'`."
+)
+
+
+MEMORY_CHECK_SKIPPED = (
+    "warning: --skip-memory-check: the engines' device memory was not estimated (export.engine_memory); "
+    "the build may run out of memory"
 )
 
 
@@ -105,6 +112,7 @@ class BuildRequest:
     workspace_gb: float
     timing_cache: Path | None
     target: Target
+    skip_memory_check: bool = False  # build even where export.engine_memory's estimate says it will not fit
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,10 @@ def check_memory(request: BuildRequest, manifest: Manifest, usable: int) -> str:
         " or ".join(fits)
         or f"nothing this bundle holds at --workspace {request.workspace_gb:g}; lower it or use a bigger board"
     )
-    raise InputError(f"too large: {message}. Would fit: {advice}")
+    raise InputError(
+        f"too large: {message}. Would fit: {advice}. The estimate has not been compared with a real build: "
+        "--skip-memory-check builds anyway"
+    )
 
 
 def preflight(request: BuildRequest, manifest: Manifest) -> list[Path]:
@@ -165,7 +176,9 @@ def preflight(request: BuildRequest, manifest: Manifest) -> list[Path]:
         problems = lint_file(path, target)
         if problems:
             raise ArtifactError(f"{path} will not build for {target.name}: {'; '.join(problems)}")
-    if target.memory_gb is not None:
+    if request.skip_memory_check:
+        print(MEMORY_CHECK_SKIPPED, file=sys.stderr)
+    elif target.memory_gb is not None:
         print(check_memory(request, manifest, target.usable_bytes()))
     return paths
 
@@ -179,7 +192,7 @@ def build_bundle_engines(request: BuildRequest) -> EngineBuild:
         raise MissingDependencyError(f"TensorRT {version} is too old: strongly typed Q/DQ builds need TensorRT >= 10")
     device = query_device()
     workspace = int(request.workspace_gb * 2**30)
-    if request.target.memory_gb is None:
+    if request.target.memory_gb is None and not request.skip_memory_check:
         print(check_memory(request, manifest, request.target.usable_bytes(device.memory_bytes)))
     plans: dict[str, Path] = {}  # built plans under temporary names until the gate passes them
     try:
@@ -231,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workspace", type=float, default=2.0, help="builder workspace in GiB (default: %(default)s)")
     p.add_argument("--timing-cache", type=Path, help="timing cache file to read and update")
     p.add_argument("--target", default="generic", choices=sorted(TARGETS))
+    p.add_argument(
+        "--skip-memory-check",
+        action="store_true",
+        help="build even where export.engine_memory's estimate (not yet compared with a real build) says the engines "
+        "will not fit",
+    )
     args = p.parse_args(argv)
     try:
         batch = args.batch or read_manifest(args.bundle).dims.batch.as_tuple()
@@ -241,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workspace,
             args.timing_cache,
             get_target(args.target),
+            args.skip_memory_check,
         )
         build = build_bundle_engines(request)
     except TensorRTMissing as err:

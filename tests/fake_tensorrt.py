@@ -1,10 +1,11 @@
 """Test doubles for TensorRT and cuda-python: the calls our builder and runner make, and nothing more.
 
 `install(monkeypatch)` puts a fake `tensorrt` module and a fake `cuda.bindings.runtime` in `sys.modules`.
-A fake build serializes the ONNX path it parsed and the optimisation profile it was given; a fake engine
-runs that graph in ONNX Runtime (times `Build.scale`, to make a bad engine), holds its profile and
-enforces it as TensorRT does. Device memory is host memory behind integer handles, copied with ctypes,
-so the runner's buffers, copies and streams run for real; what stays untested is TensorRT itself.
+The fake parser refuses a graph that onnx cannot load or its checker rejects. A fake build serializes the ONNX
+path it parsed and the optimisation profile it was given; a fake engine runs that graph in ONNX Runtime (times
+`Build.scale`, to make a bad engine), holds its profile and enforces it as TensorRT does. Device memory is host
+memory behind integer handles, copied with ctypes, so the runner's buffers, copies and streams run for real; what
+stays untested is TensorRT itself.
 """
 
 from __future__ import annotations
@@ -155,13 +156,43 @@ class Network:
     onnx = ""
 
 
+class ParserError:
+    """One entry of a failed parse, as `OnnxParser.get_error` returns it: a description and its text."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def desc(self) -> str:
+        return self.description
+
+    def __str__(self) -> str:
+        return self.description
+
+
 class OnnxParser:
-    num_errors = 0
+    """Parses as TensorRT's parser must at least: a file onnx cannot load, or a graph onnx's checker rejects (a node
+    reading a tensor nothing produces, say), fails with its errors recorded and the network left empty."""
 
     def __init__(self, network: Network, logger: Logger) -> None:
         self.network = network
+        self.errors: list[ParserError] = []
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
+
+    def get_error(self, index: int) -> ParserError:
+        return self.errors[index]
 
     def parse_from_file(self, path: str) -> bool:
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        try:
+            onnx.checker.check_model(onnx.load(path, load_external_data=False))
+        except (DecodeError, onnx.checker.ValidationError) as err:
+            self.errors.append(ParserError(f"{type(err).__name__}: {str(err).strip()}"))
+            return False
         self.network.onnx = path
         return True
 
@@ -272,6 +303,7 @@ def _cudart() -> types.ModuleType:
     runtime.cudaStreamDestroy = stream_destroy
     runtime.cudaStreamSynchronize = lambda stream: (0,)
     runtime.cudaGetDeviceProperties = lambda index: (0, properties)
+    runtime.cudaGetDeviceCount = lambda: (0, 1)
     return runtime
 
 

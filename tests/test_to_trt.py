@@ -1,32 +1,121 @@
 """The TensorRT engine builder: pre-flight checks everywhere, real builds where TensorRT and a GPU exist."""
 
 import dataclasses
+import importlib.abc
 import importlib.util
 import json
 import shutil
+import sys
 
 import numpy as np
+import onnx
 import pytest
 
+from agff_deploy.errors import EXIT_STATUS, MissingDependencyError
 from agff_deploy.manifest import read_manifest, sha256_file, write_manifest
 from export.targets import get_target
-from export.to_trt import BuildRequest, build_bundle_engines, check_memory, main, preflight, tensorrt_version
+from export.to_trt import (
+    MEMORY_CHECK_SKIPPED,
+    BuildRequest,
+    TensorRTMissing,
+    build_bundle_engines,
+    check_memory,
+    main,
+    preflight,
+    tensorrt_version,
+)
 from export.trt_profiles import ENGINE_FILES, profile_shapes
+from runtime.cuda import cudart
 from runtime.embedder import Embedder
 from runtime.runner import ArtifactMismatch
 from tests import fake_tensorrt
 
+CUDA_ERROR_NO_DEVICE = 100  # cudaErrorNoDevice: the driver runs and sees no GPU
+
 
 def has_tensorrt_gpu() -> bool:
+    """Whether the real builds can run here. Only an absent TensorRT (no module, or the stubs' library-less
+    namespace), an absent cuda-python, or CUDA's "no device" answer skip them: a TensorRT that is installed but fails
+    to import, or any other CUDA error, raises, so a broken install fails the run instead of skipping its builds."""
     if importlib.util.find_spec("tensorrt") is None:
         return False
     try:
         tensorrt_version()
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:
+    except TensorRTMissing as err:
+        if err.__cause__ is not None:
+            raise  # the module is there and its import failed
         return False
+    try:
+        runtime = cudart()
+    except MissingDependencyError:  # cuda-python is not installed
+        return False
+    error, count = runtime.cudaGetDeviceCount()
+    if int(error) == CUDA_ERROR_NO_DEVICE:
+        return False
+    if int(error) != 0:
+        raise RuntimeError(f"CUDA error {error} asking for the device count: TensorRT is installed, CUDA is broken")
+    return count > 0
+
+
+@pytest.fixture
+def tensorrt_here(monkeypatch):
+    """TensorRT, cuda-python and one GPU, faked; a test takes one of them away or breaks it."""
+    fake_tensorrt.install(monkeypatch)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt" else find_spec(name, *a)
+    )
+
+
+def test_tensorrt_and_a_gpu_are_found_with_the_calls_the_builder_makes(tensorrt_here):
+    assert has_tensorrt_gpu()
+
+
+@pytest.mark.parametrize("absent", ["tensorrt", "library", "gpu"])
+def test_only_an_absent_tensorrt_or_gpu_skips_the_real_builds(tensorrt_here, monkeypatch, absent):
+    if absent == "tensorrt":
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    elif absent == "library":  # tensorrt-stubs: a `tensorrt` namespace without the library
+        monkeypatch.delattr(sys.modules["tensorrt"], "Builder")
+    else:
+        runtime = sys.modules["cuda.bindings.runtime"]
+        monkeypatch.setattr(runtime, "cudaGetDeviceCount", lambda: (CUDA_ERROR_NO_DEVICE, 0))
+    assert not has_tensorrt_gpu()
+
+
+class FailingImport(importlib.abc.MetaPathFinder):
+    """`import tensorrt` raises `error`, as an installed TensorRT whose shared library is broken does."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorrt":
+            raise self.error
+        return None
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (ImportError("libnvinfer.so.10: cannot open shared object file"), TensorRTMissing),
+        (OSError("libcudart.so.12: undefined symbol"), OSError),
+    ],
+)
+def test_a_tensorrt_that_fails_to_import_raises_instead_of_skipping_the_real_builds(
+    tensorrt_here, monkeypatch, error, raised
+):
+    monkeypatch.delitem(sys.modules, "tensorrt")
+    monkeypatch.setattr(sys, "meta_path", [FailingImport(error), *sys.meta_path])
+    with pytest.raises(raised) as caught:
+        has_tensorrt_gpu()
+    assert caught.value is error or caught.value.__cause__ is error
+
+
+def test_a_cuda_error_other_than_no_device_raises_instead_of_skipping_the_real_builds(tensorrt_here, monkeypatch):
+    monkeypatch.setattr(sys.modules["cuda.bindings.runtime"], "cudaGetDeviceCount", lambda: (35, 0))
+    with pytest.raises(RuntimeError, match="CUDA error 35 asking for the device count"):
+        has_tensorrt_gpu()
 
 
 def request(bundle, **kw):
@@ -74,10 +163,10 @@ def test_preflight_returns_the_graphs_to_build_for_a_jetson(tiny_bundle):
     assert [p.name for p in paths] == ["vision_encoder.onnx", "language_encoder.onnx", "scorer.onnx"]
 
 
-def test_memory_check_notes_a_build_that_fits_and_refuses_one_that_does_not(tiny_bundle):
+def test_memory_check_notes_a_build_that_fits_and_refuses_one_that_does_not_naming_the_way_past(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
     assert "GiB usable on any NVIDIA GPU" in check_memory(request(tiny_bundle), manifest, 8 * 2**30)
-    with pytest.raises(ValueError, match="too large: fp16 engines need about 1.0"):
+    with pytest.raises(ValueError, match="too large: fp16 engines need about 1.0.*--skip-memory-check builds anyway"):
         check_memory(request(tiny_bundle), manifest, 2**30)
 
 
@@ -102,13 +191,13 @@ def test_engines_build_and_the_manifest_records_them(tmp_path, tiny_bundle, prec
 FAKE_BUILD = ["--batch", "1", "4", "8"]
 
 
-def built_with_fakes(monkeypatch, source, folder, precision, scale=1.0):
+def built_with_fakes(monkeypatch, source, folder, precision, scale=1.0, flags=()):
     """`python -m export.to_trt` on a copy of `source`, with TensorRT and cuda-python faked: (exit status, copy)."""
     fake_tensorrt.install(monkeypatch)
     monkeypatch.setattr(fake_tensorrt.Build, "scale", scale)
     bundle = folder / "bundle"
     shutil.copytree(source, bundle)
-    return main([str(bundle), "--precision", precision, *FAKE_BUILD]), bundle
+    return main([str(bundle), "--precision", precision, *FAKE_BUILD, *flags]), bundle
 
 
 @pytest.fixture
@@ -159,6 +248,37 @@ def test_an_engine_that_misses_the_gate_is_not_kept_and_the_build_exits_1_with_t
     assert "text_encoder on input set A: min cos -1.00000" in printed.err
     assert read_manifest(bundle).engines is None
     assert not list(bundle.glob("*.plan")) and not list(bundle.glob(".*.tmp-*"))
+
+
+def test_a_graph_the_parser_rejects_is_named_with_the_parsers_errors_and_the_build_exits_non_zero(
+    monkeypatch, tmp_path, tiny_bundle, capsys
+):
+    fake_tensorrt.install(monkeypatch)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    path = bundle / "fp32" / "language_encoder.onnx"
+    model = onnx.load(str(path))
+    model.graph.node[-1].input[0] = "nothing_produces_this"
+    onnx.save(model, str(path))
+    assert main([str(bundle), "--precision", "fp32", *FAKE_BUILD]) == EXIT_STATUS
+    err = capsys.readouterr().err
+    assert f"error: TensorRT could not parse {path}: ValidationError: " in err and "nothing_produces_this" in err
+    assert read_manifest(bundle).engines is None
+    assert not list(bundle.glob("*.plan")) and not list(bundle.glob(".*.tmp-*"))
+
+
+def test_a_build_the_memory_estimate_refuses_names_the_flag_that_builds_it_anyway(
+    monkeypatch, tmp_path, tiny_bundle, capsys
+):
+    code, _ = built_with_fakes(monkeypatch, tiny_bundle, tmp_path / "refused", "fp32", flags=["--workspace", "64"])
+    err = capsys.readouterr().err
+    assert code == EXIT_STATUS and "too large: fp32 engines need about 64" in err
+    assert "--skip-memory-check builds anyway" in err
+
+    flags = ["--workspace", "64", "--skip-memory-check"]
+    code, bundle = built_with_fakes(monkeypatch, tiny_bundle, tmp_path / "built", "fp32", flags=flags)
+    assert code == 0 and read_manifest(bundle).engines.precision == "fp32"
+    assert capsys.readouterr().err.splitlines() == [MEMORY_CHECK_SKIPPED]
 
 
 def test_the_embedder_runs_recorded_engines_as_onnx_runtime_runs_their_graphs(fp32_engines, monkeypatch):
