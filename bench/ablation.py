@@ -44,6 +44,7 @@ from scipy import stats
 from agff_deploy.atomic_files import write_atomically
 from agff_deploy.eval.evaluate import evaluate
 from agff_deploy.eval.plot import pattern_bar_chart
+from agff_deploy.provenance import provenance
 from train.trainer import STATE_FILE, TrainSettings
 
 DEMO = TrainSettings()
@@ -336,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         "runs": runs,
         "summary": summary,
         "paired": paired,
+        **provenance("bench.ablation", args, argv),
     }
     print(markdown_tables(report))
     size = f"{len(args.variants)} variants x {len(args.seeds)} training seeds x {len(args.eval_seeds)} evaluation seeds"

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from agff_deploy.contract import GRAPHS
+from agff_deploy.provenance import provenance
 from export.graphs import export_graph
 
 from .common import OneGraphImageEncoder, OneGraphTextEncoder, image_feeds, interleaved_medians, model_for, ort_session
@@ -63,7 +64,17 @@ def main() -> None:
                 f"{name:<14} batch {args.batch}: PyTorch eager {r['torch_ms']:.1f} ms | "
                 f"ONNX Runtime {r['ort_ms']:.1f} ms -> ORT {r['ort_speedup']:.2f}x faster (outputs agree to {diff:.1e})"
             )
-    print(json.dumps({"bench": "backends", "batch": args.batch, "threads": args.threads, "results": results}))
+    print(
+        json.dumps(
+            {
+                "bench": "backends",
+                "batch": args.batch,
+                "threads": args.threads,
+                "results": results,
+                **provenance("bench.backends", args),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

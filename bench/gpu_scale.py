@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from agff_deploy.base import write_base
+from agff_deploy.provenance import provenance
 from train.trainer import Trainer, TrainSettings
 
 
@@ -76,7 +77,17 @@ def main() -> None:
     on, off = rows
     print(f"checkpointing: {on['peak_cuda_gib'] / off['peak_cuda_gib']:.2f}x the memory, "
           f"{on['seconds_per_step'] / off['seconds_per_step']:.2f}x the time")  # fmt: skip
-    print(json.dumps({"bench": "gpu_scale", "batch": args.batch, "image_size": args.image_size, "runs": rows}))
+    print(
+        json.dumps(
+            {
+                "bench": "gpu_scale",
+                "batch": args.batch,
+                "image_size": args.image_size,
+                "runs": rows,
+                **provenance("bench.gpu_scale", args),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

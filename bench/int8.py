@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from agff_deploy.contract import GRAPHS
+from agff_deploy.provenance import provenance
 from agff_deploy.scenes import make_scene
 from export.check import agreement as min_cosine_and_max_abs
 from export.graphs import export_graph
@@ -148,7 +149,14 @@ def main() -> None:
             print(line)
     print(
         json.dumps(
-            {"bench": "int8", "batch": args.batch, "threads": args.threads, "results": results}, default=Spread.to_json
+            {
+                "bench": "int8",
+                "batch": args.batch,
+                "threads": args.threads,
+                "results": results,
+                **provenance("bench.int8", args),
+            },
+            default=Spread.to_json,
         )
     )
 

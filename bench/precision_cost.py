@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agff_deploy.eval.evaluate import evaluate
 from agff_deploy.manifest import read_manifest
+from agff_deploy.provenance import provenance
 
 
 def main() -> None:
@@ -36,7 +37,16 @@ def main() -> None:
         delta = 100 * (r["mmvp_mean"] - base["mmvp_mean"])
         acc, i2t, t2i = 100 * r["mmvp_mean"], 100 * r["i2t_r1"], 100 * r["t2i_r1"]
         print(f"{precision:<14}{acc:>14.1f}{delta:>+9.1f}{i2t:>9.1f}{t2i:>9.1f}")
-    print(json.dumps({"bench": "precision_cost", "eval_seed": args.eval_seed, "results": rows}))
+    print(
+        json.dumps(
+            {
+                "bench": "precision_cost",
+                "eval_seed": args.eval_seed,
+                "results": rows,
+                **provenance("bench.precision_cost", args),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -502,8 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             f"embeddings min cosine {ratios['min_cosine']:.7f}"
         )
     summary["runtime"] = {k: {m: v for m, v in r.items() if not m.endswith("embeddings")} for k, r in results.items()}
-    summary.update(provenance())
-    summary["command"] = ["python", "-m", "bench.scale", *(argv if argv is not None else sys.argv[1:])]
+    summary.update(provenance("bench.scale", args, argv))
     (args.work / "scale.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"bench": "scale", **{k: v for k, v in summary.items() if k != "export"}}))
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agff_deploy.provenance import provenance
 from runtime.embedder import Embedder
 from runtime.index import EmbeddingIndex
 
@@ -44,7 +45,7 @@ def main() -> None:
         f"(scorer graph) / {result['two_stage_numpy']:.1f} ms (numpy) "
         f"vs brute-force fused {result['brute_force_numpy']:.1f} ms"
     )
-    print(json.dumps({"bench": "search", "items": args.items, "ms": result}))
+    print(json.dumps({"bench": "search", "items": args.items, "ms": result, **provenance("bench.search", args)}))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agff_deploy.atomic_files import write_atomically
+from agff_deploy.provenance import provenance
 from runtime.embedder import Embedder
 from serve.cli import settings_of
 from serve.client import PROTOCOLS, EmbeddingClient
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> None:
             with server:
                 port = http if args.protocol == "http" else grpc
                 rows = measure(service, f"127.0.0.1:{port}", images, args)
-    report = summarize(rows, args)
+    report = {**summarize(rows, args), **provenance("bench.serve", args)}
     print(table(report), file=sys.stderr)
     print(json.dumps(report))
     if args.out:

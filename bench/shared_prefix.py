@@ -24,6 +24,7 @@ from torch import nn
 from agff_deploy.contract import IMAGE_ENCODER
 from agff_deploy.model import AGFFEmbedder
 from agff_deploy.prompts import PrefixSharedPrompts
+from agff_deploy.provenance import provenance
 from export.graphs import export_graph
 
 from .common import (
@@ -136,7 +137,12 @@ def main() -> None:
                 f"naive {r['ms']['naive']:.1f} ms ({r['naive_over_single']:.2f}x); "
                 f"AGFF = naive to {r['agff_vs_naive_max_abs']:.1e}"
             )
-    print(json.dumps({"bench": "shared_prefix", "results": results}, default=Spread.to_json))
+    print(
+        json.dumps(
+            {"bench": "shared_prefix", "results": results, **provenance("bench.shared_prefix", args)},
+            default=Spread.to_json,
+        )
+    )
 
 
 if __name__ == "__main__":

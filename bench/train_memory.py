@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from agff_deploy.provenance import provenance
 from train.trainer import Trainer, TrainSettings
 
 from .common import in_fresh_processes
@@ -62,7 +63,17 @@ def main() -> None:
         chunk = "none" if r["chunk_size"] is None else str(r["chunk_size"])
         print(f"{chunk:>10} {r['before_mib']:>12.0f} {r['peak_mib']:>8.0f} {r['step_mib']:>8.0f} "
               f"{r['step_mib'] / baseline:>10.2f}x {r['seconds']:>7.2f} {r['loss']:>9.5f}")  # fmt: skip
-    print(json.dumps({"bench": "train_memory", "preset": args.preset, "batch": args.batch, "runs": rows}))
+    print(
+        json.dumps(
+            {
+                "bench": "train_memory",
+                "preset": args.preset,
+                "batch": args.batch,
+                "runs": rows,
+                **provenance("bench.train_memory", args),
+            }
+        )
+    )
 
 
 def peak_memory_in_fresh_process(args: argparse.Namespace, chunk_size: int | None) -> dict:

@@ -348,7 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         print(budget_table(rows))
         if args.json:
             table = [dict(zip(BUDGET_HEADER, row, strict=True)) for row in rows]
-            record = {"bundle": str(args.bundle), "batch": [lo, opt, hi], "rows": table, **provenance()}
+            record = {
+                "bundle": str(args.bundle),
+                "batch": [lo, opt, hi],
+                "rows": table,
+                **provenance("export.engine_memory", args, argv),
+            }
             args.json.write_text(json.dumps(record, indent=2) + "\n")
     except (AgffError, OSError) as err:
         return print_error(err)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agff_deploy.errors import AgffError, InputError, MissingDependencyError, print_error
+from agff_deploy.provenance import provenance
 
 from .evaluate import BENCHES, evaluate
 from .mmeb import SCORED_SUBSETS
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(err)
     print(table(args.bench, result))
     if args.json:
-        _write_json(args.json, args.bench, result)
+        _write_json(args.json, args.bench, {**result, **provenance("agff_deploy.eval", args, argv)})
         if "per_pattern" in result:
             _chart({Path(args.source).name: result["per_pattern"]}, args.json.with_suffix(".png"), args.bench)
     return 0
