@@ -16,6 +16,7 @@ from PIL import Image
 from skimage import data
 
 from agff_deploy.contract import IMAGE_ENCODER
+from agff_deploy.provenance import provenance
 from runtime.embedder import Embedder
 
 from .common import interleaved_medians, ort_session
@@ -86,7 +87,11 @@ def main() -> None:
         f"image encoder batch {args.batch}: bare ORT session {overhead['bare_session_ms']:.2f} ms | OrtRunner "
         f"{overhead['runner_ms']:.2f} ms ({overhead['runner_overhead']:+.1%})"
     )
-    print(json.dumps({"bench": "throughput", "pipeline": pipeline, "runner": overhead}))
+    print(
+        json.dumps(
+            {"bench": "throughput", "pipeline": pipeline, "runner": overhead, **provenance("bench.throughput", args)}
+        )
+    )
 
 
 if __name__ == "__main__":
