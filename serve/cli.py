@@ -4,7 +4,7 @@
     agff-serve --engine model.plan --instances 2 --max-batch 32 --max-queue-delay-ms 5
 
 The models and their inputs are in `serve/repository.py`; any Triton client
-in any language calls them (README: Serving has Python examples). The server
+in any language calls them (docs/serving.md; the README has a Python client snippet). The server
 runs until Ctrl-C or SIGTERM, which drain in-flight requests first.
 """
 

@@ -66,7 +66,7 @@ def pytriton_dist() -> Path:
     except ImportError as err:
         raise ServeSetupError(
             "serving needs the `serve` extra: pip install 'agff-deploy[cpu,serve]' (or [gpu,serve]) in a virtual "
-            "environment made from a Python with a shared libpython (see README: Serving)"
+            "environment made from a Python with a shared libpython (see docs/serving.md: Which Python)"
         ) from err
     return Path(pytriton.__file__).parent / "tritonserver"
 

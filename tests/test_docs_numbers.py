@@ -1,16 +1,50 @@
-"""Pages under docs/ whose numbers come from JSON files: rendered again from those files, they are unchanged."""
+"""Pages under docs/ whose numbers come from JSON files: rendered again from those files, they are unchanged.
+
+Each page names its files explicitly, so a file that is gone fails here instead of leaving nothing to compare.
+"""
 
 import json
 from pathlib import Path
 
+import pytest
+
+from bench import results_report
 from bench.scale_report import render
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+SCALE_SOURCES = ("scale-2b.json", "engine-memory-2b.json")
 
 
 def test_the_2b_scale_page_is_what_its_json_files_render():
-    scale, memory = DOCS / "scale-2b.json", DOCS / "engine-memory-2b.json"
+    scale, memory = (DOCS / name for name in SCALE_SOURCES)
     page = render(
         json.loads(scale.read_text()), json.loads(memory.read_text()), (f"docs/{scale.name}", f"docs/{memory.name}")
     )
     assert (DOCS / "scale-2b.md").read_text() == page
+
+
+def test_the_results_page_is_what_its_json_files_render():
+    pytest.importorskip("tritonclient", reason="bench.serve's table needs the serve extra")
+    assert (DOCS / "results.md").read_text() == results_report.render(results_report.load())
+
+
+def test_every_file_the_results_page_is_rendered_from_is_there():
+    assert set(results_report.load()) == {source.name for source in results_report.SOURCES}
+
+
+def test_every_json_file_in_docs_is_rendered_into_a_page():
+    rendered = {source.name for source in results_report.SOURCES} | set(SCALE_SOURCES)
+    assert {path.name for path in DOCS.glob("*.json")} == rendered
+
+
+def test_a_missing_file_stops_the_render(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        results_report.load(tmp_path)
+
+
+def test_a_file_that_records_its_commit_and_machine_is_cited_by_them():
+    source = results_report.SOURCES[0]
+    report = {"commit": "0123456789abcdef-dirty", "machine": {"cores": 16, "memory_bytes": 128 * 2**30}}
+    cited = results_report.origin(source, report)
+    assert cited == f"file `docs/{source.name}`, commit `0123456789ab`, 16 cores, 128 GiB"
+    assert results_report.origin(source, {}) == f"file `docs/{source.name}`, added in commit `{source.commit}`"
