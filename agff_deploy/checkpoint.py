@@ -29,7 +29,7 @@ from .config import CONFIG_FILE, AGFFConfig
 from .errors import ArtifactError, MissingFileError
 from .inputs import ItemEncoder
 from .model import AGFFEmbedder
-from .preprocessing import ImagePreprocessor
+from .preprocessing import ImagePreprocessor, NativePreprocessor
 from .tokenization import TOKENIZER_FILE, ChatFormatter, write_tokenizer_files
 from .weights import INDEX_FILE, SINGLE_FILE, iter_weights, weight_files, write_weights
 
@@ -82,7 +82,7 @@ def write_model_files(
     config.save(folder)
     write_weights(folder, model.state_dict().items() if weights is None else weights, metadata)
     write_tokenizer_files(tokenizer, folder)
-    ImagePreprocessor(*config.image_size).save(folder, config.patch_size, config.merge_size)
+    image_preprocessor(config).save(folder, config.patch_size, config.merge_size)
 
 
 def save_checkpoint(model: AGFFEmbedder, tokenizer: Tokenizer, folder: str | Path) -> Path:
@@ -133,4 +133,12 @@ def load_checkpoint(
 
 def item_encoder(config: AGFFConfig, tokenizer: Tokenizer) -> ItemEncoder:
     formatter = ChatFormatter(tokenizer, config.num_image_tokens, config.max_text_tokens)
-    return ItemEncoder(formatter, ImagePreprocessor(*config.image_size))
+    return ItemEncoder(formatter, image_preprocessor(config), config.patch_size, config.merge_size)
+
+
+def image_preprocessor(config: AGFFConfig) -> ImagePreprocessor | NativePreprocessor:
+    """The model's preprocessing: native resolution, or the fixed size with the same normalisation."""
+    settings = config.native_settings
+    if config.native:
+        return NativePreprocessor(settings)
+    return ImagePreprocessor(*config.image_size, mean=settings.mean, std=settings.std)

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, InputError, MissingFileError
+from .manifest import ImageFormat
+from .preprocessing import NativeImageSettings
 
 CONFIG_FILE = "agff_config.json"
+IMAGE_RESIZE_MODES = ("fixed", "native")
 
 
 @dataclass
@@ -26,6 +29,14 @@ class AGFFConfig:
     checkpoint is self-contained and a real Qwen2-VL folder's config drops in
     unchanged. `extra` is free-form metadata a user wants carried with the
     checkpoint (data source, notes); nothing in agff-deploy reads it.
+
+    Images are sized one of two ways (`image_resize`): "fixed" squashes every
+    image to `image_size`; "native" keeps each image's aspect ratio and
+    resizes it by Qwen2-VL's `smart_resize` within the pixel range of
+    `image_settings`, as the model's own processor does. `image_settings`
+    holds `NativeImageSettings` fields other than the patch and merge sizes
+    (which are the base's): mean, std, min/max pixels, the aspect-ratio limit;
+    the ones it lacks take Qwen2-VL's published defaults.
     """
 
     base: dict[str, Any]
@@ -38,6 +49,8 @@ class AGFFConfig:
     temperature: float = 0.05
     ega_alpha: float = 1.0
     max_text_tokens: int = 64
+    image_resize: str = "fixed"
+    image_settings: dict[str, Any] = field(default_factory=dict)
     preset: str = "custom"
     base_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +83,37 @@ class AGFFConfig:
         return self.image_size[0] // step, self.image_size[1] // step
 
     @property
+    def native(self) -> bool:
+        return self.image_resize == "native"
+
+    @property
+    def native_settings(self) -> NativeImageSettings:
+        """The image settings, with this model's patch and merge sizes."""
+        return NativeImageSettings.from_dict(
+            {**self.image_settings, "patch_size": self.patch_size, "merge_size": self.merge_size}
+        )
+
+    def image_format(self) -> ImageFormat:
+        """How this model's images become patches, as a bundle manifest records it."""
+        settings = self.native_settings
+        return ImageFormat(
+            size=self.image_size,
+            mean=settings.mean,
+            std=settings.std,
+            num_image_tokens=self.num_image_tokens,
+            patch_size=self.patch_size,
+            merge_size=self.merge_size,
+            resize=self.image_resize,
+            min_pixels=settings.min_pixels,
+            max_pixels=settings.max_pixels,
+            max_ratio=settings.max_ratio,
+        )
+
+    @property
     def num_image_tokens(self) -> int:
+        """Image tokens per image at the fixed size; at native resolution, the most one image can give."""
+        if self.native:
+            return self.native_settings.max_pixels // (self.patch_size * self.merge_size) ** 2
         gh, gw = self.merged_grid
         return gh * gw
 
@@ -86,6 +129,9 @@ class AGFFConfig:
                 f"image_size {h}x{w} is not a positive multiple of patch_size*spatial_merge_size = {step}; "
                 f"pick e.g. {max(step, h // step * step)}x{max(step, w // step * step)}"
             )
+        if self.image_resize not in IMAGE_RESIZE_MODES:
+            raise InputError(f"image_resize must be one of {', '.join(IMAGE_RESIZE_MODES)}, got {self.image_resize!r}")
+        self.native_settings  # noqa: B018 - refuses settings NativeImageSettings would not accept, naming the field
         for name in ("t_in", "t_f", "temperature"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)}")

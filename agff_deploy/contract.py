@@ -38,9 +38,11 @@ TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 # Axes a batch can be split along (and rejoined) without changing any item's result.
 BATCH_DIMS = ("batch", "queries", "candidates")
+# `patches`: patch slots per image row (the batch's largest image; the rest are padding its grid masks out).
 # `image_tokens`: image features per item fed to the language encoder (1 for text items, whose feature is unused).
-DYNAMIC_DIMS = (*BATCH_DIMS, "length", "image_tokens")
-MODEL_DIMS = ("height", "width", "prompts", "hidden")
+DYNAMIC_DIMS = (*BATCH_DIMS, "length", "patches", "image_tokens")
+# `patch_dim`: 3 * patch_size**2 values per patch (one temporal slice of the stock processor's patch).
+MODEL_DIMS = ("patch_dim", "prompts", "hidden")
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,10 @@ def _shape(shape: tuple[Dim, ...]) -> str:
     return f"[{', '.join(map(str, shape))}]"
 
 
-PIXEL_VALUES = TensorSpec("pixel_values", "float32", ("batch", 3, "height", "width"))
+# Each image as rows of normalised patches in the vision tower's merge-block order, padded to the batch's largest.
+PIXEL_VALUES = TensorSpec("pixel_values", "float32", ("batch", "patches", "patch_dim"))
+# Each image's size in patches (rows, columns): what the padding hides and where each patch sits.
+IMAGE_GRID = TensorSpec("image_grid", "int64", ("batch", 2))
 INPUT_IDS = TensorSpec("input_ids", "int64", ("batch", "length"))
 ATTENTION_MASK = TensorSpec("attention_mask", "int64", ("batch", "length"))
 EMBEDDINGS = TensorSpec("embeddings", "float32", ("batch", "prompts", "hidden"))
@@ -172,13 +177,15 @@ BARS = {
 
 # The stored graphs. Their bars apply through the pipelines that run them (the vision encoder's output is not an
 # embedding), so they carry none of their own.
-VISION_ENCODER = GraphSpec("vision_encoder", (PIXEL_VALUES,), (IMAGE_FEATURES,), {})
-LANGUAGE_ENCODER = GraphSpec("language_encoder", (INPUT_IDS, ATTENTION_MASK, IMAGE_FEATURES), (EMBEDDINGS,), {})
+VISION_ENCODER = GraphSpec("vision_encoder", (PIXEL_VALUES, IMAGE_GRID), (IMAGE_FEATURES,), {})
+LANGUAGE_ENCODER = GraphSpec(
+    "language_encoder", (INPUT_IDS, ATTENTION_MASK, IMAGE_FEATURES, IMAGE_GRID), (EMBEDDINGS,), {}
+)
 # The scorer is exported once, in fp32, and shared by every precision.
 SCORER = GraphSpec("scorer", (QUERIES, CANDIDATES), (SCORES,), {"fp32": Bar(0.99999, 1e-4)})
 
 # The item pipelines.
-IMAGE_ENCODER = GraphSpec("image_encoder", (PIXEL_VALUES, INPUT_IDS, ATTENTION_MASK), (EMBEDDINGS,), BARS)
+IMAGE_ENCODER = GraphSpec("image_encoder", (PIXEL_VALUES, IMAGE_GRID, INPUT_IDS, ATTENTION_MASK), (EMBEDDINGS,), BARS)
 TEXT_ENCODER = GraphSpec("text_encoder", (INPUT_IDS, ATTENTION_MASK), (EMBEDDINGS,), BARS)
 
 STORED = {spec.name: spec for spec in (VISION_ENCODER, LANGUAGE_ENCODER, SCORER)}
@@ -195,10 +202,9 @@ PIPELINES = {
 }
 
 
-def model_sizes(image_size: tuple[int, int], num_prompts: int, hidden_size: int) -> dict[str, int]:
+def model_sizes(patch_size: int, num_prompts: int, hidden_size: int) -> dict[str, int]:
     """MODEL_DIMS for one model."""
-    height, width = image_size
-    return {"height": height, "width": width, "prompts": num_prompts, "hidden": hidden_size}
+    return {"patch_dim": 3 * patch_size * patch_size, "prompts": num_prompts, "hidden": hidden_size}
 
 
 def resolved_graphs(sizes: Mapping[str, int]) -> dict[str, GraphSpec]:

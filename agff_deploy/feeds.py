@@ -12,32 +12,45 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from .contract import ATTENTION_MASK, IMAGE_FEATURES, INPUT_IDS, PIXEL_VALUES, Feed
-from .preprocessing import ImagePreprocessor
+from .contract import ATTENTION_MASK, IMAGE_FEATURES, IMAGE_GRID, INPUT_IDS, PIXEL_VALUES, VISION_ENCODER, Feed
+from .patches import PatchBatch, patch_batch
+from .preprocessing import ImagePreprocessor, NativePreprocessor
 from .tokenization import ChatFormatter
 
 ImageLike = np.ndarray | Image.Image
 
 
 class FeedEncoder:
-    def __init__(self, formatter: ChatFormatter, preprocessor: ImagePreprocessor) -> None:
+    def __init__(
+        self,
+        formatter: ChatFormatter,
+        preprocessor: ImagePreprocessor | NativePreprocessor,
+        patch_size: int,
+        merge_size: int,
+    ) -> None:
         self.formatter = formatter
         self.preprocessor = preprocessor
+        self.patch_size = patch_size
+        self.merge_size = merge_size
 
-    def pixels(self, images: Sequence[ImageLike]) -> np.ndarray:
-        """`[N, 3, H, W]` float32; arrays already at the model's size skip the resize."""
-        size = (self.preprocessor.height, self.preprocessor.width, 3)
-        arrays = [
-            im if isinstance(im, np.ndarray) and im.shape == size else self.preprocessor.resize(_as_pil(im))
-            for im in images
-        ]
-        return self.preprocessor.normalize(np.stack(arrays))
+    def pixels(self, images: Sequence[ImageLike]) -> PatchBatch:
+        """The images as the vision encoder's padded patch rows; arrays already at their size skip the resize."""
+        pre = self.preprocessor
+        arrays = [im if isinstance(im, np.ndarray) and pre.is_resized(im) else pre.resize(_as_pil(im)) for im in images]
+        return self.patches([self.preprocessor.normalize(a) for a in arrays])
 
-    def image_feed(self, pixels: np.ndarray, instructions: Sequence[str], names: Sequence[str] | None = None) -> Feed:
-        """Preprocessed pixels and one instruction each; `names` label instructions in truncation warnings."""
-        tokens = self.formatter.encode(instructions, with_image=True, names=names)
+    def patches(self, normalized: Sequence[np.ndarray]) -> PatchBatch:
+        """Normalised `[3, H, W]` images -> the vision encoder's padded patch rows and grids."""
+        return patch_batch(normalized, self.patch_size, self.merge_size)
+
+    def image_feed(self, pixels: PatchBatch, instructions: Sequence[str], names: Sequence[str] | None = None) -> Feed:
+        """Preprocessed images and one instruction each; `names` label instructions in truncation warnings."""
+        tokens = self.formatter.encode(
+            instructions, with_image=True, names=names, image_tokens=pixels.image_tokens(self.merge_size)
+        )
         return {
-            PIXEL_VALUES.name: np.ascontiguousarray(pixels, dtype=np.float32),
+            PIXEL_VALUES.name: np.ascontiguousarray(pixels.pixel_values, dtype=np.float32),
+            IMAGE_GRID.name: pixels.image_grid,
             INPUT_IDS.name: tokens.input_ids,
             ATTENTION_MASK.name: tokens.attention_mask,
         }
@@ -51,21 +64,34 @@ class FeedEncoder:
         return self.text_feed(texts) if images is None else self.image_feed(self.pixels(images), texts)
 
 
-def language_feed(feed: Feed, image_features: np.ndarray | None = None, hidden: int | None = None) -> Feed:
-    """The language encoder's feed for an item pipeline's feed: its tokens and the image features of its images.
+def vision_feed(feed: Feed) -> Feed:
+    """The vision encoder's feed for an image pipeline's feed: its patches and their grids."""
+    return {name: feed[name] for name in VISION_ENCODER.input_names}
 
-    A text batch gets one zero feature per item (`hidden` wide): the graph's input is never empty, and no
-    `<|image_pad|>` id reads it.
+
+def language_feed(feed: Feed, image_features: np.ndarray | None = None, hidden: int | None = None) -> Feed:
+    """The language encoder's feed for an item pipeline's feed: its tokens and the image features and grids of its
+    images.
+
+    A text batch gets one zero feature per item (`hidden` wide) and a one-token grid: the graph's inputs are never
+    empty, and no `<|image_pad|>` id reads them.
     """
+    batch = feed[INPUT_IDS.name].shape[0]
     if image_features is None:
         if hidden is None:
             raise ValueError("a text feed's placeholder image feature needs the hidden size")
-        image_features = np.zeros((feed[INPUT_IDS.name].shape[0], 1, hidden), np.float32)
+        image_features = np.zeros((batch, 1, hidden), np.float32)
+    grid = feed.get(IMAGE_GRID.name)
     return {
         INPUT_IDS.name: feed[INPUT_IDS.name],
         ATTENTION_MASK.name: feed[ATTENTION_MASK.name],
         IMAGE_FEATURES.name: np.ascontiguousarray(image_features, dtype=np.float32),
+        IMAGE_GRID.name: np.full((batch, 2), TEXT_GRID, np.int64) if grid is None else grid,
     }
+
+
+# The placeholder patch grid of a text item: one merge block, so the graph's integer divisions by its size are safe.
+TEXT_GRID = 2
 
 
 def _as_pil(image: ImageLike) -> Image.Image:

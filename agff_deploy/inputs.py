@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .contract import ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES
+from .contract import ATTENTION_MASK, IMAGE_GRID, INPUT_IDS, PIXEL_VALUES
 from .feeds import FeedEncoder, ImageLike
 
 
@@ -21,10 +21,11 @@ class ModelInputs:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     pixel_values: torch.Tensor | None
+    image_grid: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> ModelInputs:
-        pixels = None if self.pixel_values is None else self.pixel_values.to(device)
-        return ModelInputs(self.input_ids.to(device), self.attention_mask.to(device), pixels)
+        moved = (None if t is None else t.to(device) for t in (self.pixel_values, self.image_grid))
+        return ModelInputs(self.input_ids.to(device), self.attention_mask.to(device), *moved)
 
 
 class ItemEncoder(FeedEncoder):
@@ -32,11 +33,12 @@ class ItemEncoder(FeedEncoder):
 
     def inputs(self, texts: Sequence[str], images: Sequence[ImageLike] | None = None) -> ModelInputs:
         feed = self.feeds(texts, images)
-        pixels = feed.get(PIXEL_VALUES.name)
+        pixels, grid = (feed.get(spec.name) for spec in (PIXEL_VALUES, IMAGE_GRID))
         return ModelInputs(
             torch.from_numpy(feed[INPUT_IDS.name]),
             torch.from_numpy(feed[ATTENTION_MASK.name]),
             None if pixels is None else torch.from_numpy(pixels),
+            None if grid is None else torch.from_numpy(grid),
         )
 
     def embed_mixed(

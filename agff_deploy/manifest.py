@@ -9,7 +9,9 @@ part of the project; the graphs' tensors are the contract's
 `format_version` is the schema version. A reader refuses a newer one, naming
 both, and an older one with the command that re-exports it: version 1 bundles
 stored the language model in both an image and a text encoder graph, version 2
-stores a vision and a language encoder per precision (agff_deploy.contract).
+stored a vision and a language encoder per precision that took square images
+as pixels, version 3 takes images of any size as rows of patches with their
+grids (agff_deploy.contract).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from .errors import ArtifactError, MissingFileError, NotInBundleError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "agff-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# What each older layout was, for the line that refuses it.
+OLDER_LAYOUTS = {1: "the language model stored per encoder", 2: "square images only, taken as pixels"}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -47,12 +51,22 @@ class ModelDims:
 
 @dataclass(frozen=True)
 class ImageFormat:
-    """What the image encoder's pixels are: the size every image is resized to and the normalisation."""
+    """How an image becomes the vision encoder's patches.
+
+    `resize` "fixed": every image squashed to `size`, `num_image_tokens` each. "native": each image resized by
+    Qwen2-VL's smart_resize within [min_pixels, max_pixels] and `max_ratio`, at most `num_image_tokens`.
+    """
 
     size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     num_image_tokens: int
+    patch_size: int
+    merge_size: int
+    resize: str
+    min_pixels: int
+    max_pixels: int
+    max_ratio: float
 
 
 @dataclass(frozen=True)
@@ -189,7 +203,7 @@ class Manifest:
 
     def sizes(self) -> dict[str, int]:
         """The contract's model dimensions for this bundle."""
-        return model_sizes(self.image.size, self.model.num_prompts, self.model.hidden_size)
+        return model_sizes(self.image.patch_size, self.model.num_prompts, self.model.hidden_size)
 
     def graph(self, precision: str, name: str) -> GraphEntry:
         """One graph's entry, or a KeyError that says what to export or choose instead."""
@@ -235,8 +249,9 @@ class Manifest:
             )
         if version < FORMAT_VERSION:
             raise ArtifactError(
-                f"{where}: format_version {version} is an older bundle layout (the language model stored per "
-                f"encoder) that agff-deploy {__version__} no longer reads; re-export it with "
+                f"{where}: format_version {version} is an older bundle layout "
+                f"({OLDER_LAYOUTS.get(version, 'unversioned')}) that agff-deploy {__version__} no longer reads; "
+                "re-export it with "
                 "`python -m export.to_onnx CKPT`"
             )
         missing = [key for key in ("model", "image", "tokenizer", "fusion", "graphs") if key not in data]
@@ -314,7 +329,7 @@ def _pick(data: Mapping[str, Any], kind: type) -> dict[str, Any]:
 
 
 def _image(data: Mapping[str, Any]) -> ImageFormat:
-    return ImageFormat(tuple(data["size"]), tuple(data["mean"]), tuple(data["std"]), data["num_image_tokens"])
+    return ImageFormat(**{**data, "size": tuple(data["size"]), "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
 
 def _fusion(data: Mapping[str, Any]) -> Fusion:

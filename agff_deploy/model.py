@@ -1,9 +1,9 @@
 """AGFF-Embed: a Qwen2-VL that emits one global and K fine-grained embeddings per item.
 
-The module the trainer optimises is the module the exporter traces: fixed
-image size, vision blocks on a batch axis, gather/where image merge,
-vectorised M-RoPE, and K+1 prompts sharing one prefix pass. No `.tolist()`,
-no Python loops over data.
+The module the trainer optimises is the module the exporter traces: images of
+any size as padded rows of patches, vision blocks on a batch axis, gather/where
+image merge, vectorised M-RoPE, and K+1 prompts sharing one prefix pass. No
+`.tolist()`, no Python loops over data.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VL
 from .attention import ATTENTION
 from .config import AGFFConfig
 from .errors import ArtifactError, MissingFileError
-from .mrope import image_grid_offsets, mrope_position_ids
+from .mrope import mrope_position_ids
 from .prompts import PrefixSharedPrompts
 from .similarity import FusedSimilarity
-from .vision import encode_images, vision_rotary_table
+from .vision import encode_images
 from .weights import weight_files
 
 SUPPORTED_MODEL_TYPES = ("qwen2_vl",)
@@ -92,13 +92,6 @@ class AGFFEmbedder(nn.Module):
         self.prompts = PrefixSharedPrompts(config.num_prompts, config.prompt_length, config.hidden_size)
         self.fusion = FusedSimilarity(config.t_in, config.t_f, config.pattern_bias)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)))
-        patch_grid = tuple(s // config.patch_size for s in config.image_size)
-        cos, sin = vision_rotary_table(self.mllm.visual, patch_grid)
-        rows, cols = image_grid_offsets(config.merged_grid)
-        self.register_buffer("vision_cos", cos, persistent=False)
-        self.register_buffer("vision_sin", sin, persistent=False)
-        self.register_buffer("image_rows", rows, persistent=False)
-        self.register_buffer("image_cols", cols, persistent=False)
         self._init_prompts()
 
     def _init_prompts(self) -> None:
@@ -129,9 +122,10 @@ class AGFFEmbedder(nn.Module):
             self.mllm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.recompute_vision = True
 
-    def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def image_tokens(self, pixel_values: torch.Tensor, image_grid: torch.Tensor) -> torch.Tensor:
+        """`[B, P, 3*p*p]` patches of images with patch grids `[B, 2]` -> `[B, P / 4, D]` image tokens."""
         recompute = self.recompute_vision and self.training and torch.is_grad_enabled()
-        return encode_images(self.mllm.visual, pixel_values, self.vision_cos, self.vision_sin, recompute)
+        return encode_images(self.mllm.visual, pixel_values, image_grid, recompute)
 
     def merge_image_tokens(self, embeds: torch.Tensor, input_ids: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Place image token k at the k-th `<|image_pad|>` (cumsum + gather + where)."""
@@ -145,16 +139,22 @@ class AGFFEmbedder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
+        image_grid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Right-padded `[B, L]` tokens (+ `[B, 3, H, W]` pixels) -> `[B, K+1, D]`: the vision encoder, then the
-        language encoder, as the exported pipelines run them."""
-        features = None if pixel_values is None else self.image_tokens(pixel_values)
-        return self.encode_tokens(input_ids, attention_mask, features)
+        """Right-padded `[B, L]` tokens (+ `[B, P, 3*p*p]` patches, `[B, 2]` patch grids) -> `[B, K+1, D]`: the
+        vision encoder, then the language encoder, as the exported pipelines run them."""
+        features = None if pixel_values is None else self.image_tokens(pixel_values, image_grid)
+        return self.encode_tokens(input_ids, attention_mask, features, image_grid)
 
     def encode_tokens(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_features: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_features: torch.Tensor | None = None,
+        image_grid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The language encoder: tokens (+ `[B, T, D]` image features for the `<|image_pad|>` ids) -> `[B, K+1, D]`.
+        """The language encoder: tokens (+ `[B, T, D]` image features for the `<|image_pad|>` ids, from images of
+        patch grids `[B, 2]`) -> `[B, K+1, D]`.
 
         One pass over the shared prefix and K+1 prompts. It serves text and image items alike, which is why a bundle
         stores the language model once.
@@ -162,7 +162,7 @@ class AGFFEmbedder(nn.Module):
         lm = self.mllm.language_model
         embeds = self.token_embeddings(input_ids, image_features)
         prefix_positions, next_position = mrope_position_ids(
-            input_ids, attention_mask, self.image_token_id, self.image_rows, self.image_cols
+            input_ids, attention_mask, self.image_token_id, self.merged_grid(image_grid, input_ids)
         )
         batch, length = input_ids.shape
         sequence = torch.cat([embeds, self.prompts.embeddings(batch, embeds.dtype)], dim=1)
@@ -172,6 +172,12 @@ class AGFFEmbedder(nn.Module):
         pooled = hidden[:, self.prompts.pool_indices(length).to(hidden.device)]
         return F.normalize(pooled.float(), dim=-1)
 
+    def merged_grid(self, image_grid: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
+        """`[B, 2]` image size in image tokens; a text batch (no grid) gets 1 x 1, which no token reads."""
+        if image_grid is None:
+            return torch.ones(input_ids.shape[0], 2, dtype=torch.int64, device=input_ids.device)
+        return image_grid // self.config.merge_size
+
     def token_embeddings(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
         """`[B, L, D]` input embeddings with the image features in place of the `<|image_pad|>` ids."""
         embeds = self.mllm.language_model.embed_tokens(input_ids)
@@ -180,14 +186,18 @@ class AGFFEmbedder(nn.Module):
         return embeds
 
     def token_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`[B, L, D]` last hidden state of every token under a plain causal mask, no prompts: the generative
         pass that next-token pretraining (`train.generative`) trains the backbone with."""
         positions, _ = mrope_position_ids(
-            input_ids, attention_mask, self.image_token_id, self.image_rows, self.image_cols
+            input_ids, attention_mask, self.image_token_id, self.merged_grid(image_grid, input_ids)
         )
-        features = None if pixel_values is None else self.image_tokens(pixel_values)
+        features = None if pixel_values is None else self.image_tokens(pixel_values, image_grid)
         embeds = self.token_embeddings(input_ids, features)
         mask = causal_attention_mask(attention_mask, embeds.dtype)
         lm = self.mllm.language_model

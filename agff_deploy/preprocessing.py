@@ -53,6 +53,10 @@ class ImagePreprocessor:
             rgb = rgb.resize((self.width, self.height), Image.Resampling.BICUBIC)
         return np.asarray(rgb, dtype=np.uint8)
 
+    def is_resized(self, pixels: np.ndarray) -> bool:
+        """Whether a uint8 array is already `[H, W, 3]` at the model's resolution."""
+        return pixels.shape == (self.height, self.width, 3) and pixels.dtype == np.uint8
+
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 `[..., H, W, 3]` -> float32 `[..., 3, H, W]`."""
         return normalize(pixels, self.mean, self.std)
@@ -64,15 +68,9 @@ class ImagePreprocessor:
         """Qwen2-VL processor settings that reproduce this preprocessing at the fixed size."""
         pixels = self.height * self.width
         return {
-            "image_processor_type": "Qwen2VLImageProcessor",
-            "do_resize": True,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "do_convert_rgb": True,
+            **_HF_PROCESSOR,
             "image_mean": list(self.mean),
             "image_std": list(self.std),
-            "resample": 3,
             "patch_size": patch_size,
             "merge_size": merge_size,
             "temporal_patch_size": 2,
@@ -261,26 +259,8 @@ def _settings_from_hf(values: dict, path: Path) -> NativeImageSettings:
 
 
 @dataclass(frozen=True)
-class NativeBatch:
-    """Images of different sizes in one padded array, and each one's patch grid.
-
-    `pixel_values` float32 `[B, 3, Hmax, Wmax]`: image i fills the top-left `grid[i] * patch_size` pixels, zeros
-    (after normalisation) elsewhere. `grid` int64 `[B, 2]`: patch rows and columns of each image.
-    """
-
-    pixel_values: np.ndarray
-    grid: np.ndarray
-    patch_size: int
-
-    def image(self, index: int) -> np.ndarray:
-        """Image `index` without its padding, `[3, h, w]`."""
-        rows, cols = (int(v) * self.patch_size for v in self.grid[index])
-        return self.pixel_values[index, :, :rows, :cols]
-
-
-@dataclass(frozen=True)
 class NativePreprocessor:
-    """Qwen2-VL's native-resolution preprocessing: each image resized by `smart_resize`, batches padded."""
+    """Qwen2-VL's native-resolution preprocessing: each image resized by `smart_resize` to its own size."""
 
     settings: NativeImageSettings = NativeImageSettings()
 
@@ -295,45 +275,47 @@ class NativePreprocessor:
             rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
         return np.asarray(rgb, dtype=np.uint8)
 
-    def pack(self, resized: Sequence[np.ndarray]) -> NativeBatch:
-        """Normalise images from `resize` and pad them into one batch (see `NativeBatch`)."""
-        if not resized:
-            raise InputError("no images to preprocess")
-        factor, patch = self.settings.factor, self.settings.patch_size
-        shapes = [pixels.shape[:2] for pixels in resized]
-        if any(h % factor or w % factor for h, w in shapes):
-            raise InputError(f"image sizes {shapes} are not all multiples of {factor}; resize them with `resize`")
-        batch = np.zeros((len(resized), 3, max(h for h, _ in shapes), max(w for _, w in shapes)), np.float32)
-        for i, pixels in enumerate(resized):
-            batch[i, :, : pixels.shape[0], : pixels.shape[1]] = normalize(pixels, self.settings.mean, self.settings.std)
-        return NativeBatch(batch, np.array([(h // patch, w // patch) for h, w in shapes], dtype=np.int64), patch)
+    def is_resized(self, pixels: np.ndarray) -> bool:
+        """Whether a uint8 `[h, w, 3]` array is already at its `smart_resize` size (resizing would not change it)."""
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            return False
+        height, width = pixels.shape[:2]
+        return self.settings.resized_size(height, width) == (height, width)
 
-    def __call__(self, images: Sequence[Image.Image]) -> NativeBatch:
-        return self.pack([self.resize(image) for image in images])
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 `[..., H, W, 3]` -> float32 `[..., 3, H, W]`."""
+        return normalize(pixels, self.settings.mean, self.settings.std)
 
-    def merged_tokens(self, grid: np.ndarray) -> np.ndarray:
-        """Image tokens each item takes in the language model, `[B]`: its patches over merge_size squared."""
-        grid = np.asarray(grid, dtype=np.int64)
-        return grid[:, 0] * grid[:, 1] // self.settings.merge_size**2
+    def to_hf_dict(self) -> dict:
+        """The Qwen2-VL processor config that transformers reads back as these settings."""
+        s = self.settings
+        return {
+            **_HF_PROCESSOR,
+            "image_mean": list(s.mean),
+            "image_std": list(s.std),
+            "patch_size": s.patch_size,
+            "merge_size": s.merge_size,
+            "temporal_patch_size": s.temporal_patch_size,
+            "min_pixels": s.min_pixels,
+            "max_pixels": s.max_pixels,
+            "size": {"shortest_edge": s.min_pixels, "longest_edge": s.max_pixels},
+        }
+
+    def save(self, folder: str | Path, patch_size: int, merge_size: int) -> None:
+        """Write `preprocessor_config.json` (the patch and merge sizes are the settings' own; checked to agree)."""
+        if (patch_size, merge_size) != (self.settings.patch_size, self.settings.merge_size):
+            settings = self.settings
+            raise InputError(f"image settings are for patch {settings.patch_size}, merge {settings.merge_size}")
+        (Path(folder) / PREPROCESSOR_FILE).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
 
 
-def hf_patches(
-    pixel_values: np.ndarray, patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2
-) -> tuple[np.ndarray, np.ndarray]:
-    """One image `[3, H, W]` in transformers' flat layout: patches `[h*w, 3*T*p*p]` and grid_thw `[[1, h, w]]`.
-
-    Rows go merge block by merge block (each block's merge x merge patches together, as the patch merger reads
-    them); a still image is repeated over the T frames of a temporal patch. Lets our padded layout be compared
-    with transformers', and feeds graphs that take its layout.
-    """
-    channels, height, width = pixel_values.shape
-    factor = patch_size * merge_size
-    if height % factor or width % factor:
-        raise InputError(f"a {width}x{height} image does not split into {factor}-pixel merge blocks")
-    rows, cols = height // patch_size, width // patch_size
-    blocks = pixel_values.reshape(
-        channels, rows // merge_size, merge_size, patch_size, cols // merge_size, merge_size, patch_size
-    ).transpose(1, 4, 2, 5, 0, 3, 6)  # (block row, block col, row in block, col in block, C, py, px)
-    frames = np.broadcast_to(blocks[:, :, :, :, :, None], (*blocks.shape[:5], temporal_patch_size, *blocks.shape[5:]))
-    patches = frames.reshape(rows * cols, channels * temporal_patch_size * patch_size * patch_size)
-    return np.ascontiguousarray(patches, dtype=np.float32), np.array([[1, rows, cols]], dtype=np.int64)
+# What every Qwen2-VL processor config we write says beside its sizes: the steps our preprocessing reproduces.
+_HF_PROCESSOR = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "do_resize": True,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "do_convert_rgb": True,
+    "resample": 3,
+}

@@ -108,8 +108,8 @@ class ChatFormatter:
         self.image_id = tokenizer.token_to_id(IMAGE_PAD)
         self._head = self._ids(USER_HEAD)
         self._tail = self._ids(USER_TAIL)
-        self._image = [tokenizer.token_to_id(VISION_START)] + [self.image_id] * num_image_tokens
-        self._image.append(tokenizer.token_to_id(VISION_END))
+        self._vision_start = tokenizer.token_to_id(VISION_START)
+        self._vision_end = tokenizer.token_to_id(VISION_END)
 
     @classmethod
     def from_file(cls, path: str | Path, num_image_tokens: int, max_text_tokens: int) -> ChatFormatter:
@@ -125,24 +125,39 @@ class ChatFormatter:
         """The ids of an item's text, before the `max_text_tokens` budget is applied."""
         return self._ids(text.replace(IMAGE_PLACEHOLDER, "").strip())
 
-    def item_ids(self, text: str, with_image: bool) -> tuple[list[int], bool]:
-        """Token ids of one item and whether its text was truncated."""
+    def image_ids(self, image_tokens: int) -> list[int]:
+        """An image's block: `<|vision_start|>`, one `<|image_pad|>` per image token, `<|vision_end|>`."""
+        return [self._vision_start, *[self.image_id] * image_tokens, self._vision_end]
+
+    def item_ids(self, text: str, image_tokens: int | None) -> tuple[list[int], bool]:
+        """Token ids of one item (with an image of `image_tokens` tokens, or none) and whether its text was cut."""
         text_ids = self.text_ids(text)
         truncated = len(text_ids) > self.max_text_tokens
         text_ids = text_ids[: self.max_text_tokens]
-        image_ids = self._image if with_image else []
+        image_ids = [] if image_tokens is None else self.image_ids(image_tokens)
         return self._head + image_ids + text_ids + self._tail, truncated
 
     def length_range(self, with_image: bool) -> tuple[int, int]:
-        """Shortest (empty text) and longest (full text budget) item, in tokens."""
-        fixed = len(self._head) + len(self._tail) + (len(self._image) if with_image else 0)
+        """Shortest (empty text) and longest (full text budget) item, in tokens; an image counts at its most tokens."""
+        fixed = len(self._head) + len(self._tail) + (len(self.image_ids(self.num_image_tokens)) if with_image else 0)
         return fixed, fixed + self.max_text_tokens
 
-    def encode(self, texts: Sequence[str], with_image: bool, names: Sequence[str] | None = None) -> EncodedBatch:
-        """Tokenize a batch; a text over the budget is truncated with a warning naming it (`names[i]`)."""
+    def encode(
+        self,
+        texts: Sequence[str],
+        with_image: bool,
+        names: Sequence[str] | None = None,
+        image_tokens: Sequence[int] | None = None,
+    ) -> EncodedBatch:
+        """Tokenize a batch; a text over the budget is truncated with a warning naming it (`names[i]`).
+
+        With images, `image_tokens[i]` is item i's image size in tokens (the model's fixed count by default).
+        """
+        if with_image and image_tokens is None:
+            image_tokens = [self.num_image_tokens] * len(texts)
         rows, truncated = [], []
         for i, text in enumerate(texts):
-            ids, cut = self.item_ids(text, with_image)
+            ids, cut = self.item_ids(text, image_tokens[i] if with_image else None)
             rows.append(ids)
             if cut:
                 truncated.append(i)

@@ -1,9 +1,13 @@
-"""Qwen2-VL vision tower on a real batch axis, for one fixed image size.
+"""Qwen2-VL vision tower on a padded batch of images of any size.
 
-The stock tower packs every image into one sequence and splits it again with
-`cu_seqlens.tolist()`: a Python loop that neither batches nor exports. Here the
-same HF submodules and weights run on `[B, N, E]` with rotary tables built once
-for the model's fixed image size, so the code is one traced graph.
+The stock tower packs every image of a batch into one sequence, splits the
+attention with `cu_seqlens.tolist()` and builds rotary positions per image in a
+Python loop: none of that batches or exports. Here each image is one row of a
+`[B, P, 3*p*p]` batch of patches in the tower's own merge-block order, padded to
+the longest image; the patch positions, the rotary angles and a key mask that
+hides the padding are computed from each image's patch grid inside the graph.
+So one traced graph serves any mix of sizes, TensorRT sees a single dynamic
+patch axis, and a real image's result is the stock tower's on that image alone.
 """
 
 from __future__ import annotations
@@ -12,32 +16,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers.vision_utils import get_vision_position_ids
 
 
-def vision_rotary_table(visual: nn.Module, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin `[N, head_dim]` for one image of `grid` patches, in the tower's token order."""
-    grid_thw = torch.tensor([[1, grid[0], grid[1]]])
-    position_ids = get_vision_position_ids(grid_thw, visual.spatial_merge_size)
-    probe = torch.zeros(1, dtype=torch.float32)
-    cos, sin = visual.rotary_pos_emb(probe, position_ids)
-    return cos.float(), sin.float()
-
-
-def patch_tokens(visual: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Embed `[B, 3, H, W]` pixels to `[B, N, E]` patch tokens in merge-block order.
+def patch_embedding(visual: nn.Module, patches: torch.Tensor) -> torch.Tensor:
+    """`[B, P, 3*p*p]` patches -> `[B, P, E]` tokens.
 
     A still image fills both temporal slots of the Conv3d patch embedding with
-    the same frame, so summing the kernel over time gives the same result as a
-    single Conv2d — one cheap, exportable op instead of a 3D convolution.
+    the same frame, so the kernel summed over time, applied once, is the stock
+    result: a plain MatMul on half the input.
     """
-    proj = visual.patch_embed.proj
-    weight = proj.weight.sum(dim=2)
-    x = F.conv2d(pixel_values.to(weight.dtype), weight, stride=proj.stride[1:])
-    b, e, gh, gw = x.shape
-    m = visual.spatial_merge_size
-    x = x.view(b, e, gh // m, m, gw // m, m).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(b, gh * gw, e)
+    weight = visual.patch_embed.proj.weight.sum(dim=2).flatten(1)
+    return torch.matmul(patches.to(weight.dtype), weight.t())
+
+
+def patch_positions(grid: torch.Tensor, num_patches: int, merge: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column `[B, P]` of each patch slot, and `[B, P]` whether it holds a patch of the image.
+
+    Patch p of an image `grid[b] = (h, w)` sits in merge block p // merge**2 (blocks row-major over the
+    image's w / merge block columns) at offset p % merge**2 inside the block, as the stock processor lays it out.
+    """
+    index = torch.arange(num_patches, device=grid.device).unsqueeze(0)
+    height, width = grid[:, :1], grid[:, 1:]
+    block, inside = index // (merge * merge), index % (merge * merge)
+    block_cols = width // merge
+    rows = (block // block_cols) * merge + inside // merge
+    cols = (block % block_cols) * merge + inside % merge
+    return rows, cols, index < height * width
+
+
+def rotary_angles(visual: nn.Module, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin `[B, P, head_dim]` from the tower's own rotary module at each patch's (row, col)."""
+    b, n = rows.shape
+    positions = torch.stack([rows, cols], dim=-1).reshape(b * n, 2)
+    probe = torch.zeros(1, dtype=torch.float32, device=rows.device)
+    cos, sin = visual.rotary_pos_emb(probe, positions)
+    return cos.float().view(b, n, -1), sin.float().view(b, n, -1)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -51,34 +64,42 @@ def _layer_norm_fp32(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).to(x.dtype)
 
 
-def _block_forward(block: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _block_forward(
+    block: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_bias: torch.Tensor
+) -> torch.Tensor:
     attn = block.attn
     b, n, e = x.shape
     qkv = attn.qkv(_layer_norm_fp32(block.norm1, x)).view(b, n, 3, attn.num_heads, e // attn.num_heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     q = (q.float() * cos + _rotate_half(q.float()) * sin).to(v.dtype)
     k = (k.float() * cos + _rotate_half(k.float()) * sin).to(v.dtype)
-    weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * attn.scaling, dim=-1)
-    out = torch.matmul(weights.to(v.dtype), v).transpose(1, 2).reshape(b, n, e)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * attn.scaling + key_bias
+    out = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v).transpose(1, 2).reshape(b, n, e)
     x = x + attn.proj(out)
     return x + block.mlp(_layer_norm_fp32(block.norm2, x))
 
 
 def encode_images(
-    visual: nn.Module, pixel_values: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, recompute: bool = False
+    visual: nn.Module, patches: torch.Tensor, grid: torch.Tensor, recompute: bool = False
 ) -> torch.Tensor:
-    """`[B, 3, H, W]` normalised pixels -> `[B, T, D]` LLM-ready image tokens.
+    """`[B, P, 3*p*p]` normalised patches of images with patch grids `grid [B, 2]` -> `[B, P / merge**2, D]`
+    LLM-ready image tokens, each image's h*w / merge**2 tokens first (row-major over its merged grid), padding after.
 
     `recompute` is gradient checkpointing: each block's activations are
     recomputed in backward instead of stored (the trainer's memory saver).
     """
-    x = patch_tokens(visual, pixel_values)
+    merge = visual.spatial_merge_size
+    rows, cols, valid = patch_positions(grid, patches.shape[1], merge)
+    cos, sin = (t.unsqueeze(1) for t in rotary_angles(visual, rows, cols))
+    key_bias = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
+    key_bias = key_bias.masked_fill(~valid, torch.finfo(torch.float32).min)[:, None, None, :]
+    x = patch_embedding(visual, patches)
     for block in visual.blocks:
         if recompute:
-            x = checkpoint(_block_forward, block, x, cos, sin, use_reentrant=False)
+            x = checkpoint(_block_forward, block, x, cos, sin, key_bias, use_reentrant=False)
         else:
-            x = _block_forward(block, x, cos, sin)
+            x = _block_forward(block, x, cos, sin, key_bias)
     b, n, e = x.shape
     merger = visual.merger
-    normed = _layer_norm_fp32(merger.ln_q, x).reshape(b * n // visual.spatial_merge_size**2, merger.hidden_size)
-    return merger.mlp(normed).view(b, n // visual.spatial_merge_size**2, -1)
+    normed = _layer_norm_fp32(merger.ln_q, x).reshape(b * n // merge**2, merger.hidden_size)
+    return merger.mlp(normed).view(b, n // merge**2, -1)

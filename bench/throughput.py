@@ -64,7 +64,7 @@ def main() -> None:
             "photos": pipeline_numbers(model, paths, args.batch),
             "thumbnails": pipeline_numbers(model, thumbs, args.batch),
         }
-        feeds = model.encoder.image_feed(model.pixels(paths[: args.batch]), [""] * args.batch)
+        feeds = model.encoder.image_feed(model.encoder.patches(model.pixels(paths[: args.batch])), [""] * args.batch)
         runner = model.runners[IMAGE_ENCODER.name]
         bare = ort_session(runner.load_session.path, args.threads)
         times = interleaved_medians(

@@ -66,7 +66,6 @@ from agff_deploy.manifest import (
     Dims,
     Fusion,
     GraphEntry,
-    ImageFormat,
     LengthRange,
     Manifest,
     ModelDims,
@@ -157,7 +156,7 @@ class BundleBuilder:
     def _dims(self) -> dict[str, dict[str, tuple[int, int]]]:
         lo, _, hi = self.options.batch
         return {
-            VISION_ENCODER.name: {"batch": (lo, hi)},
+            VISION_ENCODER.name: {"batch": (lo, hi), "patches": (4, self._max_patches())},
             LANGUAGE_ENCODER.name: {
                 "batch": (lo, hi),
                 "length": self._length_range(),
@@ -165,6 +164,9 @@ class BundleBuilder:
             },
             SCORER.name: {"queries": (1, 1 << 16), "candidates": (1, 1 << 20)},
         }
+
+    def _max_patches(self) -> int:
+        return self.model.config.num_image_tokens * self.model.config.merge_size**2
 
     def _length_range(self) -> tuple[int, int]:
         """The language encoder's token lengths: text items' and image items' together."""
@@ -271,14 +273,13 @@ class BundleBuilder:
 
     def manifest(self, folder: Path, files: dict[str, dict[str, Path]]) -> Manifest:
         cfg = self.model.config
-        pre = self.encoder.preprocessor
         lo, opt, hi = self.options.batch
         image_length, text_length = (self.encoder.formatter.length_range(with_image=w) for w in (True, False))
-        specs = resolved_stored(model_sizes(cfg.image_size, cfg.num_prompts, cfg.hidden_size))
+        specs = resolved_stored(model_sizes(cfg.patch_size, cfg.num_prompts, cfg.hidden_size))
         return Manifest(
             created_by=f"agff-deploy {__version__}",
             model=ModelDims(cfg.num_prompts, cfg.hidden_size),
-            image=ImageFormat(tuple(cfg.image_size), tuple(pre.mean), tuple(pre.std), cfg.num_image_tokens),
+            image=cfg.image_format(),
             tokenizer=TokenizerFile(TOKENIZER_FILE, sha256_file(folder / TOKENIZER_FILE), cfg.max_text_tokens),
             fusion=self.fusion,
             dims=Dims(

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agff_deploy.contract import IMAGE_FEATURES, PIXEL_VALUES, VISION_ENCODER, Feed
+from agff_deploy.contract import IMAGE_FEATURES, VISION_ENCODER, Feed
 from agff_deploy.errors import InputError, MissingFileError
-from agff_deploy.feeds import language_feed
+from agff_deploy.feeds import language_feed, vision_feed
 from agff_deploy.images import IMAGE_SUFFIXES, ImageLoadError, open_image
 from agff_deploy.inputs import ItemEncoder
 from agff_deploy.scenes import make_scene
@@ -60,7 +60,7 @@ def calibration_feeds(
         for i in range(0, len(images), batch_size)
     ]
     if graph == VISION_ENCODER.name:
-        return [{PIXEL_VALUES.name: feed[PIXEL_VALUES.name]} for feed in image_feeds]
+        return [vision_feed(feed) for feed in image_feeds]
     texts_file = Path(calib_dir) / "texts.txt" if calib_dir else None
     if texts_file and texts_file.is_file():
         texts = [t for t in texts_file.read_text().splitlines() if t.strip()]
@@ -78,8 +78,6 @@ def _with_features(image_feeds: list[Feed], vision_graph: Path) -> list[Feed]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(vision_graph), providers=["CPUExecutionProvider"])
-    feeds = [
-        language_feed(feed, session.run(None, {PIXEL_VALUES.name: feed[PIXEL_VALUES.name]})[0]) for feed in image_feeds
-    ]
+    feeds = [language_feed(feed, session.run(None, vision_feed(feed))[0]) for feed in image_feeds]
     del session
     return feeds

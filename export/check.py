@@ -315,7 +315,7 @@ def pytorch_reference(
     from runtime.torch_runner import TorchRunner
 
     config = model.config
-    sizes = model_sizes(config.image_size, config.num_prompts, config.hidden_size)
+    sizes = model_sizes(config.patch_size, config.num_prompts, config.hidden_size)
     input_sets = parity_input_sets(encoder, sizes, fusion, images, agreement_pairs)
     reference: dict[str, Runner] = {
         name: RecordedRunner.record(TorchRunner(model, spec, device="cpu"), input_sets.feeds(name))

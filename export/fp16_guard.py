@@ -132,14 +132,15 @@ Feed = Mapping[str, np.ndarray | torch.Tensor]
 def _run_feed(model: nn.Module, feed: Feed) -> None:
     """One forward pass on a feed dict, whichever graph's layout it has.
 
-    Item feeds (pixel_values? / input_ids / attention_mask) run the whole forward; a vision encoder's feed
-    (pixel_values alone) runs `image_tokens`; a language encoder's (input_ids / attention_mask /
-    image_features) runs `encode_tokens`. So the calibration feeds of every graph measure the same modules.
+    Item feeds (pixel_values? / image_grid? / input_ids / attention_mask) run the whole forward; a vision
+    encoder's feed (pixel_values / image_grid) runs `image_tokens`; a language encoder's (input_ids /
+    attention_mask / image_features / image_grid) runs `encode_tokens`. So the calibration feeds of every graph
+    measure the same modules.
     """
     device = next(model.parameters()).device
     tensors = {name: torch.as_tensor(value, device=device) for name, value in feed.items()}
-    if set(tensors) == {"pixel_values"}:
-        model.image_tokens(tensors["pixel_values"])
+    if "input_ids" not in tensors:
+        model.image_tokens(**tensors)
     elif "image_features" in tensors:
         model.encode_tokens(**tensors)
     else:

@@ -31,27 +31,35 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 class VisionEncoderGraph(nn.Module):
-    """pixels `[B, 3, H, W]` float32 -> image features `[B, T, D]` float32 (the language encoder's input)."""
+    """patches `[B, P, 3*p*p]` float32 + patch grids `[B, 2]` -> image features `[B, P/4, D]` float32 (the language
+    encoder's input)."""
 
     def __init__(self, model: AGFFEmbedder) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values: torch.Tensor):
+    def forward(self, pixel_values: torch.Tensor, image_grid: torch.Tensor):
         dtype = next(self.model.parameters()).dtype
-        return self.model.image_tokens(pixel_values.to(dtype)).float()
+        return self.model.image_tokens(pixel_values.to(dtype), image_grid).float()
 
 
 class LanguageEncoderGraph(nn.Module):
-    """chat tokens `[B, L]` + image features `[B, T, D]` float32 (T = 1 and unused for text) -> `[B, K+1, D]`."""
+    """chat tokens `[B, L]` + image features `[B, T, D]` float32 and patch grids `[B, 2]` (unused for text) ->
+    `[B, K+1, D]`."""
 
     def __init__(self, model: AGFFEmbedder) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_features: torch.Tensor):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_features: torch.Tensor,
+        image_grid: torch.Tensor,
+    ):
         dtype = next(self.model.parameters()).dtype
-        return self.model.encode_tokens(input_ids, attention_mask, image_features.to(dtype))
+        return self.model.encode_tokens(input_ids, attention_mask, image_features.to(dtype), image_grid)
 
 
 class ScorerGraph(nn.Module):

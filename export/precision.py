@@ -29,11 +29,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph_weights import external_array, int8_columns, weight_matmuls
-from .int8_sensitivity import keep_in_float, matmul_errors
+from .int8_ranges import channel_weights, clipped_scales
+from .int8_sensitivity import keep_in_float, matmul_errors, sample_activations, weight_matmul_inputs
 
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
-# Items of the first calibration feed whose activations measure each MatMul's int8 error: every weight MatMul's
-# input is held at once, which for a 2B vision tower is about 1.2 GB per 448 px image.
+# Calibration items whose activations choose each activation's int8 range and measure each MatMul's int8 error:
+# every weight MatMul's input is held at once, which for a 2B vision tower is about 1.2 GB per 448 px image.
 SENSITIVITY_ITEMS = 2
 
 
@@ -90,19 +91,21 @@ def activation_matmuls(path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and not constants & set(n.input)]
 
 
-def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> list[str]:
-    """Symmetric int8 Q/DQ on weight-bearing MatMul/Gemm/Conv, calibrated (min/max) on `feeds`; the MatMuls whose
-    own int8 error is largest on the first feed stay in float (`export.int8_sensitivity`). Returns their names.
+def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], clip: bool = True) -> list[str]:
+    """Symmetric int8 Q/DQ on weight-bearing MatMul/Gemm/Conv, calibrated on `feeds`; the MatMuls whose own int8
+    error is largest on sampled items stay in float (`export.int8_sensitivity`). Returns their names.
 
-    ORT's static quantizer holds a graph about three times over, so a graph with
-    external weights goes through `stream_qdq` instead.
+    With `clip`, the activations of weight MatMuls get the ranges `export.int8_ranges` calibrates (given to ORT as
+    tensor overrides); without, ORT's min/max. ORT's static quantizer holds a graph about three times over, so a
+    graph with external weights goes through `stream_qdq` instead.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if _has_external(onnx.load(str(src), load_external_data=False)):
-        return stream_qdq(src, dst, feeds)
+        return stream_qdq(src, dst, feeds, clip)
     with _preprocessed(src) as (prepared, external):
-        kept = _sensitive_matmuls(prepared, feeds)
+        scales, kept = _calibrated(prepared, feeds, clip)
+        overrides = {x: [{"scale": scale, "zero_point": np.int8(0)}] for x, scale in scales.items()} if clip else {}
         quantize_static(
             str(prepared),
             str(dst),
@@ -118,6 +121,7 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> li
                 "ActivationSymmetric": True,
                 "WeightSymmetric": True,
                 "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS,
+                "TensorQuantOverrides": overrides,
             },
             use_external_data_format=external,
         )
@@ -127,18 +131,57 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> li
 def _activation_scales(src: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.float32]:
     """Per-tensor int8 scale of every weight MatMul's activation: its calibrated absolute maximum / 127."""
     model = onnx.load(str(src), load_external_data=False)
-    targets = weight_matmuls(model.graph)
-    activations = sorted({n.input[0] for n in model.graph.node if n.output and n.output[0] in targets})
-    peaks = _peaks(src, activations, feeds)
-    return {name: np.float32(peak / 127 if peak > 0 else 1.0) for name, peak in peaks.items()}
+    activations = sorted({x for x, _ in weight_matmul_inputs(model).values()})
+    return {name: _max_scale(peak) for name, peak in _peaks(src, activations, feeds).items()}
 
 
-def _sensitive_matmuls(
-    src: Path, feeds: list[dict[str, np.ndarray]], scales: dict[str, np.float32] | None = None
-) -> list[str]:
-    scales = scales if scales is not None else _activation_scales(src, feeds)
-    sample = {name: array[:SENSITIVITY_ITEMS] for name, array in feeds[0].items()}
-    return keep_in_float(matmul_errors(src, sample, scales))
+def _max_scale(peak: float) -> np.float32:
+    return np.float32(peak / 127 if peak > 0 else 1.0)
+
+
+def _calibrated(
+    src: Path, feeds: list[dict[str, np.ndarray]], clip: bool = True
+) -> tuple[dict[str, np.float32], list[str]]:
+    """The int8 scale of every weight MatMul's activation, and the MatMuls to keep in float.
+
+    Both are measured on `sample_items(feeds)`. With `clip`, each activation's range is the clip of its calibrated
+    maximum that minimises its error on those items (`export.int8_ranges`); without, the maximum itself.
+    """
+    model = onnx.load(str(src), load_external_data=False)
+    matmuls = weight_matmul_inputs(model)
+    del model
+    peaks = _peaks(src, sorted({x for x, _ in matmuls.values()}), feeds)
+    samples = sample_activations(src, sample_items(feeds))
+    if clip:
+        scales = clipped_scales(peaks, samples, _channel_weights(src, matmuls))
+    else:
+        scales = {name: _max_scale(peak) for name, peak in peaks.items()}
+    return scales, keep_in_float(matmul_errors(src, samples, scales))
+
+
+def sample_items(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """`SENSITIVITY_ITEMS` single-item feeds: the first items of the first feed, and the first of the last feed.
+
+    The language encoder's calibration lists its text feeds first and its image feeds last, so its sample holds a
+    text item and an image item: the two kinds it serves, whose activations differ.
+    """
+    first = [{k: v[i : i + 1] for k, v in feeds[0].items()} for i in range(SENSITIVITY_ITEMS)]
+    if len(feeds) == 1:
+        return first
+    return first[: SENSITIVITY_ITEMS - 1] + [{k: v[:1] for k, v in feeds[-1].items()}]
+
+
+def _channel_weights(src: Path, matmuls: dict[str, tuple[str, onnx.TensorProto]]) -> dict[str, np.ndarray]:
+    """Activation name -> `channel_weights` of the weights that read it, one weight read at a time."""
+    readers: dict[str, list[onnx.TensorProto]] = {}
+    for x, weight in matmuls.values():
+        readers.setdefault(x, []).append(weight)
+
+    def array(weight: onnx.TensorProto) -> np.ndarray:
+        data = external_array(weight, src.parent) if weight.data_location else numpy_helper.to_array(weight)
+        return np.asarray(data, np.float32)
+
+    return {x: channel_weights([array(w) for w in weights]) for x, weights in readers.items()}
 
 
 def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
@@ -204,13 +247,14 @@ def stream_dynamic_int8(src: Path, dst: Path) -> Path:
     return _rewriteweight_matmuls(src, dst, _integer_matmul)
 
 
-def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> list[str]:
+def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], clip: bool = True) -> list[str]:
     """Static int8 Q/DQ of every MatMul by a 2-D weight, for graphs too large for ORT's quantizer; returns the
     MatMuls left in float because their own int8 error is largest (`export.int8_sensitivity`).
 
     The form `quantize_qdq` writes for TensorRT: the activation goes through a
     QuantizeLinear/DequantizeLinear pair with a per-tensor scale (its calibrated
-    absolute maximum / 127), the weight is stored as symmetric int8 per output
+    range / 127: with `clip`, the range `export.int8_ranges` chooses; without,
+    the absolute maximum, as ORT's min/max calibration), the weight is stored as symmetric int8 per output
     column behind a DequantizeLinear. Q/DQ sit on the MatMul's inputs only (as in
     ModelOpt's recipe; TensorRT fuses the output side itself). Calibration runs
     the graph once with a running absolute maximum per activation as extra outputs, so
@@ -218,8 +262,8 @@ def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> list
     at a time. MatMuls between two activations (attention), Conv and Gemm stay in
     float. The output is `dst` plus `dst.data`.
     """
-    scales = _activation_scales(src, feeds)
-    kept = set(_sensitive_matmuls(src, feeds, scales))
+    scales, kept_names = _calibrated(src, feeds, clip)
+    kept = set(kept_names)
     quantized: set[str] = set()
 
     def qdq_matmul(node, name, weight, writer):

@@ -1,12 +1,15 @@
 """`python -m export.to_triton BUNDLE -o REPO`: a standalone model repository for NVIDIA's Triton server containers.
 
     image             ensemble        image (BYTES) [+ instruction (BYTES)]  ->  embeddings FP32 [K+1, D]
-      image_preprocess  python          decode, resize, tokenize, pad to L  ->  pixel_values, input_ids, attention_mask
-      vision_encoder    onnxruntime | tensorrt_plan   pixel_values          ->  image_features FP32 [T, D]
-      language_encoder  onnxruntime | tensorrt_plan   input_ids, attention_mask, image_features  ->  embeddings
+      image_preprocess  python          decode, resize, tokenize, pad to L  ->  pixel_values, image_grid, input_ids,
+                                                                                 attention_mask
+      vision_encoder    onnxruntime | tensorrt_plan   pixel_values, image_grid  ->  image_features FP32 [T, D]
+      language_encoder  onnxruntime | tensorrt_plan   input_ids, attention_mask, image_features, image_grid
+                                                                             ->  embeddings
     text              ensemble        text (BYTES)                           ->  embeddings FP32 [K+1, D]
       text_preprocess   python          tokenize, pad to L                   ->  input_ids, attention_mask,
-                                                                                 image_features FP32 [1, D] (zeros)
+                                                                                 image_features FP32 [1, D] (zeros),
+                                                                                 image_grid (one merge block)
       language_encoder  (the same model as in `image`)
     score             onnxruntime     queries, candidates                    ->  scores (the scorer graph; no batching)
 
@@ -173,10 +176,9 @@ def interfaces(manifest: Manifest, precision: str, max_batch: int) -> dict[str, 
     model batches; a preprocess model emits what its pipeline's graphs take and none of them makes, the token
     length fixed at L and a text's image features at one."""
     graphs = {name: manifest.graph(precision, name) for name in STORED_NAMES}
-    # The vision graph's output has T rows for its fixed image size, and Triton's onnxruntime backend compares
-    # config output dims exactly with the graph's: declare T, not -1.
-    made = {"image_tokens": manifest.image.num_image_tokens}
-    models = {name: encoder_interface(graphs[name], made, max_batch) for name in STORED_ENCODERS}
+    # The vision graph gives one image token per merge block of its patch rows, as many as the batch's largest image
+    # has: a dynamic dim, -1 in the config as in the graph.
+    models = {name: encoder_interface(graphs[name], {}, max_batch) for name in STORED_ENCODERS}
     lengths = fixed_lengths(manifest)
     for task in TASKS:
         pipeline = PIPELINES[PIPELINE[task]]

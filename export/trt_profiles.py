@@ -24,15 +24,21 @@ Profile = dict[str, tuple[Shape, Shape, Shape]]
 def profile_shapes(manifest: Manifest, graph: str, batch: tuple[int, int, int]) -> Profile:
     """(min, opt, max) shape of every input of stored `graph`: the contract's shapes, dynamic dims from the manifest.
 
-    One language-encoder profile spans text items (one placeholder image feature) and image items."""
+    One language-encoder profile spans text items (one placeholder image feature) and image items. At native
+    resolution the image-token count spans one merge block to the most an image gives, optimised at the midpoint
+    (as TensorRT Edge-LLM's vision profile is); at a fixed size it is that size's."""
     lo, opt, hi = batch
     text, image = manifest.dims.text_length, manifest.dims.image_length
     shortest, longest = min(text.min, image.min), max(text.max, image.max)
     tokens = manifest.image.num_image_tokens
+    fewest = 1 if manifest.image.resize == "native" else tokens
+    typical = (fewest + tokens) // 2
+    block = manifest.image.merge_size**2
     ranges = {
         "batch": batch,
         "length": (shortest, min(longest, shortest + 16), longest),
-        "image_tokens": (1, tokens, tokens),
+        "patches": (fewest * block, typical * block, tokens * block),
+        "image_tokens": (1, typical, tokens),
         "queries": (1, opt, hi),
         "candidates": SCORER_CANDIDATES,
     }

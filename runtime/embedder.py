@@ -83,18 +83,19 @@ class Embedder:
         runner = self._runner(graph)
         return runner.infer(feed)[runner.spec.output]
 
-    def pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """`[N, 3, H, W]` float32 for paths, PIL images or HxWx3 uint8 arrays."""
-        resized = [self.preprocessor.resize(decode(image, DEFAULT_MAX_PIXELS)[0]) for image in images]
-        return self.preprocessor.normalize(np.stack(resized))
+    def pixels(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """Normalised `[3, H, W]` float32 images for paths, PIL images or HxWx3 uint8 arrays."""
+        pre = self.preprocessor
+        return [pre.normalize(pre.resize(decode(image, DEFAULT_MAX_PIXELS)[0])) for image in images]
 
-    def embed_pixels(self, pixels: np.ndarray, instructions: str | Sequence[str] = "") -> np.ndarray:
-        """Preprocessed pixels (+ an instruction per image, or one for all) -> `[N, K+1, D]`."""
+    def embed_pixels(self, pixels: Sequence[np.ndarray], instructions: str | Sequence[str] = "") -> np.ndarray:
+        """Preprocessed images (+ an instruction per image, or one for all) -> `[N, K+1, D]`."""
         prompts = self._instructions(instructions, len(pixels))
         parts = []
         for i in range(0, len(pixels), self.batch_size):
             batch = prompts[i : i + self.batch_size]
-            feed = self.encoder.image_feed(pixels[i : i + self.batch_size], batch, names=["instruction"] * len(batch))
+            patches = self.encoder.patches(pixels[i : i + self.batch_size])
+            feed = self.encoder.image_feed(patches, batch, names=["instruction"] * len(batch))
             parts.append(self._run(IMAGE_ENCODER.name, feed))
         return np.concatenate(parts) if parts else self._empty()
 

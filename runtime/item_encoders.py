@@ -1,7 +1,7 @@
 """The item pipelines over the stored graphs: what the Embedder, the gate and the servers run.
 
 A bundle stores a vision encoder and one language encoder (agff_deploy.contract). The image encoder runs both:
-pixels -> image features -> the language encoder with the item's tokens. The text encoder runs the language
+patches -> image features -> the language encoder with the item's tokens. The text encoder runs the language
 encoder alone, with a placeholder feature no token reads. Both hold the same language runner through a `Lease`,
 so its session or engine is loaded once, stays loaded while either pipeline is active, and a text-only user never
 activates the vision encoder. Each pipeline is a `Runner` with the pipeline's contract, so nothing above it knows
@@ -16,14 +16,13 @@ from agff_deploy.contract import (
     IMAGE_ENCODER,
     IMAGE_FEATURES,
     LANGUAGE_ENCODER,
-    PIXEL_VALUES,
     SCORER,
     TEXT_ENCODER,
     VISION_ENCODER,
     Feed,
     GraphSpec,
 )
-from agff_deploy.feeds import language_feed
+from agff_deploy.feeds import language_feed, vision_feed
 
 from .runner import Outputs, Runner
 
@@ -68,7 +67,7 @@ class PipelineRunner(Runner):
 
 class ImageEncoderRunner(PipelineRunner):
     def infer_impl(self, feed: Feed) -> Outputs:
-        features = self.run(VISION_ENCODER.name, {PIXEL_VALUES.name: feed[PIXEL_VALUES.name]})[IMAGE_FEATURES.name]
+        features = self.run(VISION_ENCODER.name, vision_feed(feed))[IMAGE_FEATURES.name]
         return self.run(LANGUAGE_ENCODER.name, language_feed(feed, features))
 
 

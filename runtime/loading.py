@@ -229,7 +229,7 @@ def _torch_model(checkpoint: Path, image_size: tuple[int, int] | None) -> Loaded
         "pattern_bias": tuple(float(b) for b in model.fusion.pattern_bias.detach()),
         "temperature": float(model.temperature.detach()),
     }
-    specs = resolved_graphs(model_sizes(config.image_size, config.num_prompts, config.hidden_size))
+    specs = resolved_graphs(model_sizes(config.patch_size, config.num_prompts, config.hidden_size))
     runners: dict[str, Runner] = {name: TorchRunner(model, spec) for name, spec in specs.items()}
     spec = ModelSpec.from_checkpoint(checkpoint, fusion, image_size)
     return LoadedModel(spec, runners, "pytorch", checkpoint, weights_sha256(checkpoint))

@@ -19,11 +19,13 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from agff_deploy.errors import ImageSizeError
 from agff_deploy.images import ImageLoadError, open_image
-from agff_deploy.preprocessing import ImagePreprocessor
+from agff_deploy.preprocessing import ImagePreprocessor, NativePreprocessor
 
 ImageInput = str | Path | Image.Image | np.ndarray
-EmbedPixels = Callable[[np.ndarray, list[str]], np.ndarray]
+# Normalised `[3, H, W]` images (of one size, or each its own at native resolution) and their instructions.
+EmbedPixels = Callable[[list[np.ndarray], list[str]], np.ndarray]
 DECODE_AHEAD = 2  # batches decoded while one is inferred
 
 
@@ -47,7 +49,7 @@ class _Decoded:
 
     names: list[str]
     instructions: list[str]
-    pixels: np.ndarray | None
+    pixels: list[np.ndarray] | None
     errors: list[str]
     notes: list[str]
 
@@ -65,7 +67,7 @@ def embed_in_batches(
     items: Sequence[ImageInput],
     instructions: Sequence[str],
     embed: EmbedPixels,
-    preprocessor: ImagePreprocessor,
+    preprocessor: ImagePreprocessor | NativePreprocessor,
     batch_size: int,
     max_pixels: int,
     on_error: Callable[[str], None] | None = None,
@@ -107,25 +109,30 @@ def _decode_batch(
     items: Sequence[ImageInput],
     instructions: Sequence[str],
     indices: range,
-    preprocessor: ImagePreprocessor,
+    preprocessor: ImagePreprocessor | NativePreprocessor,
     max_pixels: int,
 ) -> _Decoded:
-    """Decode and preprocess one batch (in a worker thread)."""
+    """Decode and preprocess one batch (in a worker thread); an image that cannot be read or sized is an error line
+    naming it."""
     decoded = _Decoded([], [], None, [], [])
     arrays = []
     for i in indices:
         item = items[i]
+        name = str(item) if isinstance(item, (str, Path)) else f"image {i}"
         try:
             image, notes = decode(item, max_pixels)
+            arrays.append(preprocessor.normalize(preprocessor.resize(image)))
         except ImageLoadError as err:
             decoded.errors.append(str(err))
             continue
-        arrays.append(preprocessor.resize(image))
-        decoded.names.append(str(item) if isinstance(item, (str, Path)) else f"image {i}")
+        except ImageSizeError as err:
+            decoded.errors.append(f"{name}: {err}")
+            continue
+        decoded.names.append(name)
         decoded.instructions.append(instructions[i])
         decoded.notes += notes
     if arrays:
-        decoded.pixels = preprocessor.normalize(np.stack(arrays))
+        decoded.pixels = arrays
     return decoded
 
 

@@ -6,25 +6,23 @@ runners below never see it.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agff_deploy.config import AGFFConfig
 from agff_deploy.feeds import FeedEncoder
-from agff_deploy.manifest import Manifest
-from agff_deploy.preprocessing import ImagePreprocessor
+from agff_deploy.manifest import ImageFormat, Manifest
+from agff_deploy.preprocessing import ImagePreprocessor, NativeImageSettings, NativePreprocessor
 from agff_deploy.tokenization import ChatFormatter
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    image_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    num_image_tokens: int
+    image: ImageFormat
     max_text_tokens: int
     tokenizer_file: Path
     t_in: float
@@ -35,12 +33,9 @@ class ModelSpec:
 
     @classmethod
     def from_manifest(cls, folder: Path, manifest: Manifest) -> ModelSpec:
-        image, fusion = manifest.image, manifest.fusion
+        fusion = manifest.fusion
         return cls(
-            image_size=image.size,
-            mean=image.mean,
-            std=image.std,
-            num_image_tokens=image.num_image_tokens,
+            image=manifest.image,
             max_text_tokens=manifest.tokenizer.max_text_tokens,
             tokenizer_file=folder / manifest.tokenizer.file,
             t_in=fusion.t_in,
@@ -54,31 +49,38 @@ class ModelSpec:
     def from_checkpoint(
         cls, folder: Path, fusion: dict[str, Any], image_size: tuple[int, int] | None = None
     ) -> ModelSpec:
-        """From agff_config.json plus the fusion values the loaded weights hold."""
-        from agff_deploy.preprocessing import CLIP_MEAN, CLIP_STD
-
-        config = json.loads((folder / "agff_config.json").read_text())
-        height, width = image_size or config["image_size"]
-        step = config["base"]["vision_config"]["patch_size"] * config["base"]["vision_config"]["spatial_merge_size"]
+        """From agff_config.json (optionally at another fixed size) plus the fusion values the loaded weights hold."""
+        config = AGFFConfig.load(folder)
+        if image_size is not None:
+            config = dataclasses.replace(config, image_size=tuple(image_size))
         return cls(
-            image_size=(height, width),
-            mean=CLIP_MEAN,
-            std=CLIP_STD,
-            num_image_tokens=(height // step) * (width // step),
-            max_text_tokens=config["max_text_tokens"],
+            image=config.image_format(),
+            max_text_tokens=config.max_text_tokens,
             tokenizer_file=folder / "tokenizer.json",
             batch_size=8,
             **fusion,
         )
 
-    def preprocessor(self) -> ImagePreprocessor:
-        return ImagePreprocessor(*self.image_size, mean=self.mean, std=self.std)
+    def preprocessor(self) -> ImagePreprocessor | NativePreprocessor:
+        image = self.image
+        if image.resize == "native":
+            settings = NativeImageSettings(
+                min_pixels=image.min_pixels,
+                max_pixels=image.max_pixels,
+                patch_size=image.patch_size,
+                merge_size=image.merge_size,
+                mean=image.mean,
+                std=image.std,
+                max_ratio=image.max_ratio,
+            )
+            return NativePreprocessor(settings)
+        return ImagePreprocessor(*image.size, mean=image.mean, std=image.std)
 
     def formatter(self) -> ChatFormatter:
-        return ChatFormatter.from_file(self.tokenizer_file, self.num_image_tokens, self.max_text_tokens)
+        return ChatFormatter.from_file(self.tokenizer_file, self.image.num_image_tokens, self.max_text_tokens)
 
     def feed_encoder(self) -> FeedEncoder:
-        return FeedEncoder(self.formatter(), self.preprocessor())
+        return FeedEncoder(self.formatter(), self.preprocessor(), self.image.patch_size, self.image.merge_size)
 
     @property
     def bias(self) -> np.ndarray:

@@ -9,7 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from agff_deploy.contract import ATTENTION_MASK, CANDIDATES, INPUT_IDS, PIXEL_VALUES, QUERIES, SCORER, Feed, GraphSpec
+from agff_deploy.contract import (
+    ATTENTION_MASK,
+    CANDIDATES,
+    IMAGE_GRID,
+    INPUT_IDS,
+    PIXEL_VALUES,
+    QUERIES,
+    SCORER,
+    Feed,
+    GraphSpec,
+)
 
 from .runner import Outputs, Runner
 
@@ -51,6 +61,6 @@ class TorchRunner(Runner):
             if self.spec.name == SCORER.name:
                 out = self.model.similarity(tensors[QUERIES.name], tensors[CANDIDATES.name])
             else:
-                pixels = tensors.get(PIXEL_VALUES.name)
-                out = self.model(tensors[INPUT_IDS.name], tensors[ATTENTION_MASK.name], pixels)
+                pixels, grid = tensors.get(PIXEL_VALUES.name), tensors.get(IMAGE_GRID.name)
+                out = self.model(tensors[INPUT_IDS.name], tensors[ATTENTION_MASK.name], pixels, grid)
         return {self.spec.output: out.float().cpu().numpy()}

@@ -58,7 +58,8 @@ class EmbeddingService:
 
     def _embed_images(self, items: list[tuple[np.ndarray, str]]) -> np.ndarray:
         pixels, prompts = zip(*items, strict=True)
-        return self.embedder.embed_pixels(self.embedder.preprocessor.normalize(np.stack(pixels)), list(prompts))
+        normalize = self.embedder.preprocessor.normalize
+        return self.embedder.embed_pixels([normalize(p) for p in pixels], list(prompts))
 
     @staticmethod
     def _batched(

@@ -89,7 +89,8 @@ class Preprocessor:
             rows, texts = self.items.images(images, instructions)
         except RequestError as err:
             return err
-        feed = self.encoder.image_feed(self.encoder.preprocessor.normalize(np.stack(rows)), texts)
+        normalize = self.encoder.preprocessor.normalize
+        feed = self.encoder.image_feed(self.encoder.patches([normalize(r) for r in rows]), texts)
         return self._padded(feed, self.lengths["image"])
 
     def _text_request(self, raw: np.ndarray) -> Result:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from agff_deploy.errors import InputError
+from agff_deploy.errors import ImageSizeError, InputError
 from agff_deploy.images import ImageLoadError, decode_image_bytes
-from agff_deploy.preprocessing import ImagePreprocessor
+from agff_deploy.preprocessing import ImagePreprocessor, NativePreprocessor
 from agff_deploy.tokenization import ChatFormatter
 
 IMAGE, INSTRUCTION, TEXT, EMBEDDINGS = "image", "instruction", "text", "embeddings"
@@ -25,7 +25,9 @@ class RequestError(InputError):
 
 
 class RequestItems:
-    def __init__(self, formatter: ChatFormatter, preprocessor: ImagePreprocessor, max_pixels: int) -> None:
+    def __init__(
+        self, formatter: ChatFormatter, preprocessor: ImagePreprocessor | NativePreprocessor, max_pixels: int
+    ) -> None:
         self.formatter = formatter
         self.preprocessor = preprocessor
         self.max_pixels = max_pixels
@@ -54,7 +56,10 @@ class RequestItems:
             image, _ = decode_image_bytes(data, name, self.max_pixels)
         except ImageLoadError as err:
             raise RequestError(str(err)) from err
-        return self.preprocessor.resize(image)
+        try:
+            return self.preprocessor.resize(image)
+        except ImageSizeError as err:
+            raise RequestError(f"{name}: {err}") from err
 
     def _text(self, item: object, name: str, allow_empty: bool) -> str:
         if not isinstance(item, bytes):

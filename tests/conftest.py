@@ -91,14 +91,25 @@ def sample_manifest(**fields):
         TokenizerFile,
     )
 
-    vision = VISION_ENCODER.resolve(model_sizes((56, 56), num_prompts=3, hidden_size=32))
+    vision = VISION_ENCODER.resolve(model_sizes(14, num_prompts=3, hidden_size=32))
     entry = GraphEntry(
         "fp32/vision_encoder.onnx", "0" * 64, (), vision.inputs, vision.outputs, ("onnxruntime", "tensorrt")
     )
     values = {
         "created_by": "agff-deploy 0.1.0",
         "model": ModelDims(num_prompts=3, hidden_size=32),
-        "image": ImageFormat((56, 56), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 4),
+        "image": ImageFormat(
+            size=(56, 56),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+            num_image_tokens=4,
+            patch_size=14,
+            merge_size=2,
+            resize="fixed",
+            min_pixels=3136,
+            max_pixels=3136,
+            max_ratio=200.0,
+        ),
         "tokenizer": TokenizerFile("tokenizer.json", "1" * 64, 48),
         "fusion": Fusion(0.05, 0.05, (0.0, 0.1, -0.1, 0.0), 0.05),
         "dims": Dims(BatchRange(1, 4, 16), LengthRange(21, 69), LengthRange(15, 63)),

@@ -22,26 +22,39 @@ def hf_pixel_values(pixels: torch.Tensor, patch_size: int, merge_size: int) -> d
     }
 
 
+def hf_packed(patches: torch.Tensor, grid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """HF's packed input for one image from our padded patch row: the image's own patches, each frame repeated
+    into the stock processor's two temporal slots, and its `[1, 3]` grid."""
+    rows, cols = (int(v) for v in grid)
+    own = patches[: rows * cols]
+    channels = 3
+    frame = own.view(len(own), channels, 1, -1)
+    return {
+        "pixel_values": frame.expand(-1, -1, 2, -1).reshape(len(own), -1),
+        "image_grid_thw": torch.tensor([[1, rows, cols]], device=patches.device),
+    }
+
+
 @torch.no_grad()
-def separate_passes(model, input_ids, attention_mask, pixel_values=None) -> torch.Tensor:
+def separate_passes(model, input_ids, attention_mask, pixel_values=None, image_grid=None) -> torch.Tensor:
     configs = (model.mllm.language_model.config, model.mllm.visual.config)
     chosen = [c._attn_implementation for c in configs]
     for config in configs:
         config._attn_implementation = "eager"
     try:
-        return _separate_passes(model, input_ids, attention_mask, pixel_values)
+        return _separate_passes(model, input_ids, attention_mask, pixel_values, image_grid)
     finally:
         for config, name in zip(configs, chosen, strict=True):
             config._attn_implementation = name
 
 
-def _separate_passes(model, input_ids, attention_mask, pixel_values) -> torch.Tensor:
+def _separate_passes(model, input_ids, attention_mask, pixel_values, image_grid) -> torch.Tensor:
     mllm, cfg = model.mllm, model.config
     m = cfg.prompt_length
     items = []
     for b in range(input_ids.shape[0]):
         ids = input_ids[b][attention_mask[b].bool()]
-        image = {} if pixel_values is None else hf_pixel_values(pixel_values[b], cfg.patch_size, cfg.merge_size)
+        image = {} if pixel_values is None else hf_packed(pixel_values[b], image_grid[b])
         full = torch.cat([ids, torch.zeros(m, dtype=ids.dtype, device=ids.device)])[None]
         prompts = []
         for i in range(cfg.num_prompts):

@@ -15,7 +15,7 @@ pytestmark = [
 
 def embed(model, inputs):
     with torch.no_grad():
-        return model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values)
+        return model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.image_grid)
 
 
 def test_gpu_fp32_prefix_shared_pass_matches_separate_stock_passes(tiny_model, encoder):

@@ -71,7 +71,7 @@ class OneHotModel:
     def __init__(self, images, texts, size):
         self.images = {np.asarray(image).tobytes(): i for i, image in enumerate(images)}
         self.texts = texts
-        self.spec = SimpleNamespace(image_size=(size, size))
+        self.spec = SimpleNamespace(image=SimpleNamespace(size=(size, size)))
 
     def embed_images(self, images, instructions=""):
         return np.eye(len(self.images), dtype=np.float32)[[self.images[np.asarray(i).tobytes()] for i in images], None]
@@ -348,7 +348,7 @@ def test_evaluate_runs_every_benchmark_through_the_runtime(tiny_bundle, mmvp_fol
 
     glob = evaluate(tiny_bundle, "synthetic-global", seed=1)
     with Embedder.load(tiny_bundle) as model:
-        images, captions = global_retrieval_set(512, seed=1, size=model.spec.image_size[0])
+        images, captions = global_retrieval_set(512, seed=1, size=model.spec.image.size[0])
         scores = model.score(model.embed_images(images), model.embed_texts(captions))
     own = np.arange(512)
     assert glob["image_to_text"]["R@1"] == pytest.approx(np.mean(scores.argmax(1) == own))

@@ -37,7 +37,7 @@ def model_and_encoder(tiny_checkpoint):
 
 
 def sizes_of(config):
-    return model_sizes(config.image_size, config.num_prompts, config.hidden_size)
+    return model_sizes(config.patch_size, config.num_prompts, config.hidden_size)
 
 
 def specs_of(config):
@@ -81,7 +81,10 @@ def test_manifest_says_everything_the_runtime_needs(tiny_bundle, tiny_checkpoint
     stored = json.loads((tiny_bundle / MANIFEST_FILE).read_text())
     assert stored["dims"]["batch"] == {"min": 1, "opt": 4, "max": 16}
     vision_inputs = stored["graphs"]["fp32"]["vision_encoder"]["inputs"]
-    assert vision_inputs == [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 56, 56]}]
+    assert vision_inputs == [
+        {"name": "pixel_values", "dtype": "float32", "shape": ["batch", "patches", 588]},
+        {"name": "image_grid", "dtype": "int64", "shape": ["batch", 2]},
+    ]
     stored_specs = resolved_stored(sizes_of(config))
     assert manifest.graphs["fp32"]["language_encoder"].inputs == stored_specs["language_encoder"].inputs
     assert manifest.graphs["int8-dynamic"]["language_encoder"].backends == ("onnxruntime",)

@@ -131,10 +131,11 @@ def test_outlier_channel_is_flagged_at_its_mlp_and_nowhere_else(tiny_model, inpu
 
 def split_graph_feeds(model: torch.nn.Module, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """The vision encoder's feed and the language encoder's feed for one batch of image items."""
+    vision = {name: feeds[name] for name in ("pixel_values", "image_grid")}
     with torch.no_grad():
-        features = model.image_tokens(torch.from_numpy(feeds["pixel_values"])).numpy()
-    tokens = {name: feeds[name] for name in ("input_ids", "attention_mask")}
-    return [{"pixel_values": feeds["pixel_values"]}, {**tokens, "image_features": features}]
+        features = model.image_tokens(*(torch.from_numpy(v) for v in vision.values())).numpy()
+    tokens = {name: feeds[name] for name in ("input_ids", "attention_mask", "image_grid")}
+    return [vision, {**tokens, "image_features": features}]
 
 
 @pytest.mark.parametrize("site", sorted(SITES))
@@ -182,8 +183,8 @@ class ImageGraph(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values, input_ids, attention_mask):
-        return self.model(input_ids, attention_mask, pixel_values.half())
+    def forward(self, pixel_values, image_grid, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask, pixel_values.half(), image_grid)
 
 
 def weight_matmul_scopes(graph: onnx.ModelProto) -> dict[str, int]:
@@ -204,7 +205,7 @@ def test_guarded_fp16_graph_runs_the_kept_mlp_in_fp32(tiny_model, input_sets, tm
     reference = embed(model, feeds)
     keep = cast_fp16_except(model, find_fp32_modules(model, [input_sets["images"]]))
     path = tmp_path / "image_encoder.onnx"
-    names = ["pixel_values", "input_ids", "attention_mask"]
+    names = ["pixel_values", "image_grid", "input_ids", "attention_mask"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

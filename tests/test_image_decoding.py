@@ -62,7 +62,7 @@ def test_the_trainer_sees_the_pixels_the_runtime_sees_for_a_sideways_transparent
     seen = captured_pixel_values(trainer.model)
     trainer.run()
     with Embedder.load(out) as runtime:
-        expected = runtime.pixels([photo])[0]
+        expected = runtime.encoder.patches(runtime.pixels([photo])).pixel_values[0]
     trained_on = torch.cat(seen).numpy()
     assert trained_on.shape == (2, *expected.shape)
     assert all(np.array_equal(pixels, expected) for pixels in trained_on)
@@ -72,7 +72,7 @@ def test_a_calibration_folder_photo_is_calibrated_upright_on_white(tmp_path, enc
     photo = sideways_transparent_photo(tmp_path / "calib" / "photo.png")
     feeds = calibration_feeds(encoder, "vision_encoder", tmp_path / "calib")
     assert len(feeds) == 1
-    assert np.array_equal(feeds[0]["pixel_values"], encoder.pixels([upright_on_white(photo)]))
+    assert np.array_equal(feeds[0]["pixel_values"], encoder.pixels([upright_on_white(photo)]).pixel_values)
 
 
 def test_an_image_received_as_bytes_decodes_to_the_pixels_of_its_file(tmp_path):

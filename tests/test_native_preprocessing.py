@@ -11,7 +11,8 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
 from agff_deploy.errors import ArtifactError, ImageSizeError, InputError
-from agff_deploy.preprocessing import NativeImageSettings, NativePreprocessor, hf_patches, smart_resize
+from agff_deploy.patches import patch_batch
+from agff_deploy.preprocessing import NativeImageSettings, NativePreprocessor, smart_resize
 
 BAR = 1e-6
 
@@ -53,37 +54,39 @@ def split_hf(pixel_values: np.ndarray, grid_thw: np.ndarray) -> list[np.ndarray]
     return np.split(pixel_values, np.cumsum(grid_thw.prod(axis=1))[:-1])
 
 
+def our_patches(images: list[Image.Image], settings: NativeImageSettings):
+    pre = NativePreprocessor(settings)
+    return patch_batch([pre.normalize(pre.resize(im)) for im in images], settings.patch_size, settings.merge_size)
+
+
+def hf_first_frame(pixel_values: np.ndarray, settings: NativeImageSettings) -> np.ndarray:
+    """transformers' `[n, 3 * T * p * p]` patches as one frame `[n, 3 * p * p]`, after checking the T frames agree
+    (a still image is repeated over them, which is why the vision encoder takes one)."""
+    frames = pixel_values.reshape(len(pixel_values), 3, settings.temporal_patch_size, -1)
+    assert (frames == frames[:, :, :1]).all()
+    return frames[:, :, 0].reshape(len(pixel_values), -1)
+
+
 @pytest.mark.parametrize("name", PHOTOS)
 def test_each_photo_equals_transformers_pixels_and_grid(name):
     image = PHOTOS[name]()
     settings = NativeImageSettings()
-    batch = NativePreprocessor(settings)([image])
+    batch = our_patches([image], settings)
     theirs = hf_processor(settings)(images=[image], return_tensors="np")
-    patches, grid_thw = hf_patches(batch.image(0))
-    assert grid_thw.tolist() == theirs["image_grid_thw"].tolist() == [[1, *batch.grid[0].tolist()]]
-    assert batch.pixel_values.shape == (1, 3, *(batch.grid[0] * 14))
-    assert np.abs(patches - theirs["pixel_values"]).max() <= BAR
+    assert theirs["image_grid_thw"].tolist() == [[1, *batch.image_grid[0].tolist()]]
+    assert np.abs(batch.pixel_values[0] - hf_first_frame(theirs["pixel_values"], settings)).max() <= BAR
 
 
 @pytest.mark.parametrize("settings", [NativeImageSettings(), GME, HALF], ids=["defaults", "gme", "half"])
 def test_a_mixed_batch_holds_each_photo_as_transformers_lays_it_out_padded_with_zeros(settings):
     images = [make() for make in PHOTOS.values()]
-    batch = NativePreprocessor(settings)(images)
+    batch = our_patches(images, settings)
     theirs = hf_processor(settings)(images=images, return_tensors="np")
-    sizes = batch.grid * settings.patch_size
-    assert batch.pixel_values.shape == (len(images), 3, sizes[:, 0].max(), sizes[:, 1].max())
-    assert batch.pixel_values.shape[2] % 28 == 0 and batch.pixel_values.shape[3] % 28 == 0
-    assert theirs["image_grid_thw"][:, 1:].tolist() == batch.grid.tolist()
-    assert (
-        NativePreprocessor(settings).merged_tokens(batch.grid).tolist()
-        == (theirs["image_grid_thw"].prod(axis=1) // 4).tolist()
-    )
+    assert theirs["image_grid_thw"][:, 1:].tolist() == batch.image_grid.tolist()
+    assert batch.image_tokens(settings.merge_size) == (theirs["image_grid_thw"].prod(axis=1) // 4).tolist()
     for i, expected in enumerate(split_hf(theirs["pixel_values"], theirs["image_grid_thw"])):
-        patches, _ = hf_patches(batch.image(i), settings.patch_size, settings.merge_size, settings.temporal_patch_size)
-        assert np.abs(patches - expected).max() <= BAR
-        padding = batch.pixel_values[i].copy()
-        padding[:, : sizes[i, 0], : sizes[i, 1]] = 0
-        assert not padding.any()
+        assert np.abs(batch.pixel_values[i, : len(expected)] - hf_first_frame(expected, settings)).max() <= BAR
+        assert not batch.pixel_values[i, len(expected) :].any()
 
 
 def test_smart_resize_equals_transformers_on_random_sizes_across_its_branches():

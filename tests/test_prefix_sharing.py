@@ -1,8 +1,10 @@
 """The one-sequence multi-prompt pass equals K+1 stock HF passes (bar: max abs <= 1e-5, docs/parity.md)."""
 
+import numpy as np
 import pytest
 import torch
 
+from agff_deploy.inputs import ModelInputs
 from agff_deploy.mrope import mrope_position_ids
 from agff_deploy.vision import encode_images
 from tests.conftest import scene_images
@@ -22,11 +24,11 @@ TEXT_SETS = [
 
 def embed(model, inputs):
     with torch.no_grad():
-        return model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values)
+        return model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.image_grid)
 
 
 def run_both(model, inputs):
-    return embed(model, inputs), separate_passes(model, inputs.input_ids, inputs.attention_mask, inputs.pixel_values)
+    return embed(model, inputs), separate_passes(model, *vars(inputs).values())
 
 
 @pytest.mark.parametrize("texts", TEXT_SETS)
@@ -81,9 +83,12 @@ def test_vectorised_mrope_matches_hf_get_rope_index(tiny_model, encoder):
     images = scene_images(3, tiny_model.config.image_size[0])
     inputs = encoder.inputs(INSTRUCTION_SETS[0], images)
     ours, _ = mrope_position_ids(
-        inputs.input_ids, inputs.attention_mask, tiny_model.image_token_id, tiny_model.image_rows, tiny_model.image_cols
+        inputs.input_ids,
+        inputs.attention_mask,
+        tiny_model.image_token_id,
+        tiny_model.merged_grid(inputs.image_grid, inputs.input_ids),
     )
-    grids = torch.tensor([[1, *[s // tiny_model.config.patch_size for s in tiny_model.config.image_size]]] * 3)
+    grids = torch.cat([torch.ones(3, 1, dtype=torch.int64), inputs.image_grid], dim=1)
     theirs, _ = tiny_model.mllm.get_rope_index(
         inputs.input_ids,
         mm_token_type_ids=(inputs.input_ids == tiny_model.image_token_id).int(),
@@ -96,11 +101,47 @@ def test_vectorised_mrope_matches_hf_get_rope_index(tiny_model, encoder):
 
 def test_batched_vision_tower_matches_stock_packed_tower(tiny_model, encoder):
     images = scene_images(2, tiny_model.config.image_size[0], 5)
-    pixels = torch.from_numpy(encoder.pixels(images))
+    batch = encoder.pixels(images)
+    normalized = torch.from_numpy(encoder.preprocessor.normalize(np.stack(images)))
     cfg = tiny_model.config
     with torch.no_grad():
-        ours = encode_images(tiny_model.mllm.visual, pixels, tiny_model.vision_cos, tiny_model.vision_sin)
+        ours = encode_images(
+            tiny_model.mllm.visual, torch.from_numpy(batch.pixel_values), torch.from_numpy(batch.image_grid)
+        )
         for b in range(2):
-            packed = hf_pixel_values(pixels[b], cfg.patch_size, cfg.merge_size)
+            packed = hf_pixel_values(normalized[b], cfg.patch_size, cfg.merge_size)
             theirs = tiny_model.mllm.visual(packed["pixel_values"], grid_thw=packed["image_grid_thw"]).pooler_output
             assert (ours[b] - theirs).abs().max().item() <= BAR
+
+
+def mixed_size_images(size: int) -> list[np.ndarray]:
+    """Three normalised scenes of different aspect ratios: wide, tall and square (sides multiples of 28)."""
+    shapes = [(size // 2, size), (size, size // 2), (size, size)]
+    return [
+        np.moveaxis(scene.astype(np.float32)[:h, :w] / 255.0, -1, 0)
+        for scene, (h, w) in zip(scene_images(3, size, 40), shapes, strict=True)
+    ]
+
+
+def test_batched_vision_tower_on_mixed_sizes_matches_stock_tower_per_image(tiny_model, encoder):
+    images = mixed_size_images(tiny_model.config.image_size[0])
+    batch = encoder.patches(images)
+    cfg = tiny_model.config
+    with torch.no_grad():
+        ours = encode_images(
+            tiny_model.mllm.visual, torch.from_numpy(batch.pixel_values), torch.from_numpy(batch.image_grid)
+        )
+        for b, image in enumerate(images):
+            packed = hf_pixel_values(torch.from_numpy(image), cfg.patch_size, cfg.merge_size)
+            theirs = tiny_model.mllm.visual(packed["pixel_values"], grid_thw=packed["image_grid_thw"]).pooler_output
+            assert (ours[b, : len(theirs)] - theirs).abs().max().item() <= BAR
+
+
+@pytest.mark.parametrize("instructions", INSTRUCTION_SETS[:1])
+def test_mixed_size_image_items_match_separate_stock_passes(tiny_model, encoder, instructions):
+    feed = encoder.image_feed(encoder.patches(mixed_size_images(tiny_model.config.image_size[0])), instructions)
+    inputs = ModelInputs(
+        *(torch.from_numpy(feed[n]) for n in ("input_ids", "attention_mask", "pixel_values", "image_grid"))
+    )
+    shared, reference = run_both(tiny_model, inputs)
+    assert (shared - reference).abs().max().item() <= BAR

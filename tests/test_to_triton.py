@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
-from agff_deploy.contract import IMAGE_FEATURES, LANGUAGE_ENCODER, SCORER, VISION_ENCODER
-from agff_deploy.feeds import language_feed
+from agff_deploy.contract import IMAGE_FEATURES, IMAGE_GRID, LANGUAGE_ENCODER, SCORER, VISION_ENCODER
+from agff_deploy.feeds import language_feed, vision_feed
 from agff_deploy.manifest import EngineEntry, Engines, ExternalData, read_manifest, sha256_file, write_manifest
 from agff_deploy.scenes import make_scene
 from export import to_triton
@@ -111,7 +111,7 @@ def model_graph(repo, name: str):
 
 def image_embeddings(repo, feed) -> np.ndarray:
     """The image pipeline on the repository's graphs: vision, then language on the item's tokens and features."""
-    features = run(model_graph(repo, VISION_ENCODER.name), {"pixel_values": feed["pixel_values"]})
+    features = run(model_graph(repo, VISION_ENCODER.name), vision_feed(feed))
     return run(model_graph(repo, LANGUAGE_ENCODER.name), language_feed(feed, features))
 
 
@@ -119,18 +119,17 @@ def image_embeddings(repo, feed) -> np.ndarray:
 def test_encoder_configs_parse_and_declare_the_manifests_tensors(repo, manifest, graph):
     config = read_config(repo / graph / CONFIG_FILE)
     entry = manifest.graph("fp32", graph)
-    made = {"image_tokens": manifest.image.num_image_tokens}
     assert (config.name, config.backend, config.max_batch_size) == (graph, "onnxruntime", manifest.dims.batch.max)
     assert config_tensors(config.input) == manifest_tensors(entry.inputs, batched=True)
-    assert config_tensors(config.output) == manifest_tensors(entry.outputs, batched=True, sizes=made)
+    assert config_tensors(config.output) == manifest_tensors(entry.outputs, batched=True)
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
 
 
-def test_the_vision_encoder_makes_t_features_the_language_encoder_takes_any_number_of(repo, manifest):
+def test_image_features_are_dynamic_from_the_vision_encoder_to_the_language_encoder(repo, manifest):
     vision, language = (read_config(repo / name / CONFIG_FILE) for name in ENCODERS)
-    tokens, hidden = manifest.image.num_image_tokens, manifest.model.hidden_size
-    assert config_tensors(vision.output) == [(IMAGE_FEATURES.name, "TYPE_FP32", [tokens, hidden])]
-    assert config_tensors(language.input)[-1] == (IMAGE_FEATURES.name, "TYPE_FP32", [-1, hidden])
+    hidden = manifest.model.hidden_size
+    assert config_tensors(vision.output) == [(IMAGE_FEATURES.name, "TYPE_FP32", [-1, hidden])]
+    assert (IMAGE_FEATURES.name, "TYPE_FP32", [-1, hidden]) in config_tensors(language.input)
 
 
 @pytest.mark.parametrize("model", [*ENCODERS, "score"])
@@ -162,7 +161,7 @@ def test_preprocess_outputs_are_the_graph_inputs_no_step_makes_at_one_fixed_leng
     vision, language = (manifest.graph("fp32", name) for name in ENCODERS)
     length = {"image": manifest.dims.image_length.max, "text": manifest.dims.text_length.max}[task]
     if task == "image":  # the vision encoder makes the language encoder's image features
-        fed = (*vision.inputs, *(t for t in language.inputs if t.name != IMAGE_FEATURES.name))
+        fed = (*vision.inputs, *(t for t in language.inputs if t.name not in {IMAGE_FEATURES.name, IMAGE_GRID.name}))
     else:  # one placeholder feature per text item
         fed = language.inputs
     assert (config.backend, config.parameters["task"].string_value) == ("python", task)

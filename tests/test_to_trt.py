@@ -140,12 +140,27 @@ def test_without_tensorrt_the_builder_says_where_and_how_to_build(tiny_bundle, c
 def test_profiles_span_the_manifest_dims(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
     vision = profile_shapes(manifest, "vision_encoder", (1, 4, 8))
-    assert vision == {"pixel_values": ((1, 3, 56, 56), (4, 3, 56, 56), (8, 3, 56, 56))}
+    assert vision == {
+        "pixel_values": ((1, 16, 588), (4, 16, 588), (8, 16, 588)),
+        "image_grid": ((1, 2), (4, 2), (8, 2)),
+    }
     language = profile_shapes(manifest, "language_encoder", (1, 4, 8))
     text, image, tokens = manifest.dims.text_length, manifest.dims.image_length, manifest.image.num_image_tokens
     assert language["input_ids"][0] == (1, text.min) and language["input_ids"][2] == (8, image.max)
     assert language["image_features"] == ((1, 1, 32), (4, tokens, 32), (8, tokens, 32))
     assert profile_shapes(manifest, "scorer", (1, 4, 8))["candidates"][2][0] == 4096
+
+
+def test_native_resolution_profiles_span_one_merge_block_to_the_most_patches_an_image_gives(tiny_bundle):
+    manifest = read_manifest(tiny_bundle)
+    native = dataclasses.replace(manifest, image=dataclasses.replace(manifest.image, resize="native"))
+    vision = profile_shapes(native, "vision_encoder", (1, 4, 8))
+    assert vision["pixel_values"] == ((1, 4, 588), (4, 8, 588), (8, 16, 588))
+    assert profile_shapes(native, "language_encoder", (1, 4, 8))["image_features"] == (
+        (1, 1, 32),
+        (4, 2, 32),
+        (8, 4, 32),
+    )
 
 
 def test_preflight_refuses_a_batch_outside_the_exported_range(tiny_bundle):

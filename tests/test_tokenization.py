@@ -25,7 +25,7 @@ def hf_ids(tokenizer, text, with_image, num_image_tokens):
 @pytest.mark.parametrize("with_image", [False, True])
 def test_ids_equal_transformers_chat_template_ids(tokenizer, formatter, with_image):
     for text in ["a red circle", "what colour is the star?"]:
-        ids, _ = formatter.item_ids(text, with_image)
+        ids, _ = formatter.item_ids(text, 4 if with_image else None)
         assert ids == hf_ids(tokenizer, text, with_image, 4)
 
 
@@ -46,5 +46,10 @@ def test_long_text_is_truncated_with_a_warning(formatter):
 
 
 def test_image_items_carry_one_pad_per_image_token(tokenizer, formatter):
-    ids, _ = formatter.item_ids("", with_image=True)
-    assert ids.count(special_token_ids(tokenizer)["image_token_id"]) == 4
+    ids, _ = formatter.item_ids("", image_tokens=7)
+    assert ids.count(special_token_ids(tokenizer)["image_token_id"]) == 7
+
+
+def test_a_batch_of_images_of_different_sizes_carries_each_images_pads(tokenizer, formatter):
+    batch = formatter.encode(["", ""], with_image=True, image_tokens=[4, 9])
+    assert (batch.input_ids == special_token_ids(tokenizer)["image_token_id"]).sum(1).tolist() == [4, 9]

@@ -121,7 +121,7 @@ def test_gradient_checkpointing_gives_the_gradients_of_a_plain_step(tiny_model, 
         model = copy.deepcopy(tiny_model).train()
         if recompute:
             model.enable_gradient_checkpointing()
-        model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values).square().sum().backward()
+        model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.image_grid).square().sum().backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     plain, recomputed = grads
     assert plain.keys() == recomputed.keys() and any("visual" in n for n in plain)

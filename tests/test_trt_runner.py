@@ -13,7 +13,7 @@ from runtime.trt_runner import EngineLoader, TrtRunner
 from tests import fake_tensorrt
 from tests.fake_tensorrt import FakeEngine
 
-TEXT = TEXT_ENCODER.resolve(model_sizes((56, 56), num_prompts=3, hidden_size=4))
+TEXT = TEXT_ENCODER.resolve(model_sizes(14, num_prompts=3, hidden_size=4))
 PROFILE = {name: ((1, 2), (2, 5), (4, 8)) for name in TEXT.input_names}
 
 

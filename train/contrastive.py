@@ -117,7 +117,7 @@ class ContrastiveStep(nn.Module):
     def _embed_side(self, items: Items) -> torch.Tensor:
         def run(inputs: ModelInputs) -> torch.Tensor:
             inputs = inputs.to(self.device)
-            return self.model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values)
+            return self.model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.image_grid)
 
         return self.encoder.embed_mixed(run, items.texts, items.images)
 

@@ -38,7 +38,7 @@ def embed(
     for start in range(0, len(texts), chunk):
         part_images = None if images is None else images[start : start + chunk]
         inputs = encoder.inputs(texts[start : start + chunk], part_images).to(device)
-        parts.append(model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values).float())
+        parts.append(model(inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.image_grid).float())
     return torch.cat(parts)
 
 

@@ -10,6 +10,7 @@ after exactly the user turn the embedder reads. The run writes an ordinary Qwen2
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,19 +71,19 @@ class TokenBatch:
     attention_mask: torch.Tensor
     labels: torch.Tensor
     pixel_values: torch.Tensor
+    image_grid: torch.Tensor
 
     def to(self, device: torch.device) -> TokenBatch:
-        return TokenBatch(
-            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.pixel_values))
-        )
+        return TokenBatch(*(t.to(device) for t in dataclasses.astuple(self)))
 
 
 def encode_examples(encoder: FeedEncoder, examples: Sequence[Example]) -> TokenBatch:
     formatter = encoder.formatter
     end = formatter.tokenizer.token_to_id(ANSWER_END)
+    pixels = encoder.pixels([e.image for e in examples])
     rows, labels = [], []
-    for example in examples:
-        prompt, _ = formatter.item_ids(example.question, with_image=True)
+    for example, image_tokens in zip(examples, pixels.image_tokens(encoder.merge_size), strict=True):
+        prompt, _ = formatter.item_ids(example.question, image_tokens)
         answer = formatter.tokenizer.encode(example.answer, add_special_tokens=False).ids + [end]
         rows.append(prompt + answer)
         labels.append([IGNORED] * len(prompt) + answer)
@@ -94,8 +95,8 @@ def encode_examples(encoder: FeedEncoder, examples: Sequence[Example]) -> TokenB
         input_ids[i, : len(row)] = torch.tensor(row)
         label_ids[i, : len(row)] = torch.tensor(label)
         attention_mask[i, : len(row)] = 1
-    pixels = torch.from_numpy(encoder.pixels([e.image for e in examples]))
-    return TokenBatch(input_ids, attention_mask, label_ids, pixels)
+    grid = torch.from_numpy(pixels.image_grid)
+    return TokenBatch(input_ids, attention_mask, label_ids, torch.from_numpy(pixels.pixel_values), grid)
 
 
 def answer_log_probs(model: AGFFEmbedder, batch: TokenBatch) -> torch.Tensor:
@@ -103,7 +104,7 @@ def answer_log_probs(model: AGFFEmbedder, batch: TokenBatch) -> torch.Tensor:
 
     The output layer is the input embedding (tied), so the base folder holds no extra matrix.
     """
-    hidden = model.token_states(batch.input_ids, batch.attention_mask, batch.pixel_values)
+    hidden = model.token_states(batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_grid)
     logits = hidden[:, :-1].float() @ model.mllm.language_model.embed_tokens.weight.float().T
     targets = batch.labels[:, 1:]
     picked = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)

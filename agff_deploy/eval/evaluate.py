@@ -38,14 +38,14 @@ def mmvp_report(patterns: list[str], correct: np.ndarray) -> dict[str, Any]:
 
 
 def synthetic_mmvp(model: Embedder, seed: int, pairs_per_pattern: int) -> dict[str, Any]:
-    pairs = mmvp_pairs(pairs_per_pattern, seed, model.spec.image_size[0])
+    pairs = mmvp_pairs(pairs_per_pattern, seed, model.spec.image.size[0])
     images = model.embed_images([im for p in pairs for im in p.images])
     statements = model.embed_texts([s for p in pairs for s in p.statements])
     return mmvp_report([p.pattern for p in pairs], mmvp_pair_correct(pair_scores(model, images, statements)))
 
 
 def synthetic_global(model: Embedder, seed: int, count: int) -> dict[str, Any]:
-    images, captions = global_retrieval_set(count, seed, model.spec.image_size[0])
+    images, captions = global_retrieval_set(count, seed, model.spec.image.size[0])
     scores = model.score(model.embed_images(images), model.embed_texts(captions))
     return {
         "items": count,
