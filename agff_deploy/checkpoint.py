@@ -105,13 +105,13 @@ def _require(folder: Path, name: str) -> Path:
 def load_checkpoint(
     folder: str | Path, image_size: tuple[int, int] | None = None, dtype: torch.dtype | None = None
 ) -> tuple[AGFFEmbedder, Tokenizer]:
-    """Model (eval mode, CPU, optionally cast to `dtype`) and tokenizer, optionally at another image size."""
+    """Model (eval mode, CPU, optionally cast to `dtype`) and tokenizer, optionally at a fixed image size."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(f"checkpoint folder {folder} does not exist")
     config = AGFFConfig.load(folder)
     if image_size is not None:
-        config = dataclasses.replace(config, image_size=tuple(image_size))
+        config = dataclasses.replace(config, image_size=tuple(image_size), image_resize="fixed")
     weight_files(folder)
     tokenizer = Tokenizer.from_file(str(_require(folder, TOKENIZER_FILE)))
     with init_empty_weights(include_buffers=False):
@@ -133,7 +133,9 @@ def load_checkpoint(
 
 def item_encoder(config: AGFFConfig, tokenizer: Tokenizer) -> ItemEncoder:
     formatter = ChatFormatter(tokenizer, config.num_image_tokens, config.max_text_tokens)
-    return ItemEncoder(formatter, image_preprocessor(config), config.patch_size, config.merge_size)
+    return ItemEncoder(
+        formatter, image_preprocessor(config), config.patch_size, config.merge_size, config.image_size[0]
+    )
 
 
 def image_preprocessor(config: AGFFConfig) -> ImagePreprocessor | NativePreprocessor:

@@ -15,6 +15,7 @@ from PIL import Image
 from .contract import ATTENTION_MASK, IMAGE_FEATURES, IMAGE_GRID, INPUT_IDS, PIXEL_VALUES, VISION_ENCODER, Feed
 from .patches import PatchBatch, patch_batch
 from .preprocessing import ImagePreprocessor, NativePreprocessor
+from .scenes import Scene
 from .tokenization import ChatFormatter
 
 ImageLike = np.ndarray | Image.Image
@@ -27,11 +28,23 @@ class FeedEncoder:
         preprocessor: ImagePreprocessor | NativePreprocessor,
         patch_size: int,
         merge_size: int,
+        scene_size: int,
     ) -> None:
         self.formatter = formatter
         self.preprocessor = preprocessor
         self.patch_size = patch_size
         self.merge_size = merge_size
+        self.scene_size = scene_size  # the side the built-in scenes are drawn at for this model
+
+    def render(self, scenes: Sequence[Scene], mixed_aspects: bool = False) -> list[np.ndarray]:
+        """Built-in scenes as images for this model. At native resolution `mixed_aspects` cuts them to a square, a
+        wide and a tall image in turn, so a batch of them holds several sizes, as real photos do."""
+        images = [scene.render(self.scene_size) for scene in scenes]
+        if not (mixed_aspects and isinstance(self.preprocessor, NativePreprocessor)):
+            return images
+        half = self.scene_size // 2
+        cuts = (np.s_[:, :], np.s_[:half, :], np.s_[:, :half])
+        return [np.ascontiguousarray(image[cuts[i % len(cuts)]]) for i, image in enumerate(images)]
 
     def pixels(self, images: Sequence[ImageLike]) -> PatchBatch:
         """The images as the vision encoder's padded patch rows; arrays already at their size skip the resize."""

@@ -201,6 +201,11 @@ class Manifest:
     # precision -> the modules or nodes kept in a wider type than the precision's own (fp16 overflow guard, int8)
     kept_in_float: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
+    def fixed_size(self) -> tuple[int, int] | None:
+        """The size every image is squashed to, or None at native resolution: what reloading the checkpoint for
+        this bundle needs to say."""
+        return self.image.size if self.image.resize == "fixed" else None
+
     def sizes(self) -> dict[str, int]:
         """The contract's model dimensions for this bundle."""
         return model_sizes(self.image.patch_size, self.model.num_prompts, self.model.hidden_size)

@@ -102,4 +102,4 @@ def encode_images(
     b, n, e = x.shape
     merger = visual.merger
     normed = _layer_norm_fp32(merger.ln_q, x).reshape(b * n // merge**2, merger.hidden_size)
-    return merger.mlp(normed).view(b, n // merge**2, -1)
+    return merger.mlp(normed).view(b, n // merge**2, merger.mlp[-1].out_features)

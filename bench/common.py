@@ -50,9 +50,8 @@ def random_model(preset: str, seed: int = 0, **overrides: Any) -> tuple[AGFFEmbe
 
 
 def image_feeds(encoder: ItemEncoder, batch: int, first: int = 0) -> dict:
-    size = encoder.preprocessor.height
-    feeds = encoder.feeds([""] * batch, [make_scene(first + i).render(size) for i in range(batch)])
-    return {k: feeds[k] for k in ("pixel_values", "input_ids", "attention_mask")}
+    feeds = encoder.feeds([""] * batch, encoder.render([make_scene(first + i) for i in range(batch)]))
+    return {k: feeds[k] for k in ("pixel_values", "image_grid", "input_ids", "attention_mask")}
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int = 10, warmup: int = 2) -> dict[str, float]:

@@ -210,7 +210,7 @@ def export_one_graph(ckpt: str, bundle: str) -> None:
     from .common import OneGraphImageEncoder, OneGraphTextEncoder
 
     manifest = read_manifest(Path(bundle))
-    model, tokenizer = load_checkpoint(Path(ckpt), image_size=manifest.image.size)
+    model, tokenizer = load_checkpoint(Path(ckpt), image_size=manifest.fixed_size())
     encoder = item_encoder(model.config, tokenizer)
     folder = Path(bundle) / ONE_GRAPH
     folder.mkdir(exist_ok=True)
@@ -262,7 +262,7 @@ def measure_runtime(bundle: str, precision: str, threads: int, images: int, text
         loaded = Embedder.load(bundle, precision=precision, threads=threads)
     with loaded as model:
         load_seconds = time.perf_counter() - started
-        pictures, captions = _scenes(max(images, texts), model.preprocessor.height)
+        pictures, captions = _scenes(max(images, texts), model.encoder.scene_size)
         pixels = model.pixels(pictures[:images])
         model.batch_size = max(images, texts)
         model.embed_pixels(pixels[:1])  # first run: graph initialisation, not latency

@@ -175,7 +175,7 @@ class BundleBuilder:
 
     def _examples(self) -> dict[str, tuple[torch.Tensor, ...]]:
         """What each graph is traced with, in its contract's input order."""
-        size = self.encoder.preprocessor.height
+        size = self.encoder.scene_size
         image = self.encoder.feeds(["", "what is this?"], [np.zeros((size, size, 3), np.uint8)] * 2)
         cfg = self.model.config
         k, d = cfg.num_prompts, cfg.hidden_size
@@ -231,10 +231,11 @@ class BundleBuilder:
 
     def _overflowing_modules(self) -> list[str]:
         """Modules whose activations leave fp16's range on calibration items (images with instructions, texts)."""
-        size, count = self.encoder.preprocessor.height, self.options.fp16_guard_samples
+        count = self.options.fp16_guard_samples
         scenes = [make_scene(CALIBRATION_SEED + i) for i in range(count)]
         feeds = [self.encoder.feeds([s.caption() for s in scenes[i : i + 4]]) for i in range(0, count, 4)]
-        feeds += [self.encoder.feeds([""] * 4, [s.render(size) for s in scenes[i : i + 4]]) for i in range(0, count, 4)]
+        images = [self.encoder.render(scenes[i : i + 4], mixed_aspects=True) for i in range(0, count, 4)]
+        feeds += [self.encoder.feeds([""] * len(batch), batch) for batch in images]
         return find_fp32_modules(self.model, feeds)
 
     def _encoders(self, folder: Path) -> dict[str, Path]:

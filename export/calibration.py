@@ -51,9 +51,8 @@ def calibration_feeds(
     The vision encoder calibrates on images. The language encoder calibrates on what it serves: text items, and
     image items whose features `vision_graph` (the fp32 vision encoder, run in ONNX Runtime) computes.
     """
-    size = encoder.preprocessor.height
     scenes = [make_scene(CALIBRATION_SEED + i) for i in range(samples)]
-    images = _folder_images(Path(calib_dir)) if calib_dir else [s.render(size) for s in scenes]
+    images = _folder_images(Path(calib_dir)) if calib_dir else encoder.render(scenes, mixed_aspects=True)
     prompts = [QUESTIONS[i % len(QUESTIONS)] for i in range(len(images))]
     image_feeds = [
         encoder.feeds(prompts[i : i + batch_size], images[i : i + batch_size])

@@ -169,9 +169,8 @@ def parity_sets(
     the image batch of set A and set B; a 2B model is gated on (1, 2) to save minutes. The scorer gets seeded
     unit-length embeddings of the model's shape (`sizes`)."""
     a, b = check_gate_images(images)
-    size = encoder.preprocessor.height
     scenes = [make_scene(AGREEMENT_SEED - 100 + i) for i in range(a + b)]
-    pictures = [s.render(size) for s in scenes]
+    pictures = encoder.render(scenes, mixed_aspects=True)
     questions_b = [INSTRUCTIONS[(2 + i) % len(INSTRUCTIONS)] for i in range(b)]
     texts_a = [scenes[0].caption(), "a red circle", "snow"]
     texts_b = ["x", scenes[1].caption(), scenes[2].global_caption(), "two stars"]
@@ -201,7 +200,7 @@ def _scorer_feed(rng: np.random.Generator, sizes: Mapping[str, int], queries: in
 
 def _held_out_pairs(encoder: FeedEncoder, fusion: Fusion, pairs: int, chunk: int = 32) -> HeldOutPairs:
     scenes = [make_scene(AGREEMENT_SEED + i, held_out=True) for i in range(pairs)]
-    pictures = [s.render(encoder.preprocessor.height) for s in scenes]
+    pictures = encoder.render(scenes)
     captions = [s.caption() for s in scenes]
     chunks = [slice(i, i + chunk) for i in range(0, pairs, chunk)]
     feeds = {
@@ -371,7 +370,7 @@ def _checkpoint_reference(args: argparse.Namespace, manifest: Manifest) -> tuple
     from agff_deploy.checkpoint import item_encoder, load_checkpoint
 
     ckpt = _source_checkpoint(args.bundle, manifest, None if args.ckpt == "auto" else args.ckpt)
-    model, tokenizer = load_checkpoint(ckpt, image_size=manifest.image.size)
+    model, tokenizer = load_checkpoint(ckpt, image_size=manifest.fixed_size())
     encoder = item_encoder(model.config, tokenizer)
     return pytorch_reference(model, encoder, manifest.fusion, tuple(args.gate_images), args.agreement_pairs)
 

@@ -72,7 +72,7 @@ def load_model(
         precision = precision_of_graph(manifest, bundle, path)
     chosen = backend or {"plan": "tensorrt", "onnx": "onnxruntime"}.get(kind) or _bundle_backend(manifest, precision)
     if chosen == "pytorch":
-        return _torch_model(Path(manifest.source.checkpoint), manifest.image.size)
+        return _torch_model(Path(manifest.source.checkpoint), manifest.fixed_size())
     spec = ModelSpec.from_manifest(bundle, manifest)
     verify_sha256(spec.tokenizer_file, manifest.tokenizer.sha256, REEXPORT)
     model_id = manifest.source.weights_sha256

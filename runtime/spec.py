@@ -52,7 +52,7 @@ class ModelSpec:
         """From agff_config.json (optionally at another fixed size) plus the fusion values the loaded weights hold."""
         config = AGFFConfig.load(folder)
         if image_size is not None:
-            config = dataclasses.replace(config, image_size=tuple(image_size))
+            config = dataclasses.replace(config, image_size=tuple(image_size), image_resize="fixed")
         return cls(
             image=config.image_format(),
             max_text_tokens=config.max_text_tokens,
@@ -80,7 +80,8 @@ class ModelSpec:
         return ChatFormatter.from_file(self.tokenizer_file, self.image.num_image_tokens, self.max_text_tokens)
 
     def feed_encoder(self) -> FeedEncoder:
-        return FeedEncoder(self.formatter(), self.preprocessor(), self.image.patch_size, self.image.merge_size)
+        image = self.image
+        return FeedEncoder(self.formatter(), self.preprocessor(), image.patch_size, image.merge_size, image.size[0])
 
     @property
     def bias(self) -> np.ndarray:

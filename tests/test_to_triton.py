@@ -24,6 +24,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from agff_deploy.contract import IMAGE_FEATURES, IMAGE_GRID, LANGUAGE_ENCODER, SCORER, VISION_ENCODER
 from agff_deploy.feeds import language_feed, vision_feed
 from agff_deploy.manifest import EngineEntry, Engines, ExternalData, read_manifest, sha256_file, write_manifest
+from agff_deploy.patches import PatchBatch
 from agff_deploy.scenes import make_scene
 from export import to_triton
 from export.to_triton import RepoOptions, write_repository
@@ -251,7 +252,7 @@ def test_fixed_length_padding_leaves_text_embeddings_unchanged(repo, manifest, p
 @pytest.mark.parametrize(("index", "instruction"), list(enumerate(INSTRUCTIONS)))
 def test_fixed_length_padding_leaves_image_embeddings_unchanged(repo, preprocessors, feed_encoder, index, instruction):
     (padded,) = preprocessors["image"].images([(items(png(index)), items(instruction.encode()))])
-    unpadded = feed_encoder.image_feed(padded["pixel_values"], [instruction])
+    unpadded = feed_encoder.image_feed(PatchBatch(padded["pixel_values"], padded["image_grid"]), [instruction])
     assert padded["input_ids"].shape[1] > unpadded["input_ids"].shape[1]
     assert np.abs(image_embeddings(repo, padded) - image_embeddings(repo, unpadded)).max() <= 1e-5
 
@@ -261,8 +262,9 @@ def test_image_preprocessing_equals_the_runtimes_feed_encoder(preprocessors, fee
     (result,) = preprocessors["image"].images([(items(data), items(instruction.encode()))])
     expected = feed_encoder.image_feed(feed_encoder.pixels([Image.open(io.BytesIO(data))]), [instruction])
     length = expected["input_ids"].shape[1]
-    assert list(result) == ["pixel_values", "input_ids", "attention_mask"]
+    assert list(result) == ["pixel_values", "image_grid", "input_ids", "attention_mask"]
     np.testing.assert_array_equal(result["pixel_values"], expected["pixel_values"])
+    np.testing.assert_array_equal(result["image_grid"], expected["image_grid"])
     np.testing.assert_array_equal(result["input_ids"][:, :length], expected["input_ids"])
     assert (result["input_ids"][:, length:] == feed_encoder.formatter.pad_id).all()
     assert result["attention_mask"].sum() == expected["attention_mask"].sum() == length
@@ -272,13 +274,14 @@ def test_text_preprocessing_equals_the_runtimes_feed_encoder(manifest, preproces
     (result,) = preprocessors["text"].texts([items(*(t.encode() for t in TEXTS))])
     expected = feed_encoder.text_feed(list(TEXTS))
     length = expected["input_ids"].shape[1]
-    assert list(result) == ["input_ids", "attention_mask", IMAGE_FEATURES.name]
+    assert list(result) == ["input_ids", "attention_mask", IMAGE_FEATURES.name, IMAGE_GRID.name]
     np.testing.assert_array_equal(result["input_ids"][:, :length], expected["input_ids"])
     np.testing.assert_array_equal(result["attention_mask"][:, :length], expected["attention_mask"])
     assert not result["attention_mask"][:, length:].any()
     features = result[IMAGE_FEATURES.name]
     assert (features.dtype, features.shape) == (np.float32, (len(TEXTS), 1, manifest.model.hidden_size))
     assert not features.any()
+    assert (result[IMAGE_GRID.name] == 2).all()  # one merge block: the graph divides by it, no token reads it
 
 
 @pytest.mark.parametrize(

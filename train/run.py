@@ -11,6 +11,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from agff_deploy.config import IMAGE_RESIZE_MODES
 from agff_deploy.errors import AgffError, InputError, print_error
 from agff_deploy.presets import PRESETS
 
@@ -86,7 +87,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="GradCache: embed at most this many pairs per pass on each process; same result, less memory, "
         "one extra forward pass (default: the whole batch at once)",
     )
-    p.add_argument("--image-size", type=int, help="square input resolution, a multiple of 28 (default: the preset's)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="a fixed square input resolution, a multiple of 28 (default: the preset's from scratch; native "
+        "resolution with --base)",
+    )
+    p.add_argument(
+        "--image-resize",
+        choices=IMAGE_RESIZE_MODES,
+        help="native: keep each image's aspect ratio, sized as the base's processor does (default with --base); "
+        "fixed: squash every image to --image-size (one static shape, for TensorRT users who want one)",
+    )
+    p.add_argument(
+        "--min-pixels", type=_positive, help="native resolution: fewest pixels per image (default: the base's)"
+    )
+    p.add_argument(
+        "--max-pixels", type=_positive, help="native resolution: most pixels per image (default: the base's)"
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="continue the run saved in --out")

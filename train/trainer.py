@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -34,8 +35,10 @@ from agff_deploy.checkpoint import (
     write_atomically,
     write_model_files,
 )
+from agff_deploy.config import IMAGE_RESIZE_MODES
 from agff_deploy.errors import ArtifactError, InputError, MissingFileError
 from agff_deploy.model import AGFFEmbedder, load_base_folder
+from agff_deploy.preprocessing import NativeImageSettings
 from agff_deploy.presets import local_tokenizer, preset_config
 from agff_deploy.prompts import ASPECT_TEXTS
 from agff_deploy.tokenization import TOKENIZER_FILE
@@ -78,7 +81,10 @@ class TrainSettings:
     lora_rank: int = 0
     gradient_checkpointing: bool = False
     chunk_size: int | None = None  # GradCache: pairs per forward pass on each process (None: all at once)
-    image_size: int | None = None
+    image_size: int | None = None  # a fixed square size; without it a --base trains at native resolution
+    image_resize: str | None = None  # "fixed" or "native" (default: native with --base and no --image-size)
+    min_pixels: int | None = None  # native resolution's pixel range (default: the base's processor config)
+    max_pixels: int | None = None
     threads: int | None = None
     objective: str = "contrastive"  # or "lm": generative pretraining into a base folder (train.generative)
     freeze_backbone: bool = False
@@ -90,6 +96,10 @@ class TrainSettings:
             raise InputError(f"--objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if self.prompt_init not in PROMPT_INITS:
             raise InputError(f"--prompt-init {self.prompt_init!r}: choose one of {', '.join(PROMPT_INITS)}")
+        if self.image_resize not in (None, *IMAGE_RESIZE_MODES):
+            raise InputError(f"--image-resize {self.image_resize!r}: choose one of {', '.join(IMAGE_RESIZE_MODES)}")
+        if self.image_resize == "native" and self.image_size:
+            raise InputError("--image-size is the fixed square size; drop it for --image-resize native")
         if self.freeze_backbone and self.lora_rank:
             raise InputError("--freeze-backbone and --lora-rank both set: LoRA already freezes the backbone")
         if self.objective == "lm":
@@ -181,14 +191,14 @@ class Trainer:
         if settings.base:
             base_model = load_base_folder(settings.base)
             tokenizer = _base_tokenizer(Path(settings.base))
-            config = preset_config(settings.preset, tokenizer, **overrides)
+            config = preset_config(settings.preset, tokenizer, **overrides, **_image_sizing(settings))
             config.base = base_model.config.to_dict()
             config.base_path = str(settings.base)
             config.validate()
             model = AGFFEmbedder(config, base_model)
         else:
             tokenizer = local_tokenizer()
-            model = AGFFEmbedder(preset_config(settings.preset, tokenizer, **overrides))
+            model = AGFFEmbedder(preset_config(settings.preset, tokenizer, **overrides, **_image_sizing(settings)))
         if settings.prompt_init == "aspects":
             init_prompts_from_aspects(model, tokenizer)
         return cls(settings, model, tokenizer, replica=replica)
@@ -380,6 +390,28 @@ def init_prompts_from_aspects(model: AGFFEmbedder, tokenizer: Tokenizer) -> None
     with torch.no_grad():
         for prompt, token_ids in enumerate(ids, start=1):
             model.prompts.vectors[prompt] = table[torch.tensor(token_ids)].mean(dim=0)
+
+
+def _image_sizing(settings: TrainSettings) -> dict[str, Any]:
+    """How the run sizes images. From a base folder: at native resolution with the base's own processor settings
+    (as its processor config holds them; the published Qwen2-VL ones, said once, where it has none), unless a fixed
+    size is asked for. From scratch: the preset's fixed size unless native resolution is asked for.
+    --min-pixels / --max-pixels override the range."""
+    if not settings.base and settings.image_resize != "native":
+        return {}
+    resize = settings.image_resize or ("fixed" if settings.image_size else "native")
+    found, notes = NativeImageSettings.from_preprocessor_config(settings.base) if settings.base else (None, [])
+    found = found or NativeImageSettings()
+    for note in notes:
+        print(note)
+    chosen = {
+        "min_pixels": settings.min_pixels or found.min_pixels,
+        "max_pixels": settings.max_pixels or found.max_pixels,
+        "mean": list(found.mean),
+        "std": list(found.std),
+        "max_ratio": found.max_ratio,
+    }
+    return {"image_resize": resize, "image_settings": chosen}
 
 
 def _base_tokenizer(folder: Path) -> Tokenizer:
