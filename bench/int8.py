@@ -65,9 +65,8 @@ def _calibration(encoder, with_image: bool, samples: int = 64, batch: int = 8) -
     scenes = [make_scene(500_000_000 + i) for i in range(samples)]
     if not with_image:
         return [encoder.feeds([s.caption() for s in scenes[i : i + batch]]) for i in range(0, samples, batch)]
-    size = encoder.preprocessor.height
     return [
-        encoder.feeds([""] * len(scenes[i : i + batch]), [s.render(size) for s in scenes[i : i + batch]])
+        encoder.feeds([""] * len(scenes[i : i + batch]), encoder.render(scenes[i : i + batch]))
         for i in range(0, samples, batch)
     ]
 
@@ -82,7 +81,7 @@ def embed_in_chunks(run, encoder, texts: list[str], images, chunk: int = 32):
 
 def agreement(model, encoder, image_sessions, text_sessions, pairs: int) -> dict[str, float]:
     scenes = [make_scene(800_000_000 + i, held_out=True) for i in range(pairs)]
-    images = [s.render(encoder.preprocessor.height) for s in scenes]
+    images = encoder.render(scenes)
     captions = [s.caption() for s in scenes]
     top1 = {}
     for variant in VARIANTS:
