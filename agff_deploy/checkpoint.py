@@ -132,7 +132,9 @@ def load_checkpoint(
 
 
 def item_encoder(config: AGFFConfig, tokenizer: Tokenizer) -> ItemEncoder:
-    formatter = ChatFormatter(tokenizer, config.num_image_tokens, config.max_text_tokens)
+    formatter = ChatFormatter(
+        tokenizer, config.num_image_tokens, config.max_text_tokens, config.chat_head, config.chat_tail
+    )
     return ItemEncoder(
         formatter, image_preprocessor(config), config.patch_size, config.merge_size, config.image_size[0]
     )

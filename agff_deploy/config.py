@@ -16,9 +16,19 @@ from typing import Any
 from .errors import ArtifactError, InputError, MissingFileError
 from .manifest import ImageFormat
 from .preprocessing import NativeImageSettings
+from .tokenization import USER_HEAD, USER_TAIL
 
 CONFIG_FILE = "agff_config.json"
 IMAGE_RESIZE_MODES = ("fixed", "native")
+# "prompts": the K+1 AGFF read-outs after the item; "last-token": one embedding, the last token's state (GME's way).
+POOLINGS = ("prompts", "last-token")
+
+
+def source_config_file(folder: str | Path) -> Path:
+    """The config a bundle's source is pinned by: an AGFF checkpoint's agff_config.json, or a published folder's
+    config.json (exported with last-token pooling, `agff_deploy.single_vector`)."""
+    own = Path(folder) / CONFIG_FILE
+    return own if own.is_file() else Path(folder) / "config.json"
 
 
 @dataclass
@@ -37,6 +47,11 @@ class AGFFConfig:
     holds `NativeImageSettings` fields other than the patch and merge sizes
     (which are the base's): mean, std, min/max pixels, the aspect-ratio limit;
     the ones it lacks take Qwen2-VL's published defaults.
+
+    `chat_head` + item + `chat_tail` is the chat turn an item is formatted as
+    (`agff_deploy.chat_format` renders them from a folder's template).
+    `pooling` "last-token" makes a single-vector embedder of a Qwen2-VL as
+    published embedders do (K = 0, no prompts: the last token's state).
     """
 
     base: dict[str, Any]
@@ -51,6 +66,9 @@ class AGFFConfig:
     max_text_tokens: int = 64
     image_resize: str = "fixed"
     image_settings: dict[str, Any] = field(default_factory=dict)
+    chat_head: str = USER_HEAD
+    chat_tail: str = USER_TAIL
+    pooling: str = "prompts"
     preset: str = "custom"
     base_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -89,8 +107,14 @@ class AGFFConfig:
     @property
     def native_settings(self) -> NativeImageSettings:
         """The image settings, with this model's patch and merge sizes."""
+        vision = self.base["vision_config"]
         return NativeImageSettings.from_dict(
-            {**self.image_settings, "patch_size": self.patch_size, "merge_size": self.merge_size}
+            {
+                **self.image_settings,
+                "patch_size": self.patch_size,
+                "merge_size": self.merge_size,
+                "temporal_patch_size": int(vision.get("temporal_patch_size", 2)),
+            }
         )
 
     def image_format(self) -> ImageFormat:
@@ -129,6 +153,10 @@ class AGFFConfig:
                 f"image_size {h}x{w} is not a positive multiple of patch_size*spatial_merge_size = {step}; "
                 f"pick e.g. {max(step, h // step * step)}x{max(step, w // step * step)}"
             )
+        if self.pooling not in POOLINGS:
+            raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pooling == "last-token" and self.num_fine:
+            raise InputError(f"last-token pooling gives one embedding: num_fine must be 0, got {self.num_fine}")
         if self.image_resize not in IMAGE_RESIZE_MODES:
             raise InputError(f"image_resize must be one of {', '.join(IMAGE_RESIZE_MODES)}, got {self.image_resize!r}")
         self.native_settings  # noqa: B018 - refuses settings NativeImageSettings would not accept, naming the field
@@ -159,8 +187,16 @@ class AGFFConfig:
     def load(cls, folder: str | Path) -> AGFFConfig:
         path = Path(folder) / CONFIG_FILE
         if not path.is_file():
+            published = (Path(folder) / "config.json").is_file()
+            hint = (
+                "; a published Qwen2-VL embedder folder exports with "
+                f"`python -m export.to_onnx {folder} --pooling last-token`"
+                if published
+                else ""
+            )
             raise MissingFileError(
                 f"{path} not found: a checkpoint folder holds {CONFIG_FILE} (write one with `python -m train.run`)"
+                + hint
             )
         try:
             data = json.loads(path.read_text())

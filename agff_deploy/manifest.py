@@ -71,9 +71,13 @@ class ImageFormat:
 
 @dataclass(frozen=True)
 class TokenizerFile:
+    """The tokenizer and the chat turn items are formatted in (`chat_head` + item + `chat_tail`)."""
+
     file: str
     sha256: str
     max_text_tokens: int
+    chat_head: str
+    chat_tail: str
 
 
 @dataclass(frozen=True)

@@ -156,14 +156,19 @@ class AGFFEmbedder(nn.Module):
         """The language encoder: tokens (+ `[B, T, D]` image features for the `<|image_pad|>` ids, from images of
         patch grids `[B, 2]`) -> `[B, K+1, D]`.
 
-        One pass over the shared prefix and K+1 prompts. It serves text and image items alike, which is why a bundle
-        stores the language model once.
+        One pass over the shared prefix and K+1 prompts (or, with last-token pooling, the last token's state as the
+        one embedding). It serves text and image items alike, which is why a bundle stores the language model once.
         """
         lm = self.mllm.language_model
         embeds = self.token_embeddings(input_ids, image_features)
         prefix_positions, next_position = mrope_position_ids(
             input_ids, attention_mask, self.image_token_id, self.merged_grid(image_grid, input_ids)
         )
+        if self.config.pooling == "last-token":
+            mask = causal_attention_mask(attention_mask, embeds.dtype)
+            hidden = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=prefix_positions).last_hidden_state
+            last = (attention_mask.sum(dim=1) - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+            return F.normalize(torch.gather(hidden, 1, last).float(), dim=-1)
         batch, length = input_ids.shape
         sequence = torch.cat([embeds, self.prompts.embeddings(batch, embeds.dtype)], dim=1)
         positions = torch.cat([prefix_positions, self.prompts.position_ids(next_position)], dim=2)

@@ -94,29 +94,40 @@ class EncodedBatch:
 
 
 class ChatFormatter:
-    """Formats an item as Qwen2-VL's user turn and tokenizes it.
+    """Formats an item as the model's chat turn and tokenizes it: `head`, the item, `tail`.
 
-    An image item is `<|vision_start|>` + T x `<|image_pad|>` + `<|vision_end|>`
-    followed by its text; the runtime, trainer and exporter all go through here.
+    `head` and `tail` are the model's chat template rendered around one user turn (`chat_format`): by default
+    Qwen2-VL's user turn and the assistant's opening. An image is `<|vision_start|>` + T x `<|image_pad|>` +
+    `<|vision_end|>`, placed where its text holds `IMAGE_PLACEHOLDER`, else before the text (Qwen2-VL's
+    convention); the runtime, trainer and exporter all go through here.
     """
 
-    def __init__(self, tokenizer: Tokenizer, num_image_tokens: int, max_text_tokens: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        num_image_tokens: int,
+        max_text_tokens: int,
+        head: str = USER_HEAD,
+        tail: str = USER_TAIL,
+    ) -> None:
         self.tokenizer = tokenizer
         self.num_image_tokens = num_image_tokens
         self.max_text_tokens = max_text_tokens
         self.pad_id = tokenizer.token_to_id("<|endoftext|>")
         self.image_id = tokenizer.token_to_id(IMAGE_PAD)
-        self._head = self._ids(USER_HEAD)
-        self._tail = self._ids(USER_TAIL)
+        self._head = self._ids(head)
+        self._tail = self._ids(tail)
         self._vision_start = tokenizer.token_to_id(VISION_START)
         self._vision_end = tokenizer.token_to_id(VISION_END)
 
     @classmethod
-    def from_file(cls, path: str | Path, num_image_tokens: int, max_text_tokens: int) -> ChatFormatter:
+    def from_file(
+        cls, path: str | Path, num_image_tokens: int, max_text_tokens: int, head: str = USER_HEAD, tail: str = USER_TAIL
+    ) -> ChatFormatter:
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"tokenizer file {path} not found")
-        return cls(Tokenizer.from_file(str(path)), num_image_tokens, max_text_tokens)
+        return cls(Tokenizer.from_file(str(path)), num_image_tokens, max_text_tokens, head, tail)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -130,12 +141,21 @@ class ChatFormatter:
         return [self._vision_start, *[self.image_id] * image_tokens, self._vision_end]
 
     def item_ids(self, text: str, image_tokens: int | None) -> tuple[list[int], bool]:
-        """Token ids of one item (with an image of `image_tokens` tokens, or none) and whether its text was cut."""
-        text_ids = self.text_ids(text)
-        truncated = len(text_ids) > self.max_text_tokens
-        text_ids = text_ids[: self.max_text_tokens]
+        """Token ids of one item (with an image of `image_tokens` tokens, or none) and whether its text was cut.
+
+        A text that places its image (`IMAGE_PLACEHOLDER`) is kept as written around it; the budget counts the
+        text on both sides, and a cut keeps the start.
+        """
+        if image_tokens is not None and IMAGE_PLACEHOLDER in text:
+            before, _, after = text.partition(IMAGE_PLACEHOLDER)
+            before_ids, after_ids = self._ids(before), self._ids(after.replace(IMAGE_PLACEHOLDER, ""))
+        else:
+            before_ids, after_ids = [], self.text_ids(text)
+        truncated = len(before_ids) + len(after_ids) > self.max_text_tokens
+        before_ids = before_ids[: self.max_text_tokens]
+        after_ids = after_ids[: self.max_text_tokens - len(before_ids)]
         image_ids = [] if image_tokens is None else self.image_ids(image_tokens)
-        return self._head + image_ids + text_ids + self._tail, truncated
+        return self._head + before_ids + image_ids + after_ids + self._tail, truncated
 
     def length_range(self, with_image: bool) -> tuple[int, int]:
         """Shortest (empty text) and longest (full text budget) item, in tokens; an image counts at its most tokens."""

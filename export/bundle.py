@@ -43,7 +43,7 @@ import torch
 
 from agff_deploy import __version__
 from agff_deploy.atomic_files import writer_running
-from agff_deploy.config import CONFIG_FILE
+from agff_deploy.config import source_config_file
 from agff_deploy.contract import (
     CANDIDATES,
     IMAGE_FEATURES,
@@ -281,7 +281,9 @@ class BundleBuilder:
             created_by=f"agff-deploy {__version__}",
             model=ModelDims(cfg.num_prompts, cfg.hidden_size),
             image=cfg.image_format(),
-            tokenizer=TokenizerFile(TOKENIZER_FILE, sha256_file(folder / TOKENIZER_FILE), cfg.max_text_tokens),
+            tokenizer=TokenizerFile(
+                TOKENIZER_FILE, sha256_file(folder / TOKENIZER_FILE), cfg.max_text_tokens, cfg.chat_head, cfg.chat_tail
+            ),
             fusion=self.fusion,
             dims=Dims(
                 BatchRange(lo, opt, hi),
@@ -297,7 +299,7 @@ class BundleBuilder:
             source=Source(
                 checkpoint=str(self.source.resolve()),
                 weights_sha256=weights_sha256(self.source),
-                config_sha256=sha256_file(self.source / CONFIG_FILE),
+                config_sha256=sha256_file(source_config_file(self.source)),
             ),
         )
 

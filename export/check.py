@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from agff_deploy.config import CONFIG_FILE
+from agff_deploy.config import source_config_file
 from agff_deploy.contract import (
     ENCODERS,
     GRAPH_NAMES,
@@ -331,10 +331,9 @@ def _source_checkpoint(bundle: Path, manifest: Manifest, override: str | None) -
         raise MissingFileError(f"source checkpoint {ckpt} not found; pass --ckpt with the folder the bundle came from")
     if weights_sha256(ckpt) != manifest.source.weights_sha256:
         raise ArtifactError(f"the weights in {ckpt} are not those {bundle} was exported from (hash differs); re-export")
-    if sha256_file(ckpt / CONFIG_FILE) != manifest.source.config_sha256:
-        raise ArtifactError(
-            f"{ckpt / CONFIG_FILE} is not the config {bundle} was exported with (hash differs); re-export"
-        )
+    config = source_config_file(ckpt)
+    if sha256_file(config) != manifest.source.config_sha256:
+        raise ArtifactError(f"{config} is not the config {bundle} was exported with (hash differs); re-export")
     return ckpt
 
 

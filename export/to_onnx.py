@@ -7,9 +7,15 @@ import sys
 import time
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
+from agff_deploy.chat_format import DEFAULT_SYSTEM_PROMPT
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
+from agff_deploy.config import POOLINGS
 from agff_deploy.contract import PRECISIONS
-from agff_deploy.errors import AgffError, print_error
+from agff_deploy.errors import AgffError, InputError, print_error
+from agff_deploy.model import AGFFEmbedder
+from agff_deploy.single_vector import DEFAULT_MAX_TEXT_TOKENS, single_vector_embedder
 
 from .bundle import BundleBuilder, DiskFull, ExportOptions, parse_precisions
 from .check import GateReport, add_gate_arguments
@@ -31,7 +37,30 @@ ADVICE = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m export.to_onnx", description=__doc__)
-    p.add_argument("ckpt", type=Path, help="checkpoint folder written by `python -m train.run`")
+    p.add_argument(
+        "ckpt",
+        type=Path,
+        help="checkpoint folder written by `python -m train.run`, or with --pooling last-token a Qwen2-VL folder in "
+        "the save_pretrained layout (a published single-vector embedder such as gme-Qwen2-VL)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="prompts",
+        help="prompts: an AGFF checkpoint's K+1 embeddings; last-token: one embedding, the last token's L2-normalised "
+        "state after the GME chat turn (system turn, user turn, assistant opening, <|endoftext|>)",
+    )
+    p.add_argument(
+        "--system-prompt",
+        default=DEFAULT_SYSTEM_PROMPT,
+        help="last-token: the system turn's instruction (default: %(default)r)",
+    )
+    p.add_argument(
+        "--max-text-tokens",
+        type=int,
+        default=DEFAULT_MAX_TEXT_TOKENS,
+        help="last-token: text tokens per item; a longer text is cut with a warning naming it (default: %(default)s)",
+    )
     p.add_argument("-o", "--out", type=Path, help="bundle folder (default: bundle/ beside the checkpoint)")
     p.add_argument(
         "--precision",
@@ -101,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         options.validate()
         target = get_target(args.target)
-        model, tokenizer = load_checkpoint(args.ckpt, image_size=args.image_size)
+        model, tokenizer = _load(args)
     except (AgffError, OSError) as err:
         return print_error(err)
     out = args.out or args.ckpt.resolve().parent / "bundle"
@@ -125,6 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         kept = [p for p in options.precisions if p not in report.failed_precisions()]
         print(f"bundle written with {', '.join(kept)} only: {out.resolve()} ({elapsed:.0f} s)", file=sys.stderr)
     return 1
+
+
+def _load(args: argparse.Namespace) -> tuple[AGFFEmbedder, Tokenizer]:
+    """The model to export: an AGFF checkpoint, or with --pooling last-token a published Qwen2-VL folder."""
+    if args.pooling == "prompts":
+        return load_checkpoint(args.ckpt, image_size=args.image_size)
+    if args.image_size:
+        raise InputError("--pooling last-token keeps the folder's native-resolution image settings: drop --image-size")
+    model, tokenizer, notes = single_vector_embedder(args.ckpt, args.system_prompt, args.max_text_tokens)
+    for note in notes:
+        print(note)
+    return model, tokenizer
 
 
 def _failure_line(report: GateReport, precision: str) -> str:

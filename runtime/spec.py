@@ -24,6 +24,8 @@ from agff_deploy.tokenization import ChatFormatter
 class ModelSpec:
     image: ImageFormat
     max_text_tokens: int
+    chat_head: str
+    chat_tail: str
     tokenizer_file: Path
     t_in: float
     t_f: float
@@ -37,6 +39,8 @@ class ModelSpec:
         return cls(
             image=manifest.image,
             max_text_tokens=manifest.tokenizer.max_text_tokens,
+            chat_head=manifest.tokenizer.chat_head,
+            chat_tail=manifest.tokenizer.chat_tail,
             tokenizer_file=folder / manifest.tokenizer.file,
             t_in=fusion.t_in,
             t_f=fusion.t_f,
@@ -56,6 +60,8 @@ class ModelSpec:
         return cls(
             image=config.image_format(),
             max_text_tokens=config.max_text_tokens,
+            chat_head=config.chat_head,
+            chat_tail=config.chat_tail,
             tokenizer_file=folder / "tokenizer.json",
             batch_size=8,
             **fusion,
@@ -77,7 +83,9 @@ class ModelSpec:
         return ImagePreprocessor(*image.size, mean=image.mean, std=image.std)
 
     def formatter(self) -> ChatFormatter:
-        return ChatFormatter.from_file(self.tokenizer_file, self.image.num_image_tokens, self.max_text_tokens)
+        return ChatFormatter.from_file(
+            self.tokenizer_file, self.image.num_image_tokens, self.max_text_tokens, self.chat_head, self.chat_tail
+        )
 
     def feed_encoder(self) -> FeedEncoder:
         image = self.image

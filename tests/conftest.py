@@ -110,7 +110,7 @@ def sample_manifest(**fields):
             max_pixels=3136,
             max_ratio=200.0,
         ),
-        "tokenizer": TokenizerFile("tokenizer.json", "1" * 64, 48),
+        "tokenizer": TokenizerFile("tokenizer.json", "1" * 64, 48, "<|im_start|>user\n", "<|im_end|>\n"),
         "fusion": Fusion(0.05, 0.05, (0.0, 0.1, -0.1, 0.0), 0.05),
         "dims": Dims(BatchRange(1, 4, 16), LengthRange(21, 69), LengthRange(15, 63)),
         "graphs": {"fp32": {"vision_encoder": entry}},
