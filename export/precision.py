@@ -8,7 +8,8 @@
   activations) on the inputs of MatMul/Conv/Gemm only, as in ModelOpt's
   recipe, calibrated with ONNX Runtime on real inputs: TensorRT's
   explicit-quantization form. A graph with external weights (a large model)
-  is calibrated and rewritten in a streaming pass instead.
+  is calibrated and rewritten in a streaming pass instead, with SmoothQuant
+  factors on each MatMul's activation.
 - int8-dynamic: ONNX Runtime dynamic quantization, for CPU deployments only
   (TensorRT cannot parse its MatMulInteger).
 - int4: weight-only, block-wise symmetric int4 of the MatMul weights behind an
@@ -29,12 +30,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph_weights import external_array, int8_columns, weight_matmuls
-from .int8_ranges import channel_weights, clipped_scales
+from .int8_ranges import SMOOTHING_ALPHA, smoothing_factors
 from .int8_sensitivity import keep_in_float, matmul_errors, sample_activations, weight_matmul_inputs
 
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
-# Calibration items whose activations choose each activation's int8 range and measure each MatMul's int8 error:
-# every weight MatMul's input is held at once, which for a 2B vision tower is about 1.2 GB per 448 px image.
+# Calibration items whose activations measure each MatMul's int8 error: every weight MatMul's input is held at
+# once, which for a 2B vision tower is about 1.2 GB per 448 px image.
 SENSITIVITY_ITEMS = 2
 
 
@@ -91,21 +92,20 @@ def activation_matmuls(path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and not constants & set(n.input)]
 
 
-def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], clip: bool = True) -> list[str]:
+def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> list[str]:
     """Symmetric int8 Q/DQ on weight-bearing MatMul/Gemm/Conv, calibrated on `feeds`; the MatMuls whose own int8
     error is largest on sampled items stay in float (`export.int8_sensitivity`). Returns their names.
 
-    With `clip`, the activations of weight MatMuls get the ranges `export.int8_ranges` calibrates (given to ORT as
-    tensor overrides); without, ORT's min/max. ORT's static quantizer holds a graph about three times over, so a
-    graph with external weights goes through `stream_qdq` instead.
+    Activations get ORT's min/max ranges. A graph held in the protobuf (a small model) is not smoothed: ORT's
+    quantizer takes no per-channel divisor. ORT's static quantizer holds a graph about three times over, so a
+    graph with external weights (a large model, which smoothing is for) goes through `stream_qdq` instead.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if _has_external(onnx.load(str(src), load_external_data=False)):
-        return stream_qdq(src, dst, feeds, clip)
+        return stream_qdq(src, dst, feeds)
     with _preprocessed(src) as (prepared, external):
-        scales, kept = _calibrated(prepared, feeds, clip)
-        overrides = {x: [{"scale": scale, "zero_point": np.int8(0)}] for x, scale in scales.items()} if clip else {}
+        kept = _calibrated(prepared, feeds, alpha=None).kept
         quantize_static(
             str(prepared),
             str(dst),
@@ -121,42 +121,56 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], clip:
                 "ActivationSymmetric": True,
                 "WeightSymmetric": True,
                 "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS,
-                "TensorQuantOverrides": overrides,
             },
             use_external_data_format=external,
         )
     return kept
 
 
-def _activation_scales(src: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.float32]:
-    """Per-tensor int8 scale of every weight MatMul's activation: its calibrated absolute maximum / 127."""
-    model = onnx.load(str(src), load_external_data=False)
-    activations = sorted({x for x, _ in weight_matmul_inputs(model).values()})
-    return {name: _max_scale(peak) for name, peak in _peaks(src, activations, feeds).items()}
-
-
 def _max_scale(peak: float) -> np.float32:
     return np.float32(peak / 127 if peak > 0 else 1.0)
 
 
-def _calibrated(
-    src: Path, feeds: list[dict[str, np.ndarray]], clip: bool = True
-) -> tuple[dict[str, np.float32], list[str]]:
-    """The int8 scale of every weight MatMul's activation, and the MatMuls to keep in float.
+@dataclass(frozen=True)
+class Int8Calibration:
+    """What int8 Q/DQ writes into a graph besides the weights, from calibration data."""
 
-    Both are measured on `sample_items(feeds)`. With `clip`, each activation's range is the clip of its calibrated
-    maximum that minimises its error on those items (`export.int8_ranges`); without, the maximum itself.
+    scales: dict[str, np.float32]  # activation -> per-tensor int8 scale (of the smoothed activation)
+    smoothing: dict[str, np.ndarray]  # activation -> per-channel divisor s: x / s is quantised, weight rows * s
+    kept: list[str]  # weight MatMuls left in float
+
+
+def _calibrated(
+    src: Path, feeds: list[dict[str, np.ndarray]], alpha: float | None = SMOOTHING_ALPHA
+) -> Int8Calibration:
+    """Every weight MatMul's activation scale (and SmoothQuant divisor when `alpha`), and the MatMuls to keep.
+
+    Scales and smoothing factors come from the per-channel maxima over all `feeds`; each MatMul's error is
+    measured on `sample_items(feeds)`, smoothed as the graph will be.
     """
     model = onnx.load(str(src), load_external_data=False)
     matmuls = weight_matmul_inputs(model)
     del model
-    peaks = _peaks(src, sorted({x for x, _ in matmuls.values()}), feeds)
+    readers: dict[str, list[onnx.TensorProto]] = {}
+    for x, weight in matmuls.values():
+        readers.setdefault(x, []).append(weight)
+    peaks = _peaks(src, sorted(readers), feeds)
     samples = sample_activations(src, sample_items(feeds))
-    if clip:
-        scales = clipped_scales(peaks, samples, _channel_weights(src, matmuls))
-    else:
-        scales = {name: _max_scale(peak) for name, peak in peaks.items()}
-    return scales, keep_in_float(matmul_errors(src, samples, scales))
+    smoothing = {}
+    if alpha is not None:
+        for x, tensors in readers.items():
+            smoothing[x] = smoothing_factors(peaks[x], [_float_array(t, src.parent) for t in tensors], alpha)
+            peaks[x] = peaks[x] / smoothing[x]
+            for sample in samples:
+                sample[x] = sample[x] / smoothing[x]
+    scales = {x: _max_scale(float(peak.max())) for x, peak in peaks.items()}
+    kept = keep_in_float(matmul_errors(src, samples, scales, smoothing))
+    return Int8Calibration(scales, smoothing, kept)
+
+
+def _float_array(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
+    data = external_array(tensor, folder) if tensor.data_location else numpy_helper.to_array(tensor)
+    return np.asarray(data, np.float32)
 
 
 def sample_items(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -169,19 +183,6 @@ def sample_items(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarra
     if len(feeds) == 1:
         return first
     return first[: SENSITIVITY_ITEMS - 1] + [{k: v[:1] for k, v in feeds[-1].items()}]
-
-
-def _channel_weights(src: Path, matmuls: dict[str, tuple[str, onnx.TensorProto]]) -> dict[str, np.ndarray]:
-    """Activation name -> `channel_weights` of the weights that read it, one weight read at a time."""
-    readers: dict[str, list[onnx.TensorProto]] = {}
-    for x, weight in matmuls.values():
-        readers.setdefault(x, []).append(weight)
-
-    def array(weight: onnx.TensorProto) -> np.ndarray:
-        data = external_array(weight, src.parent) if weight.data_location else numpy_helper.to_array(weight)
-        return np.asarray(data, np.float32)
-
-    return {x: channel_weights([array(w) for w in weights]) for x, weights in readers.items()}
 
 
 def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
@@ -247,39 +248,51 @@ def stream_dynamic_int8(src: Path, dst: Path) -> Path:
     return _rewriteweight_matmuls(src, dst, _integer_matmul)
 
 
-def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], clip: bool = True) -> list[str]:
+def stream_qdq(
+    src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], alpha: float | None = SMOOTHING_ALPHA
+) -> list[str]:
     """Static int8 Q/DQ of every MatMul by a 2-D weight, for graphs too large for ORT's quantizer; returns the
-    MatMuls left in float because their own int8 error is largest (`export.int8_sensitivity`).
+    MatMuls left in float (`export.int8_sensitivity`).
 
-    The form `quantize_qdq` writes for TensorRT: the activation goes through a
-    QuantizeLinear/DequantizeLinear pair with a per-tensor scale (its calibrated
-    range / 127: with `clip`, the range `export.int8_ranges` chooses; without,
-    the absolute maximum, as ORT's min/max calibration), the weight is stored as symmetric int8 per output
-    column behind a DequantizeLinear. Q/DQ sit on the MatMul's inputs only (as in
+    The form `quantize_qdq` writes for TensorRT: with `alpha`, the activation is
+    first divided per channel by its SmoothQuant factors (a Mul by a constant,
+    `{x}_smoothing`; `export.int8_ranges`) and each weight's rows multiplied by
+    them; then it goes through a QuantizeLinear/DequantizeLinear pair with a
+    per-tensor scale (its calibrated absolute maximum / 127, as ORT's min/max
+    calibration), the weight is stored as symmetric int8 per output
+    column behind a DequantizeLinear. A MatMul kept in float reads the
+    activation and its weight as they were. Q/DQ sit on the MatMul's inputs only (as in
     ModelOpt's recipe; TensorRT fuses the output side itself). Calibration runs
     the graph once with a running absolute maximum per activation as extra outputs, so
     the weights are held once (by ONNX Runtime); the rewrite then holds one weight
     at a time. MatMuls between two activations (attention), Conv and Gemm stay in
     float. The output is `dst` plus `dst.data`.
     """
-    scales, kept_names = _calibrated(src, feeds, clip)
-    kept = set(kept_names)
+    calibration = _calibrated(src, feeds, alpha)
+    scales, smoothing, kept = calibration.scales, calibration.smoothing, set(calibration.kept)
     quantized: set[str] = set()
 
     def qdq_matmul(node, name, weight, writer):
         if node.name in kept:
             float_weight = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=weight.shape)
             return [writer.add(float_weight, weight)], [node]
-        tensors, nodes = _weight_dq(name, weight, writer)
         x = node.input[0]
+        smoothed = x
+        if x in smoothing:
+            weight = weight * smoothing[x][:, None]
+            smoothed = f"{x}_smoothed"
+        tensors, nodes = _weight_dq(name, weight, writer)
         if x not in quantized:
             quantized.add(x)
             tensors += [
                 numpy_helper.from_array(scales[x], f"{x}_scale"),
                 numpy_helper.from_array(np.int8(0), f"{x}_zero_point"),
             ]
+            if x in smoothing:
+                tensors.append(numpy_helper.from_array(1 / smoothing[x], f"{x}_smoothing"))
+                nodes.append(helper.make_node("Mul", [x, f"{x}_smoothing"], [smoothed], name=f"{x}_smoothing"))
             nodes += [
-                helper.make_node("QuantizeLinear", [x, f"{x}_scale", f"{x}_zero_point"], [f"{x}_quantized"]),
+                helper.make_node("QuantizeLinear", [smoothed, f"{x}_scale", f"{x}_zero_point"], [f"{x}_quantized"]),
                 helper.make_node(
                     "DequantizeLinear", [f"{x}_quantized", f"{x}_scale", f"{x}_zero_point"], [f"{x}_dequantized"]
                 ),
@@ -293,8 +306,8 @@ def stream_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], clip: b
     return sorted(kept)
 
 
-def _peaks(src: Path, activations: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Each activation's absolute maximum over `feeds`, from one ONNX Runtime session.
+def _peaks(src: Path, activations: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Each activation's absolute maximum over `feeds` per channel (its last axis), from one ONNX Runtime session.
 
     The graph gains a ReduceMax(Abs(x)) output per activation, placed right
     after the node that makes x and run in that order (ONNX Runtime's
@@ -307,17 +320,19 @@ def _peaks(src: Path, activations: list[str], feeds: list[dict[str, np.ndarray]]
     import onnxruntime as ort
 
     model = onnx.load(str(src), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     wanted, order = set(activations), []
-    nodes = [n for x in activations if x in {i.name for i in model.graph.input} for n in _peak_nodes(x, order)]
+    inputs = {i.name for i in model.graph.input}
+    nodes = [n for x in activations if x in inputs for n in _peak_nodes(x, order, opset)]
     for node in model.graph.node:
         nodes.append(node)
-        nodes += [n for x in node.output if x in wanted for n in _peak_nodes(x, order)]
+        nodes += [n for x in node.output if x in wanted for n in _peak_nodes(x, order, opset)]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     outputs = [f"{x}_calibration_peak" for x in order]
-    model.graph.output.extend(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, []) for out in outputs)
+    model.graph.output.extend(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, [None]) for out in outputs)
     augmented = src.with_name(f".{src.stem}-{os.getpid()}-calibration.onnx")
-    peaks = dict.fromkeys(order, 0.0)
+    peaks: dict[str, np.ndarray] = {}
     try:
         onnx.save(model, str(augmented))
         del model
@@ -326,17 +341,28 @@ def _peaks(src: Path, activations: list[str], feeds: list[dict[str, np.ndarray]]
         session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
         for feed in feeds:
             for x, value in zip(order, session.run(outputs, feed), strict=True):
-                peaks[x] = max(peaks[x], float(value))
+                peaks[x] = np.maximum(peaks[x], value) if x in peaks else value
     finally:
         augmented.unlink(missing_ok=True)
     return peaks
 
 
-def _peak_nodes(x: str, order: list[str]) -> list[onnx.NodeProto]:
+def _peak_nodes(x: str, order: list[str], opset: int) -> list[onnx.NodeProto]:
+    """Abs, Flatten to [rows, channels], ReduceMax over the rows (axes an input from opset 18, an attribute before)."""
     order.append(x)
-    return [
+    flat = [
         helper.make_node("Abs", [x], [f"{x}_calibration_abs"]),
-        helper.make_node("ReduceMax", [f"{x}_calibration_abs"], [f"{x}_calibration_peak"], keepdims=0),
+        helper.make_node("Flatten", [f"{x}_calibration_abs"], [f"{x}_calibration_rows"], axis=-1),
+    ]
+    if opset >= 18:
+        axes = helper.make_node("Constant", [], [f"{x}_calibration_axes"], value_ints=[0])
+        peak = helper.make_node(
+            "ReduceMax", [f"{x}_calibration_rows", f"{x}_calibration_axes"], [f"{x}_calibration_peak"], keepdims=0
+        )
+        return [*flat, axes, peak]
+    return [
+        *flat,
+        helper.make_node("ReduceMax", [f"{x}_calibration_rows"], [f"{x}_calibration_peak"], axes=[0], keepdims=0),
     ]
 
 

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.int8_sensitivity import MatMulError, keep_in_float, matmul_errors
-from export.precision import _activation_scales, stream_qdq
+from export.int8_sensitivity import MatMulError, keep_in_float, matmul_errors, sample_activations
+from export.precision import _calibrated, stream_qdq
 
 DIM = 32
 OUTLIER = 1000.0  # one channel of the second layer's activation this many times the others
@@ -49,25 +49,40 @@ def _feeds(seed: int = 0) -> list[dict[str, np.ndarray]]:
     return [{"x": rng.normal(size=(16, DIM)).astype(np.float32)} for _ in range(2)]
 
 
+def _errors(path: Path) -> list[MatMulError]:
+    """Each MatMul's int8 error on the first calibration feed, activations at their calibrated maximum."""
+    scales = _calibrated(path, _feeds(), alpha=None).scales
+    return matmul_errors(path, sample_activations(path, _feeds()[:1]), scales)
+
+
 def test_the_matmul_reading_an_outlier_channel_has_the_largest_int8_error(tmp_path):
     path = _saved(tmp_path, outlier=True)
-    errors = {e.node: e.error for e in matmul_errors(path, _feeds()[0], _activation_scales(path, _feeds()))}
+    errors = {e.node: e.error for e in _errors(path)}
     assert max(errors, key=errors.get) == "second"
     assert errors["second"] > 10 * max(error for node, error in errors.items() if node != "second")
 
 
-def test_int8_keeps_the_outlier_matmul_in_float_and_quantises_the_rest(tmp_path):
+def test_int8_without_smoothing_keeps_the_outlier_matmul_in_float_and_quantises_the_rest(tmp_path):
     path, dst = _saved(tmp_path, outlier=True), tmp_path / "int8.onnx"
-    assert stream_qdq(path, dst, _feeds()) == ["second"]
+    assert stream_qdq(path, dst, _feeds(), alpha=None) == ["second"]
     graph = onnx.load(str(dst), load_external_data=False)
     inputs = {n.name: list(n.input) for n in graph.graph.node if n.op_type == "MatMul"}
     assert inputs["second"] == ["h0", "w1"]
     assert inputs["first"] == ["x_dequantized", "w0_dequantized"]
 
 
-def test_a_graph_without_outliers_keeps_nothing_in_float(tmp_path):
-    path = _saved(tmp_path, outlier=False)
-    assert keep_in_float(matmul_errors(path, _feeds()[0], _activation_scales(path, _feeds()))) == []
+def test_a_graph_without_outliers_spends_the_budget_on_its_largest_error(tmp_path):
+    errors = _errors(_saved(tmp_path, outlier=False))
+    assert keep_in_float(errors) == [max(errors, key=lambda e: e.error).node]  # one weight of 12 fits in 10%
+
+
+def test_the_budget_left_goes_to_the_most_error_per_float_weight():
+    errors = [
+        MatMulError("mlp", 800, 0.020),
+        MatMulError("attention", 100, 0.012),
+        MatMulError("ordinary", 100, 0.010),
+    ]
+    assert keep_in_float(errors, budget=0.2) == ["attention", "ordinary"]
 
 
 @pytest.mark.parametrize(("budget", "kept"), [(0.10, ["small"]), (0.60, ["big", "small"])])
