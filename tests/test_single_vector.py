@@ -74,17 +74,17 @@ def photos():
     return [Image.fromarray(data.coffee()), Image.fromarray(data.chelsea()[:, :150]), Image.fromarray(data.astronaut())]
 
 
-def transformers_pipeline(folder, texts, images=None) -> np.ndarray:
+def transformers_pipeline(folder, texts, images=None, settings=SETTINGS) -> np.ndarray:
     """transformers' image processor and tokenizer (the processor's `<|image_pad|>` expansion), its model, and the
     last token's state, as GME's script pools it (left padding, last position)."""
-    model = Qwen2VLForConditionalGeneration.from_pretrained(folder).eval()
+    model = Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(folder / "tokenizer.json"), pad_token="<|endoftext|>", padding_side="left"
     )
     inputs = {}
     items = list(texts)
     if images is not None:
-        processor = Qwen2VLImageProcessorPil(min_pixels=SETTINGS.min_pixels, max_pixels=SETTINGS.max_pixels)
+        processor = Qwen2VLImageProcessorPil(min_pixels=settings.min_pixels, max_pixels=settings.max_pixels)
         inputs = dict(processor(images=images, return_tensors="pt"))
         pads = [int(grid.prod()) // 4 for grid in inputs["image_grid_thw"]]
         items = [
@@ -139,3 +139,35 @@ def test_a_folder_without_chat_template_or_processor_config_gets_qwen2_vl_defaul
 def test_exporting_a_published_folder_without_last_token_pooling_says_how(published, tmp_path, capsys):
     assert to_onnx.main([str(published), "-o", str(tmp_path / "b")]) != 0
     assert f"python -m export.to_onnx {published} --pooling last-token" in capsys.readouterr().err
+
+
+def test_fine_tuning_a_published_folder_keeps_its_chat_turn_image_settings_and_text_limit(published, tmp_path):
+    from train.trainer import Trainer, TrainSettings
+
+    settings = TrainSettings(
+        out=str(tmp_path / "ckpt"), preset="tiny", base=str(published), steps=1, batch_size=4, eval_pairs=0,
+        max_text_tokens=100,
+    )  # fmt: skip
+    config = Trainer.create(settings).model.config
+    assert config.chat_head == f"<|im_start|>system\n{INSTRUCTION}<|im_end|>\n<|im_start|>user\n"
+    assert (config.image_resize, config.native_settings.max_pixels) == ("native", SETTINGS.max_pixels)
+    assert config.max_text_tokens == 100
+
+
+def test_at_2b_width_texts_images_and_both_equal_transformers_pipeline(reduced_base, photos, tmp_path):
+    """The published 2B width (two blocks each side, the fast suite's reduced base; about 30 s): the same equality
+    at the width real checkpoints have."""
+    model, tokenizer, _ = single_vector_embedder(reduced_base)
+    options = ExportOptions(precisions=("fp32",), batch=(1, 4, 8), agreement_pairs=0, gate_images=(1, 2))
+    builder = BundleBuilder(model, item_encoder(model.config, tokenizer), reduced_base, options)
+    assert builder.build(tmp_path / "bundle", get_target("generic")).passed
+    settings, _ = NativeImageSettings.from_preprocessor_config(reduced_base)
+    with Embedder.load(tmp_path / "bundle") as ours:
+        cases = [
+            (ours.embed_texts(TEXTS), TEXTS, None),
+            (ours.embed_images(photos), [""] * 3, photos),
+            (ours.embed_images(photos, TEXTS), TEXTS, photos),
+        ]
+        for embeddings, texts, images in cases:
+            reference = transformers_pipeline(reduced_base, texts, images, settings)
+            assert np.abs(embeddings[:, 0] - reference).max() <= BAR

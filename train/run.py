@@ -105,6 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-pixels", type=_positive, help="native resolution: most pixels per image (default: the base's)"
     )
+    p.add_argument(
+        "--max-text-tokens",
+        type=_positive,
+        help="text tokens per item; a longer text is cut, with a warning naming it (default: the preset's)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="continue the run saved in --out")

@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from agff_deploy.base import write_backbone_files
+from agff_deploy.chat_format import ChatFormat, read_chat_template, render_chat_format
 from agff_deploy.checkpoint import (
     WEIGHT_FILE_PATTERNS,
     item_encoder,
@@ -85,6 +86,7 @@ class TrainSettings:
     image_resize: str | None = None  # "fixed" or "native" (default: native with --base and no --image-size)
     min_pixels: int | None = None  # native resolution's pixel range (default: the base's processor config)
     max_pixels: int | None = None
+    max_text_tokens: int | None = None  # text tokens per item, a longer text cut with a warning (default: the preset's)
     threads: int | None = None
     objective: str = "contrastive"  # or "lm": generative pretraining into a base folder (train.generative)
     freeze_backbone: bool = False
@@ -187,11 +189,20 @@ class Trainer:
             "prompt_length": settings.prompt_length,
             "ega_alpha": settings.ega_alpha,
             "image_size": (settings.image_size,) * 2 if settings.image_size else None,
+            "max_text_tokens": settings.max_text_tokens,
         }
         if settings.base:
             base_model = load_base_folder(settings.base)
             tokenizer = _base_tokenizer(Path(settings.base))
-            config = preset_config(settings.preset, tokenizer, **overrides, **_image_sizing(settings))
+            chat = _base_chat_format(Path(settings.base))
+            config = preset_config(
+                settings.preset,
+                tokenizer,
+                **overrides,
+                **_image_sizing(settings),
+                chat_head=chat.head,
+                chat_tail=chat.tail,
+            )
             config.base = base_model.config.to_dict()
             config.base_path = str(settings.base)
             config.validate()
@@ -412,6 +423,14 @@ def _image_sizing(settings: TrainSettings) -> dict[str, Any]:
         "max_ratio": found.max_ratio,
     }
     return {"image_resize": resize, "image_settings": chosen}
+
+
+def _base_chat_format(folder: Path) -> ChatFormat:
+    """The base's own chat turn (its template, system turn included), which fine-tuning keeps."""
+    template, notes = read_chat_template(folder)
+    for note in notes:
+        print(note)
+    return render_chat_format(template, folder)
 
 
 def _base_tokenizer(folder: Path) -> Tokenizer:
