@@ -107,15 +107,18 @@ def _error(samples: Sequence[np.ndarray], weight: np.ndarray, scale: np.float32)
     return float(np.mean(errors))
 
 
-def keep_in_float(errors: list[MatMulError], ratio: float = SENSITIVE_RATIO, budget: float = FLOAT_BUDGET) -> list[str]:
+def keep_in_float(
+    errors: list[MatMulError], ratio: float = SENSITIVE_RATIO, budget: float = FLOAT_BUDGET, fill: bool = True
+) -> list[str]:
     """The MatMuls to leave in float, within `budget` of the weights: first the sensitive ones (error at least
-    `ratio` times the median), worst first; then, in the budget left, those that remove the most int8 error per
-    float weight (error / weights)."""
+    `ratio` times the median), worst first; then, with `fill`, in the budget left, those that remove the most int8
+    error per float weight (error / weights)."""
     if not errors:
         return []
     median = float(np.median([e.error for e in errors]))
     sensitive = sorted((e for e in errors if e.error >= ratio * median), key=lambda e: e.error, reverse=True)
     rest = sorted((e for e in errors if e.error < ratio * median), key=lambda e: e.error / e.weights, reverse=True)
+    rest = rest if fill else []
     allowed = budget * sum(e.weights for e in errors)
     kept, used = [], 0
     for e in sensitive + rest:

@@ -96,8 +96,10 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> li
     """Symmetric int8 Q/DQ on weight-bearing MatMul/Gemm/Conv, calibrated on `feeds`; the MatMuls whose own int8
     error is largest on sampled items stay in float (`export.int8_sensitivity`). Returns their names.
 
-    Activations get ORT's min/max ranges. A graph held in the protobuf (a small model) is not smoothed: ORT's
-    quantizer takes no per-channel divisor. ORT's static quantizer holds a graph about three times over, so a
+    Activations get ORT's min/max ranges. A graph held in the protobuf (a small model) is not smoothed (ORT's
+    quantizer takes no per-channel divisor) and keeps only its sensitive MatMuls in float, without filling the
+    budget: ORT feeds a MatMul it leaves out the dequantised activation when another reader quantises it, so
+    keeping it buys back only its weight's error. ORT's static quantizer holds a graph about three times over, so a
     graph with external weights (a large model, which smoothing is for) goes through `stream_qdq` instead.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -105,7 +107,7 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> li
     if _has_external(onnx.load(str(src), load_external_data=False)):
         return stream_qdq(src, dst, feeds)
     with _preprocessed(src) as (prepared, external):
-        kept = _calibrated(prepared, feeds, alpha=None).kept
+        kept = _calibrated(prepared, feeds, alpha=None, fill=False).kept
         quantize_static(
             str(prepared),
             str(dst),
@@ -141,9 +143,10 @@ class Int8Calibration:
 
 
 def _calibrated(
-    src: Path, feeds: list[dict[str, np.ndarray]], alpha: float | None = SMOOTHING_ALPHA
+    src: Path, feeds: list[dict[str, np.ndarray]], alpha: float | None = SMOOTHING_ALPHA, fill: bool = True
 ) -> Int8Calibration:
-    """Every weight MatMul's activation scale (and SmoothQuant divisor when `alpha`), and the MatMuls to keep.
+    """Every weight MatMul's activation scale (and SmoothQuant divisor when `alpha`), and the MatMuls to keep
+    (`keep_in_float`, filling the float budget when `fill`).
 
     Scales and smoothing factors come from the per-channel maxima over all `feeds`; each MatMul's error is
     measured on `sample_items(feeds)`, smoothed as the graph will be.
@@ -164,7 +167,7 @@ def _calibrated(
             for sample in samples:
                 sample[x] = sample[x] / smoothing[x]
     scales = {x: _max_scale(float(peak.max())) for x, peak in peaks.items()}
-    kept = keep_in_float(matmul_errors(src, samples, scales, smoothing))
+    kept = keep_in_float(matmul_errors(src, samples, scales, smoothing), fill=fill)
     return Int8Calibration(scales, smoothing, kept)
 
 

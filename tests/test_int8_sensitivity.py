@@ -83,6 +83,7 @@ def test_the_budget_left_goes_to_the_most_error_per_float_weight():
         MatMulError("ordinary", 100, 0.010),
     ]
     assert keep_in_float(errors, budget=0.2) == ["attention", "ordinary"]
+    assert keep_in_float(errors, budget=0.2, fill=False) == []  # none is 3 times the median
 
 
 @pytest.mark.parametrize(("budget", "kept"), [(0.10, ["small"]), (0.60, ["big", "small"])])
