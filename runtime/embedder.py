@@ -26,6 +26,7 @@ from agff_deploy.contract import CANDIDATES, IMAGE_ENCODER, QUERIES, SCORER, TEX
 from agff_deploy.errors import InputError
 from agff_deploy.images import DEFAULT_MAX_PIXELS, ImageLoadError
 
+from .bucketing import WINDOW_BATCHES, buckets, in_input_order
 from .loading import load_model
 from .pipeline import ImageInput, Outcome, decode, embed_in_batches
 from .runner import Runner
@@ -44,6 +45,7 @@ class Embedder:
         self.formatter = self.encoder.formatter
         self.preprocessor = self.encoder.preprocessor
         self.batch_size = spec.batch_size
+        self.window_batches = WINDOW_BATCHES  # batches whose images are sorted by size together; 1: input order
         self._active = ExitStack()
 
     @classmethod
@@ -89,15 +91,19 @@ class Embedder:
         return [pre.normalize(pre.resize(decode(image, DEFAULT_MAX_PIXELS)[0])) for image in images]
 
     def embed_pixels(self, pixels: Sequence[np.ndarray], instructions: str | Sequence[str] = "") -> np.ndarray:
-        """Preprocessed images (+ an instruction per image, or one for all) -> `[N, K+1, D]`."""
+        """Preprocessed images (+ an instruction per image, or one for all) -> `[N, K+1, D]`, in input order.
+
+        The images are batched by size (`runtime.bucketing`): they are all in memory already, so all of them are
+        sorted together.
+        """
         prompts = self._instructions(instructions, len(pixels))
+        batches = buckets(pixels, self.batch_size)
         parts = []
-        for i in range(0, len(pixels), self.batch_size):
-            batch = prompts[i : i + self.batch_size]
-            patches = self.encoder.patches(pixels[i : i + self.batch_size])
-            feed = self.encoder.image_feed(patches, batch, names=["instruction"] * len(batch))
+        for batch in batches:
+            patches = self.encoder.patches([pixels[i] for i in batch])
+            feed = self.encoder.image_feed(patches, [prompts[i] for i in batch], names=["instruction"] * len(batch))
             parts.append(self._run(IMAGE_ENCODER.name, feed))
-        return np.concatenate(parts) if parts else self._empty()
+        return in_input_order(parts, batches) if parts else self._empty()
 
     def try_embed_images(
         self,
@@ -108,8 +114,9 @@ class Embedder:
         on_note: Callable[[str], None] | None = None,
         on_done: Callable[[int], None] | None = None,
     ) -> Outcome:
-        """Every image that can be read, embedded in batches with decoding overlapped (`runtime.pipeline`); the
-        outcome names the embedded items in order and holds one error line for each image that could not be."""
+        """Every image that can be read, embedded in batches of similar sizes with decoding overlapped
+        (`runtime.pipeline`); the outcome names the embedded items in input order and holds one error line for each
+        image that could not be."""
         prompts = self._instructions(instructions, len(images))
         return embed_in_batches(
             images,
@@ -121,6 +128,7 @@ class Embedder:
             on_error,
             on_note,
             on_done,
+            self.window_batches,
         )
 
     def embed_images(self, images: Sequence[ImageInput], instructions: str | Sequence[str] = "") -> np.ndarray:

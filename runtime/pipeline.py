@@ -1,9 +1,12 @@
-"""The batch pipeline: images decoded ahead in worker threads while the model runs, each failure kept per item.
+"""The batch pipeline: images decoded ahead in worker threads while the model runs, batched by size, each failure
+kept per item.
 
 `Embedder.embed_images`, `agff-run` and the throughput benchmark all embed
 images through `embed_in_batches`. Decoding (Pillow) releases the GIL, so on
-a small CPU the next batches decode while the current one is inferred. An
-image that cannot be read is an error line naming it; the others go on.
+a small CPU the next images decode while the current ones are inferred. The
+images of a window of `window_batches` batches are batched by patch count
+(`runtime.bucketing`) and their results put back in input order. An image that
+cannot be read is an error line naming it; the others go on.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from agff_deploy.errors import ImageSizeError
 from agff_deploy.images import ImageLoadError, open_image
 from agff_deploy.preprocessing import ImagePreprocessor, NativePreprocessor
 
+from .bucketing import WINDOW_BATCHES, buckets, in_input_order
+
 ImageInput = str | Path | Image.Image | np.ndarray
 # Normalised `[3, H, W]` images (of one size, or each its own at native resolution) and their instructions.
 EmbedPixels = Callable[[list[np.ndarray], list[str]], np.ndarray]
-DECODE_AHEAD = 2  # batches decoded while one is inferred
+DECODE_AHEAD = 2  # decode tasks (of one batch of images each) in flight at least, one per worker thread
 
 
 @dataclass
@@ -53,6 +58,15 @@ class _Decoded:
     errors: list[str]
     notes: list[str]
 
+    def extend(self, other: _Decoded) -> None:
+        """Append the items of the decode batch after this one."""
+        self.names += other.names
+        self.instructions += other.instructions
+        if other.pixels is not None:
+            self.pixels = (self.pixels or []) + other.pixels
+        self.errors += other.errors
+        self.notes += other.notes
+
 
 def decode(item: ImageInput, max_pixels: int) -> tuple[Image.Image, list[str]]:
     """A path (opened safely, with notes), a PIL image or an HxWx3 uint8 array -> an RGB PIL image."""
@@ -73,34 +87,57 @@ def embed_in_batches(
     on_error: Callable[[str], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     on_done: Callable[[int], None] | None = None,
+    window_batches: int = WINDOW_BATCHES,
 ) -> Outcome:
-    """Batches of `items` through `embed(pixels, instructions)`, decoding the next batches while one runs.
+    """Batches of `items` through `embed(pixels, instructions)`, decoding the next window while one runs.
 
-    `on_error` and `on_note` see each failure and notice as its batch comes up (notes default to Python
-    warnings); `on_done` sees how many items each batch settled.
+    The items are read in windows of `window_batches * batch_size`; the images of a window that decode are batched by
+    patch count (`runtime.bucketing`), and the outcome holds them in input order. While a window is embedded the next
+    one decodes, so at most two windows of decoded images are held at once. `window_batches=1` batches in input order.
+
+    `on_error` and `on_note` see each failure and notice as its decode batch comes up (notes default to Python
+    warnings); `on_done` sees how many items each failing decode batch and each embedded batch settled.
     """
+    if window_batches < 1:
+        raise ValueError(f"window_batches must be at least 1, got {window_batches}")
     outcome = Outcome()
     started = time.perf_counter()
-    batches = [range(i, min(i + batch_size, len(items))) for i in range(0, len(items), batch_size)]
+    chunks = [range(i, min(i + batch_size, len(items))) for i in range(0, len(items), batch_size)]
 
     def prepare(indices: range) -> _Decoded:
         return _decode_batch(items, instructions, indices, preprocessor, max_pixels)
 
-    with ThreadPoolExecutor(max_workers=DECODE_AHEAD) as pool:
-        for batch in _ahead(pool, batches, prepare):
-            if on_error:
-                for line in batch.errors:
-                    on_error(line)
-            for line in batch.notes:
-                (on_note or warnings.warn)(line)
-            outcome.errors += batch.errors
-            if batch.pixels is not None:
-                t0 = time.perf_counter()
-                outcome.embeddings.append(embed(batch.pixels, batch.instructions))
-                outcome.inference_s += time.perf_counter() - t0
-                outcome.names += batch.names
+    def embed_window(window: _Decoded) -> None:
+        if window.pixels is None:
+            return
+        batches = buckets(window.pixels, batch_size)
+        parts = []
+        for batch in batches:
+            t0 = time.perf_counter()
+            parts.append(embed([window.pixels[i] for i in batch], [window.instructions[i] for i in batch]))
+            outcome.inference_s += time.perf_counter() - t0
             if on_done:
-                on_done(len(batch.names) + len(batch.errors))
+                on_done(len(batch))
+        outcome.embeddings.append(in_input_order(parts, batches))
+        outcome.names += window.names
+
+    window = _Decoded([], [], None, [], [])
+    # One window ahead: when a window's last decode batch is taken, the whole next window has been handed out.
+    ahead = max(window_batches, DECODE_AHEAD)
+    with ThreadPoolExecutor(max_workers=DECODE_AHEAD) as pool:
+        for n, chunk in enumerate(_ahead(pool, chunks, prepare, ahead), 1):
+            if on_error:
+                for line in chunk.errors:
+                    on_error(line)
+            for line in chunk.notes:
+                (on_note or warnings.warn)(line)
+            outcome.errors += chunk.errors
+            if on_done and chunk.errors:
+                on_done(len(chunk.errors))
+            window.extend(chunk)
+            if n % window_batches == 0 or n == len(chunks):
+                embed_window(window)
+                window = _Decoded([], [], None, [], [])  # its images are freed before the next window is read
     outcome.wall_s = time.perf_counter() - started
     return outcome
 
@@ -140,11 +177,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _ahead(pool: ThreadPoolExecutor, items: list[T], fn: Callable[[T], R]) -> Iterator[R]:
-    """`map(fn, items)` computed DECODE_AHEAD items ahead in `pool`, in order."""
-    pending = [pool.submit(fn, item) for item in items[:DECODE_AHEAD]]
+def _ahead(pool: ThreadPoolExecutor, items: list[T], fn: Callable[[T], R], ahead: int) -> Iterator[R]:
+    """`map(fn, items)` computed `ahead` items ahead in `pool`, in order."""
+    pending = [pool.submit(fn, item) for item in items[:ahead]]
     for i in range(len(items)):
         result = pending.pop(0).result()
-        if i + DECODE_AHEAD < len(items):
-            pending.append(pool.submit(fn, items[i + DECODE_AHEAD]))
+        if i + ahead < len(items):
+            pending.append(pool.submit(fn, items[i + ahead]))
         yield result

@@ -89,3 +89,23 @@ def test_an_image_past_the_aspect_ratio_limit_is_named_and_the_rest_embed(native
     assert outcome.errors == [
         f"{sliver}: 600x2 image has an aspect ratio of 300.0, over the limit of 200; crop or pad it to at most 200:1"
     ]
+
+
+def test_batches_by_size_embed_what_batches_in_input_order_do(native_bundle, photos, tmp_path):
+    """Photos and thumbnails interleaved, two a batch: bucketing changes which images share a batch, not the result."""
+    thumbs = []
+    for i, pixels in enumerate((data.astronaut()[::12, ::12], data.coffee()[::16, ::8])):
+        thumbs.append(tmp_path / f"thumb{i}.png")
+        Image.fromarray(pixels).save(thumbs[-1])
+    items = [photos[0], thumbs[0], photos[1], thumbs[1], photos[2]]
+    with Embedder.load(native_bundle) as model:
+        model.batch_size = 2
+        bucketed = model.try_embed_images(items)
+        model.window_batches = 1
+        in_order = model.try_embed_images(items)
+        pixels = model.pixels(items)
+        alone = np.concatenate([model.embed_pixels([p]) for p in pixels])
+        together = model.embed_pixels(pixels)
+    assert bucketed.names == in_order.names == [str(item) for item in items]
+    assert np.abs(bucketed.stacked() - in_order.stacked()).max() <= 1e-5
+    assert np.abs(together - alone).max() <= 1e-5

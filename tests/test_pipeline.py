@@ -47,12 +47,12 @@ def test_readable_images_are_embedded_in_order_with_their_own_instructions(model
     np.testing.assert_allclose(outcome.stacked(), alone, atol=1e-6)
 
 
-def test_each_failure_and_batch_is_reported_as_its_batch_comes_up(model, files):
+def test_each_failure_is_reported_as_it_is_decoded_and_each_batch_as_it_is_embedded(model, files):
     errors, done = [], []
     items = [files["scene0"], files["empty"], files["scene1"]]
     outcome = model.try_embed_images(items, on_error=errors.append, on_done=done.append)
     assert errors == outcome.errors and len(errors) == 1 and str(files["empty"]) in errors[0]
-    assert done == [2, 1]
+    assert done == [1, 2]
 
 
 def test_in_memory_images_are_named_by_their_position(model):

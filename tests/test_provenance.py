@@ -64,8 +64,8 @@ JSON_WRITERS = sorted(
 
 def test_the_bench_commands_that_write_json_are_all_checked():
     assert {p.stem for p in JSON_WRITERS if p.parent.name == "bench"} >= {
-        "ablation", "backends", "gpu_scale", "int8", "precision_cost", "scale", "search", "serve", "shared_prefix",
-        "throughput", "train_memory",
+        "ablation", "backends", "bucketing", "gpu_scale", "int8", "precision_cost", "scale", "search", "serve",
+        "shared_prefix", "throughput", "train_memory",
     }  # fmt: skip
 
 
