@@ -1,6 +1,7 @@
-"""docs/scale-2b.md from the JSON files `bench.scale` and `export.engine_memory --json` wrote: no number typed in.
+"""docs/scale-2b.md from the JSON files `bench.scale`, `export.engine_memory --json` and `bench.int8_gate` wrote: no
+number typed in.
 
-    python -m bench.scale_report docs/scale-2b.json docs/engine-memory-2b.json -o docs/scale-2b.md
+    python -m bench.scale_report docs/scale-2b.json docs/engine-memory-2b.json docs/int8-2b.json -o docs/scale-2b.md
 
 `tests/test_docs_numbers.py` renders the page again from the same files and compares.
 """
@@ -26,16 +27,16 @@ def _short(commit: str) -> str:
     return head[:12] + dirty
 
 
-def render(scale: dict[str, Any], memory: dict[str, Any], sources: tuple[str, str]) -> str:
+def render(scale: dict[str, Any], memory: dict[str, Any], int8: dict[str, Any], sources: tuple[str, ...]) -> str:
     lines = [
         "# A 2B model in the vision + language layout, measured",
         "",
-        f"Rendered by `python -m bench.scale_report {sources[0]} {sources[1]}` from the files",
-        f"`{' '.join(scale['command'])}` (commit `{_short(scale['commit'])}`) and",
-        "`python -m export.engine_memory BUNDLE --json` wrote. The model is a random-initialised",
-        "Qwen2-VL-2B-architecture base after two LoRA steps at 448 px: right for size, memory, speed and parity, not",
-        "for quality. ONNX Runtime on this machine's CPU; TensorRT was not run (the memory table is",
-        "`export.engine_memory`'s estimate).",
+        f"Rendered by `python -m bench.scale_report {' '.join(sources)}` from the files",
+        f"`{' '.join(scale['command'])}` (commit `{_short(scale['commit'])}`),",
+        "`python -m export.engine_memory BUNDLE --json` and `python -m bench.int8_gate` wrote. The model is a",
+        "random-initialised Qwen2-VL-2B-architecture base after two LoRA steps at 448 px: right for size, memory,",
+        "speed and parity, not for quality. ONNX Runtime on this machine's CPU; TensorRT was not run (the memory",
+        "table is `export.engine_memory`'s estimate).",
         "",
         "## Bundle",
         "",
@@ -53,6 +54,7 @@ def render(scale: dict[str, Any], memory: dict[str, Any], sources: tuple[str, st
     lines += [f"| {s['name']} | {s['seconds']:.0f} | {_gib(s['peak_rss'])} |" for s in export["stages"]]
     lines += _runtime(scale)
     lines += _memory(memory)
+    lines += _int8(int8)
     return "\n".join(lines) + "\n"
 
 
@@ -94,15 +96,46 @@ def _memory(memory: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _int8(int8: dict[str, Any]) -> list[str]:
+    command = " ".join(int8["command"])
+    lines = [
+        "",
+        "## int8 Q/DQ through the gate",
+        "",
+        f"`{command}` (commit `{_short(int8['commit'])}`): export and gate {int8['wall_s']:.0f} s, peak RSS",
+        f"{_gib(int8['peak_rss_bytes'])} GiB. Min cosine against PyTorch on the gate's two input sets; the top-1 part",
+        "of the bar was not run at this size (`--agreement-pairs 0`).",
+        "",
+        "| pipeline | inputs | min cosine | bar | passed |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    rows = [r for r in int8["parity"] if r["precision"] == "int8"]
+    lines += [
+        f"| {r['graph']} | {r['inputs']} | {r['min_cosine']:.4f} | {r['bar']} | {'yes' if r['passed'] else 'no'} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        "| graph | MatMuls in int8 | kept in float | share of MatMul weights in float |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {name} | {g['int8_matmuls']} | {g['float_matmuls']} | {g['float_weight_share']:.1%} |"
+        for name, g in int8["int8_graphs"].items()
+        if g["int8_matmuls"] or g["float_matmuls"]
+    ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scale_report", description=__doc__.split("\n\n")[0])
     p.add_argument("scale", type=Path, help="scale.json written by bench.scale")
     p.add_argument("memory", type=Path, help="the JSON written by export.engine_memory --json")
+    p.add_argument("int8", type=Path, help="the JSON written by bench.int8_gate --json")
     p.add_argument("-o", "--out", type=Path, help="write here (default: print)")
     args = p.parse_args(argv)
-    page = render(
-        json.loads(args.scale.read_text()), json.loads(args.memory.read_text()), (str(args.scale), str(args.memory))
-    )
+    files = (args.scale, args.memory, args.int8)
+    page = render(*(json.loads(f.read_text()) for f in files), tuple(map(str, files)))
     if args.out:
         args.out.write_text(page)
     else:

@@ -12,14 +12,12 @@ from bench import results_report
 from bench.scale_report import render
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-SCALE_SOURCES = ("scale-2b.json", "engine-memory-2b.json")
+SCALE_SOURCES = ("scale-2b.json", "engine-memory-2b.json", "int8-2b.json")
 
 
 def test_the_2b_scale_page_is_what_its_json_files_render():
-    scale, memory = (DOCS / name for name in SCALE_SOURCES)
-    page = render(
-        json.loads(scale.read_text()), json.loads(memory.read_text()), (f"docs/{scale.name}", f"docs/{memory.name}")
-    )
+    files = [DOCS / name for name in SCALE_SOURCES]
+    page = render(*(json.loads(f.read_text()) for f in files), tuple(f"docs/{f.name}" for f in files))
     assert (DOCS / "scale-2b.md").read_text() == page
 
 
