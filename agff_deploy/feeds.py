@@ -103,7 +103,8 @@ def language_feed(feed: Feed, image_features: np.ndarray | None = None, hidden: 
     }
 
 
-# The placeholder patch grid of a text item: one merge block, so the graph's integer divisions by its size are safe.
+# The placeholder patch grid of a text item, two patches a side (a whole merge block at Qwen2-VL's merge of 2): the
+# graph divides by the image's size in tokens, which must not be 0 even where no token reads it.
 TEXT_GRID = 2
 
 
