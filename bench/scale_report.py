@@ -135,12 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", type=Path, help="write here (default: print)")
     args = p.parse_args(argv)
     files = (args.scale, args.memory, args.int8)
-    page = render(*(json.loads(f.read_text()) for f in files), tuple(map(str, files)))
-    if args.out:
-        args.out.write_text(page)
+    write_page(render(*(json.loads(f.read_text()) for f in files), tuple(map(str, files))), args.out)
+    return 0
+
+
+def write_page(page: str, out: Path | None) -> None:
+    """The rendered page to `out`, or to stdout without one."""
+    if out:
+        out.write_text(page)
     else:
         print(page, end="")
-    return 0
 
 
 if __name__ == "__main__":

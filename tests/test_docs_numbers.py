@@ -8,17 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from bench import results_report
+from bench import native_report, results_report
 from bench.scale_report import render
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SCALE_SOURCES = ("scale-2b.json", "engine-memory-2b.json", "int8-2b.json")
+NATIVE_SOURCES = ("bucketing.json", "native-cost-2b.json")
 
 
 def test_the_2b_scale_page_is_what_its_json_files_render():
     files = [DOCS / name for name in SCALE_SOURCES]
     page = render(*(json.loads(f.read_text()) for f in files), tuple(f"docs/{f.name}" for f in files))
     assert (DOCS / "scale-2b.md").read_text() == page
+
+
+def test_the_native_resolution_page_is_what_its_json_files_render():
+    files = [DOCS / name for name in NATIVE_SOURCES]
+    page = native_report.render(*(json.loads(f.read_text()) for f in files), tuple(f"docs/{f.name}" for f in files))
+    assert (DOCS / "native-resolution.md").read_text() == page
 
 
 def test_the_results_page_is_what_its_json_files_render():
@@ -31,7 +38,7 @@ def test_every_file_the_results_page_is_rendered_from_is_there():
 
 
 def test_every_json_file_in_docs_is_rendered_into_a_page():
-    rendered = {source.name for source in results_report.SOURCES} | set(SCALE_SOURCES)
+    rendered = {source.name for source in results_report.SOURCES} | set(SCALE_SOURCES) | set(NATIVE_SOURCES)
     assert {path.name for path in DOCS.glob("*.json")} == rendered
 
 
