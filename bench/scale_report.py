@@ -21,7 +21,7 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.2f}"
 
 
-def _short(commit: str) -> str:
+def short_commit(commit: str) -> str:
     """A commit as `git describe --dirty` gives it, the hash cut to 12 characters."""
     head, dirty, _ = commit.partition("-dirty")
     return head[:12] + dirty
@@ -32,7 +32,7 @@ def render(scale: dict[str, Any], memory: dict[str, Any], int8: dict[str, Any], 
         "# A 2B model in the vision + language layout, measured",
         "",
         f"Rendered by `python -m bench.scale_report {' '.join(sources)}` from the files",
-        f"`{' '.join(scale['command'])}` (commit `{_short(scale['commit'])}`),",
+        f"`{' '.join(scale['command'])}` (commit `{short_commit(scale['commit'])}`),",
         "`python -m export.engine_memory BUNDLE --json` and `python -m bench.int8_gate` wrote. The model is a",
         "random-initialised Qwen2-VL-2B-architecture base after two LoRA steps at 448 px: right for size, memory,",
         "speed and parity, not for quality. ONNX Runtime on this machine's CPU; TensorRT was not run (the memory",
@@ -102,7 +102,7 @@ def _int8(int8: dict[str, Any]) -> list[str]:
         "",
         "## int8 Q/DQ through the gate",
         "",
-        f"`{command}` (commit `{_short(int8['commit'])}`): export and gate {int8['wall_s']:.0f} s, peak RSS",
+        f"`{command}` (commit `{short_commit(int8['commit'])}`): export and gate {int8['wall_s']:.0f} s, peak RSS",
         f"{_gib(int8['peak_rss_bytes'])} GiB. Min cosine against PyTorch on the gate's two input sets; the top-1 part",
         "of the bar was not run at this size (`--agreement-pairs 0`).",
         "",
