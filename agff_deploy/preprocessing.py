@@ -61,9 +61,6 @@ class ImagePreprocessor:
         """uint8 `[..., H, W, 3]` -> float32 `[..., 3, H, W]`."""
         return normalize(pixels, self.mean, self.std)
 
-    def __call__(self, images: list[Image.Image]) -> np.ndarray:
-        return self.normalize(np.stack([self.resize(im) for im in images]))
-
     def to_hf_dict(self, patch_size: int, merge_size: int) -> dict:
         """Qwen2-VL processor settings that reproduce this preprocessing at the fixed size."""
         pixels = self.height * self.width
