@@ -29,7 +29,6 @@ from .config import CONFIG_FILE, AGFFConfig
 from .errors import ArtifactError, MissingFileError
 from .inputs import ItemEncoder
 from .model import AGFFEmbedder
-from .preprocessing import ImagePreprocessor, NativePreprocessor
 from .tokenization import TOKENIZER_FILE, ChatFormatter, write_tokenizer_files
 from .weights import INDEX_FILE, SINGLE_FILE, iter_weights, weight_files, write_weights
 
@@ -82,7 +81,7 @@ def write_model_files(
     config.save(folder)
     write_weights(folder, model.state_dict().items() if weights is None else weights, metadata)
     write_tokenizer_files(tokenizer, folder)
-    image_preprocessor(config).save(folder, config.patch_size, config.merge_size)
+    config.image_format().preprocessor().save(folder, config.patch_size, config.merge_size)
 
 
 def save_checkpoint(model: AGFFEmbedder, tokenizer: Tokenizer, folder: str | Path) -> Path:
@@ -135,14 +134,4 @@ def item_encoder(config: AGFFConfig, tokenizer: Tokenizer) -> ItemEncoder:
     formatter = ChatFormatter(
         tokenizer, config.num_image_tokens, config.max_text_tokens, config.chat_head, config.chat_tail
     )
-    return ItemEncoder(
-        formatter, image_preprocessor(config), config.patch_size, config.merge_size, config.image_size[0]
-    )
-
-
-def image_preprocessor(config: AGFFConfig) -> ImagePreprocessor | NativePreprocessor:
-    """The model's preprocessing: native resolution, or the fixed size with the same normalisation."""
-    settings = config.native_settings
-    if config.native:
-        return NativePreprocessor(settings)
-    return ImagePreprocessor(*config.image_size, mean=settings.mean, std=settings.std)
+    return ItemEncoder.for_images(formatter, config.image_format())

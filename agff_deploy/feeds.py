@@ -8,17 +8,20 @@ all build their feeds here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from .contract import ATTENTION_MASK, IMAGE_FEATURES, IMAGE_GRID, INPUT_IDS, PIXEL_VALUES, VISION_ENCODER, Feed
+from .manifest import ImageFormat
 from .patches import PatchBatch, patch_batch
 from .preprocessing import ImagePreprocessor, NativePreprocessor
 from .scenes import Scene
 from .tokenization import ChatFormatter
 
 ImageLike = np.ndarray | Image.Image
+_EncoderT = TypeVar("_EncoderT", bound="FeedEncoder")
 
 
 class FeedEncoder:
@@ -35,6 +38,11 @@ class FeedEncoder:
         self.patch_size = patch_size
         self.merge_size = merge_size
         self.scene_size = scene_size  # the side the built-in scenes are drawn at for this model
+
+    @classmethod
+    def for_images(cls: type[_EncoderT], formatter: ChatFormatter, image: ImageFormat) -> _EncoderT:
+        """The encoder of a model whose images are `image` (a config's `image_format()` or a manifest's)."""
+        return cls(formatter, image.preprocessor(), image.patch_size, image.merge_size, image.size[0])
 
     def render(self, scenes: Sequence[Scene], mixed_aspects: bool = False) -> list[np.ndarray]:
         """Built-in scenes as images for this model. At native resolution `mixed_aspects` cuts them to a square, a

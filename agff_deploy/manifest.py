@@ -27,6 +27,7 @@ from typing import Any
 from . import __version__
 from .contract import PRECISIONS, TensorSpec, model_sizes
 from .errors import ArtifactError, MissingFileError, NotInBundleError
+from .preprocessing import ImagePreprocessor, NativeImageSettings, NativePreprocessor
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "agff-bundle"
@@ -67,6 +68,21 @@ class ImageFormat:
     min_pixels: int
     max_pixels: int
     max_ratio: float
+
+    def preprocessor(self) -> ImagePreprocessor | NativePreprocessor:
+        """The preprocessing these images take: native resolution, or the fixed size with the same normalisation."""
+        if self.resize == "fixed":
+            return ImagePreprocessor(*self.size, mean=self.mean, std=self.std)
+        settings = NativeImageSettings(
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+            patch_size=self.patch_size,
+            merge_size=self.merge_size,
+            mean=self.mean,
+            std=self.std,
+            max_ratio=self.max_ratio,
+        )
+        return NativePreprocessor(settings)
 
 
 @dataclass(frozen=True)

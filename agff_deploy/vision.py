@@ -29,7 +29,9 @@ def patch_embedding(visual: nn.Module, patches: torch.Tensor) -> torch.Tensor:
     return torch.matmul(patches.to(weight.dtype), weight.t())
 
 
-def patch_positions(grid: torch.Tensor, num_patches: int, merge: int) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_positions(
+    grid: torch.Tensor, num_patches: int, merge: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row and column `[B, P]` of each patch slot, and `[B, P]` whether it holds a patch of the image.
 
     Patch p of an image `grid[b] = (h, w)` sits in merge block p // merge**2 (blocks row-major over the

@@ -16,7 +16,6 @@ import numpy as np
 from agff_deploy.config import AGFFConfig
 from agff_deploy.feeds import FeedEncoder
 from agff_deploy.manifest import ImageFormat, Manifest
-from agff_deploy.preprocessing import ImagePreprocessor, NativeImageSettings, NativePreprocessor
 from agff_deploy.tokenization import ChatFormatter
 
 
@@ -67,29 +66,13 @@ class ModelSpec:
             **fusion,
         )
 
-    def preprocessor(self) -> ImagePreprocessor | NativePreprocessor:
-        image = self.image
-        if image.resize == "native":
-            settings = NativeImageSettings(
-                min_pixels=image.min_pixels,
-                max_pixels=image.max_pixels,
-                patch_size=image.patch_size,
-                merge_size=image.merge_size,
-                mean=image.mean,
-                std=image.std,
-                max_ratio=image.max_ratio,
-            )
-            return NativePreprocessor(settings)
-        return ImagePreprocessor(*image.size, mean=image.mean, std=image.std)
-
     def formatter(self) -> ChatFormatter:
         return ChatFormatter.from_file(
             self.tokenizer_file, self.image.num_image_tokens, self.max_text_tokens, self.chat_head, self.chat_tail
         )
 
     def feed_encoder(self) -> FeedEncoder:
-        image = self.image
-        return FeedEncoder(self.formatter(), self.preprocessor(), image.patch_size, image.merge_size, image.size[0])
+        return FeedEncoder.for_images(self.formatter(), self.image)
 
     @property
     def bias(self) -> np.ndarray:
