@@ -80,6 +80,9 @@ def causal_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> t
     return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
+MIN_TEMPERATURE = 0.01  # the learned temperature's floor: below it one pair's score swamps a batch's softmax
+
+
 class AGFFEmbedder(nn.Module):
     """Image, text or image+instruction -> `[B, K+1, D]` L2-normalised embeddings."""
 
@@ -107,7 +110,7 @@ class AGFFEmbedder(nn.Module):
 
     @property
     def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp().clamp(min=0.01)
+        return self.log_temperature.exp().clamp(min=MIN_TEMPERATURE)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute every vision and language block in backward instead of storing its activations.

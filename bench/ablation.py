@@ -19,7 +19,7 @@ differences variant minus reference seed by seed, in points, their mean and 95% 
 A run folder OUT/<variant>-seed<S> is reused when it reached the steps and its command.json holds the current
 training arguments; otherwise it is trained afresh. Prints a line per run, the per-variant and paired tables
 (`markdown_tables`), writes OUT/ablation.json (runs and summary as fractions 0..1, paired differences in points)
-and the per-pattern chart OUT/ablation.png.
+and the per-pattern chart OUT/ablation.png (skipped, said before the first run, when matplotlib is missing).
 
 Run: python -m bench.ablation --seeds 0 1 2 3 4 --eval-seeds 13 17 --variants baseline agff agff+ega --out ablation/
 """
@@ -34,6 +34,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, help="as for train.run")
     p.add_argument("--freeze-backbone", action="store_true", help="as for train.run")
     p.add_argument("--image-size", type=int, help="as for train.run")
+    p.add_argument("--batch-size", type=int, help="as for train.run")
+    p.add_argument("--temperature", type=float, help="as for train.run")
+    p.add_argument("--fixed-temperature", action="store_true", help="as for train.run")
     p.add_argument("--pairs-per-pattern", type=int, default=150)
     p.add_argument("--jobs", type=int, default=2, help="trainings run side by side, sharing the CPU cores")
     p.add_argument("--out", type=Path, default=Path("ablation"))
@@ -135,11 +139,11 @@ def training_args(variant: str, seed: int, args: argparse.Namespace) -> list[str
     flags += ["--ega-alpha", str(args.alpha) if kind.ega else "0"]
     if kind.text_init:
         flags += ["--prompt-init", "aspects"]
-    given = {"--base": args.base, "--lora-rank": args.lora_rank, "--image-size": args.image_size}
+    given = {"--base": args.base, "--lora-rank": args.lora_rank, "--image-size": args.image_size,
+             "--batch-size": args.batch_size, "--temperature": args.temperature}  # fmt: skip
     flags += [text for flag, value in given.items() if value is not None for text in (flag, str(value))]
-    if args.freeze_backbone:
-        flags.append("--freeze-backbone")
-    return flags
+    switches = {"--freeze-backbone": args.freeze_backbone, "--fixed-temperature": args.fixed_temperature}
+    return flags + [flag for flag, on in switches.items() if on]
 
 
 def reusable(folder: Path, command: list[str], steps: int) -> bool:
@@ -312,9 +316,11 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Every setting of the comparison (num_fine, base, lora_rank, image_size: None = train.run's own)."""
+    """Every setting of the comparison (num_fine, base, lora_rank, image_size, batch_size, temperature: None =
+    train.run's own)."""
     names = ("seeds", "eval_seeds", "variants", "num_fine", "alpha", "steps", "lr", "tasks", "preset", "base",
-             "lora_rank", "freeze_backbone", "image_size", "pairs_per_pattern")  # fmt: skip
+             "lora_rank", "freeze_backbone", "image_size", "batch_size", "temperature", "fixed_temperature",
+             "pairs_per_pattern")  # fmt: skip
     return {**{name: getattr(args, name) for name in names}, "reference": args.variants[0]}
 
 
@@ -325,6 +331,10 @@ def _write_json(path: Path, value: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    charted = find_spec("matplotlib") is not None
+    if not charted:
+        print("warning: matplotlib is not installed; the tables and ablation.json will be written, the chart "
+              "skipped (pip install 'agff-deploy[plot]' for it)", flush=True)  # fmt: skip
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = run_all(args, started)
@@ -343,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     size = f"{len(args.variants)} variants x {len(args.seeds)} training seeds x {len(args.eval_seeds)} evaluation seeds"
     print(f"ablation wall time: {wall / 60:.1f} min ({size}, {args.steps} steps)")
     _write_json(args.out / "ablation.json", report)
+    if not charted:
+        return
     chart = {v: {p: s["mean"] for p, s in summary[v]["per_pattern"].items()} for v in args.variants}
     title = f"synthetic-mmvp pair accuracy, mean of {len(args.seeds)} training seeds"
     pattern_bar_chart(chart, args.out / "ablation.png", title)

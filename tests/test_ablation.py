@@ -112,9 +112,17 @@ def test_base_lora_and_frozen_backbone_pass_through_to_every_variant():
         assert "--freeze-backbone" in command
 
 
+def test_batch_size_and_a_fixed_temperature_pass_through():
+    command = _command("agff", "--batch-size", "256", "--temperature", "0.02", "--fixed-temperature")
+    assert (_value(command, "--batch-size"), _value(command, "--temperature")) == ("256", "0.02")
+    assert "--fixed-temperature" in command
+
+
 def test_nothing_optional_is_passed_unless_given():
-    command = _command("agff")
-    assert not {"--base", "--lora-rank", "--freeze-backbone", "--image-size", "--prompt-init"} & set(command)
+    command = set(_command("agff"))
+    optional = {"--base", "--lora-rank", "--freeze-backbone", "--image-size", "--prompt-init", "--batch-size",
+                "--temperature", "--fixed-temperature"}  # fmt: skip
+    assert not optional & command
 
 
 @pytest.fixture
@@ -218,3 +226,22 @@ def test_an_ablation_on_the_tiny_preset_writes_every_run_and_the_paired_differen
     assert saved == training_args("agff", 1, parse_args(argv))
     assert (tmp_path / "ablation.png").stat().st_size > 0
     assert markdown_tables(report) in capsys.readouterr().out
+
+
+def test_without_matplotlib_the_tables_and_json_are_written_and_the_chart_skipped(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("bench.ablation.find_spec", lambda name: None if name == "matplotlib" else object())
+    monkeypatch.setattr("bench.ablation.run_all", lambda args, started: _runs(args.seeds, args.eval_seeds))
+    main(["--seeds", "0", "1", "--eval-seeds", "7", "8", "--variants", "baseline", "agff", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert printed.startswith("warning: matplotlib is not installed; the tables and ablation.json will be written")
+    assert json.loads((tmp_path / "ablation.json").read_text())["paired"]["agff - baseline"]["mmvp"]["mean"] == 10.0
+    assert not (tmp_path / "ablation.png").exists()
+
+
+def _runs(seeds, eval_seeds):
+    """Evaluations in which agff scores 10 points of MMVP above the baseline at every seed."""
+    return [
+        {"variant": variant, "seed": seed, "eval_seed": e, "mmvp": mmvp, "i2t_r1": 0.5, "t2i_r1": 0.5,
+         "per_pattern": {"colour": mmvp}}
+        for variant, mmvp in (("baseline", 0.3), ("agff", 0.4)) for seed in seeds for e in eval_seeds
+    ]  # fmt: skip

@@ -1,9 +1,10 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from train.ega import amplified_probabilities, ega_cross_entropy, ega_loss
+from train.ega import amplified_probabilities, ega_cross_entropy, ega_loss, hard_negative_share
 
 
 def logits(seed=0, n=8):
@@ -80,3 +81,20 @@ def test_duplicate_candidates_get_no_gradient_as_negatives():
     grad = grad_of(lambda x: ega_loss(x, torch.tensor(0.05, dtype=torch.float64), 1.0, same), s)
     assert grad[0, 3].item() == 0 and grad[3, 0].item() == 0
     assert grad[0, 4].item() != 0
+
+
+def test_a_negative_within_half_the_positives_probability_counts_as_hard():
+    # row 0: p_01 / p_00 = e^-0.5 > 0.5 (hard), p_02 / p_00 = e^-1 < 0.5 (easy); row 1: one hard of two;
+    # row 2: its positive is lowest, both negatives hard
+    z = torch.tensor([[2.0, 1.5, 1.0], [0.0, 1.0, 0.5], [3.0, 3.0, 0.0]])
+    assert hard_negative_share(z).item() == pytest.approx(4 / 6)
+
+
+def test_masked_pairs_are_neither_hard_nor_counted_as_negatives():
+    z = torch.tensor([[2.0, 1.9, float("-inf")], [0.0, 1.0, -5.0]])  # hard: only (0, 1), of 3 negatives
+    assert hard_negative_share(z).item() == pytest.approx(1 / 3)
+
+
+def test_hardness_is_measured_against_each_rows_own_positive_column():
+    z = torch.tensor([[4.8, 5.0, 2.0], [1.0, 0.0, 5.0]])  # a rank's rows 1 and 2 of a batch of 3: offset 1
+    assert hard_negative_share(z, offset=1).item() == pytest.approx(1 / 4)  # 3 / 4 were the diagonal its positives

@@ -1,10 +1,12 @@
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from agff_deploy.checkpoint import WEIGHTS_FILE, load_checkpoint
+from agff_deploy.errors import InputError
 from train.run import main
 from train.trainer import LOG_FILE, STATE_FILE, Trainer, TrainSettings, learning_rate
 
@@ -43,6 +45,27 @@ def test_training_lowers_the_loss_on_built_in_scenes(tmp_path):
     trainer = Trainer.create(tiny(tmp_path, steps=40, batch_size=16, lr=3e-3, warmup=5))
     losses = [trainer.train_step() for _ in range(40)]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2
+
+
+def test_a_fixed_temperature_stays_where_it_starts_while_a_learned_one_moves(tmp_path):
+    fixed = Trainer.create(tiny(tmp_path / "fixed", temperature=0.02, fixed_temperature=True, steps=3))
+    learned = Trainer.create(tiny(tmp_path / "learned", temperature=0.02, steps=3))
+    for trainer in (fixed, learned):
+        trainer.run()
+    start = torch.tensor(math.log(0.02))  # float32, as the parameter holds it
+    assert torch.equal(fixed.model.log_temperature.detach(), start)
+    assert not torch.equal(learned.model.log_temperature.detach(), start)
+
+
+def test_a_temperature_below_the_models_floor_is_refused(tmp_path):
+    with pytest.raises(InputError, match="--temperature 0.005: the model holds it at 0.01 or above"):
+        Trainer.create(tiny(tmp_path, temperature=0.005))
+
+
+def test_the_log_records_each_steps_share_of_hard_negatives(tmp_path):
+    Trainer.create(tiny(tmp_path, steps=2)).run()
+    shares = [json.loads(line)["hard_share"] for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert len(shares) == 2 and all(0.0 <= share <= 1.0 for share in shares)
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth():

@@ -13,7 +13,7 @@ from agff_deploy.inputs import ItemEncoder, ModelInputs
 from agff_deploy.model import AGFFEmbedder
 
 from .distributed import Replica
-from .ega import sharded_ega_loss
+from .ega import contrastive_logits, hard_negative_share, symmetric_ega_loss
 from .pairs import Pair, load_image
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,6 +79,7 @@ class ContrastiveStep(nn.Module):
         self.encoder = encoder
         self.replica = replica
         self.device = device
+        self.hard_share: float | None = None  # the last loss's share of hard negatives (this rank's rows), logged
 
     def prepare(self, batch: Sequence[Pair]) -> Shard:
         return Shard.of(batch, self.replica, self.device)
@@ -111,8 +112,15 @@ class ContrastiveStep(nn.Module):
             # this rank's columns of S: every query against its candidates (not S(c, q): the fusion biases
             # global->fine and fine->global differently, so the similarity is not symmetric)
             columns = rows.T if not self.replica.distributed else self.model.similarity(all_queries, candidates).T
-            alpha = self.model.config.ega_alpha
-            return sharded_ega_loss(rows, columns, self.model.temperature, alpha, shard.same, shard.offset)
+            row_logits, column_logits = contrastive_logits(
+                rows, columns, self.model.temperature, shard.same, shard.offset
+            )
+            with torch.no_grad():
+                self.hard_share = float(
+                    (hard_negative_share(row_logits, shard.offset) + hard_negative_share(column_logits, shard.offset))
+                    / 2
+                )
+            return symmetric_ega_loss(row_logits, column_logits, self.model.config.ega_alpha, shard.offset)
 
     def _embed_side(self, items: Items) -> torch.Tensor:
         def run(inputs: ModelInputs) -> torch.Tensor:

@@ -23,6 +23,8 @@ the single-process loss.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -94,13 +96,42 @@ def sharded_ega_loss(
     is the global `[B, B]` mask of pairs that are not negatives. With b = B
     and `columns = rows.T` this is the single-process loss.
     """
+    row_logits, column_logits = contrastive_logits(rows, columns, temperature, same, offset)
+    return symmetric_ega_loss(row_logits, column_logits, alpha, offset)
+
+
+def contrastive_logits(
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    temperature: torch.Tensor,
+    same: torch.Tensor | None = None,
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both directions' `[b, B]` logits as `sharded_ega_loss` takes them, pairs that are not negatives at -inf."""
     b = rows.shape[0]
     row_logits = rows / temperature
     column_logits = columns / temperature
     if same is not None:
         row_logits = _mask_non_negatives(row_logits, same[offset : offset + b], offset)
         column_logits = _mask_non_negatives(column_logits, same[:, offset : offset + b].T, offset)
+    return row_logits, column_logits
+
+
+def symmetric_ega_loss(
+    row_logits: torch.Tensor, column_logits: torch.Tensor, alpha: float, offset: int = 0
+) -> torch.Tensor:
     return 0.5 * (ega_cross_entropy(row_logits, alpha, offset) + ega_cross_entropy(column_logits, alpha, offset))
+
+
+def hard_negative_share(logits: torch.Tensor, offset: int = 0, ratio: float = 0.5) -> torch.Tensor:
+    """The share of true negatives j of row i with p_ij / p_ii > `ratio`: those EGA amplifies by more than
+    1 + alpha * ratio. Tells whether a run's negatives are hard for the model when EGA would act, and how
+    that moves with the temperature (a learned one can sharpen until no negative stays close)."""
+    is_positive = positive_mask(logits, offset)
+    positive = logits[is_positive].unsqueeze(1)
+    negative = ~is_positive & torch.isfinite(logits)
+    hard = negative & (logits - positive > math.log(ratio))
+    return hard.sum() / negative.sum().clamp_min(1)
 
 
 def _mask_non_negatives(logits: torch.Tensor, same: torch.Tensor, offset: int) -> torch.Tensor:

@@ -76,6 +76,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "'the colour', 'how many', 'where'",
     )
     p.add_argument(
+        "--temperature",
+        type=float,
+        help="the contrastive softmax temperature's start (default: the preset's, 0.05 for the built-in ones)",
+    )
+    p.add_argument(
+        "--fixed-temperature",
+        action="store_true",
+        default=None,
+        help="hold the temperature at --temperature instead of learning it (embedding recipes of this family "
+        "fix it at 0.02-0.05)",
+    )
+    p.add_argument(
         "--gradient-checkpointing",
         action="store_true",
         default=None,

@@ -38,7 +38,7 @@ from agff_deploy.checkpoint import (
 )
 from agff_deploy.config import IMAGE_RESIZE_MODES
 from agff_deploy.errors import ArtifactError, InputError, MissingFileError
-from agff_deploy.model import AGFFEmbedder, load_base_folder
+from agff_deploy.model import MIN_TEMPERATURE, AGFFEmbedder, load_base_folder
 from agff_deploy.preprocessing import NativeImageSettings
 from agff_deploy.presets import local_tokenizer, preset_config
 from agff_deploy.prompts import ASPECT_TEXTS
@@ -91,6 +91,8 @@ class TrainSettings:
     objective: str = "contrastive"  # or "lm": generative pretraining into a base folder (train.generative)
     freeze_backbone: bool = False
     prompt_init: str = "random"  # or "aspects": fine prompt k starts at the embedding of ASPECT_TEXTS[k]
+    temperature: float | None = None  # the contrastive temperature's start (default: the preset's)
+    fixed_temperature: bool = False  # hold it there instead of learning it
 
     def check(self) -> None:
         """Refuse combinations that would silently train something else than asked."""
@@ -102,11 +104,14 @@ class TrainSettings:
             raise InputError(f"--image-resize {self.image_resize!r}: choose one of {', '.join(IMAGE_RESIZE_MODES)}")
         if self.image_resize == "native" and self.image_size:
             raise InputError("--image-size is the fixed square size; drop it for --image-resize native")
+        if self.temperature is not None and self.temperature < MIN_TEMPERATURE:
+            raise InputError(f"--temperature {self.temperature}: the model holds it at {MIN_TEMPERATURE} or above")
         if self.freeze_backbone and self.lora_rank:
             raise InputError("--freeze-backbone and --lora-rank both set: LoRA already freezes the backbone")
         if self.objective == "lm":
             options = {"--lora-rank": self.lora_rank, "--freeze-backbone": self.freeze_backbone,
-                       "--chunk-size": self.chunk_size, "--data": self.data}  # fmt: skip
+                       "--chunk-size": self.chunk_size, "--data": self.data,
+                       "--fixed-temperature": self.fixed_temperature}  # fmt: skip
             given = [flag for flag, value in options.items() if value]
             if given:
                 raise InputError(
@@ -159,7 +164,7 @@ class Trainer:
 
     def _choose_trained_parameters(self) -> None:
         """Pretraining trains the backbone alone; fine-tuning trains everything, or with the backbone frozen
-        (or LoRA-adapted) the prompts, fusion and temperature (and the adapters)."""
+        (or LoRA-adapted) the prompts, fusion and temperature (and the adapters). A fixed temperature never trains."""
         s = self.settings
         if s.objective == "lm":
             for name, param in self.model.named_parameters():
@@ -168,6 +173,8 @@ class Trainer:
             add_lora(self.model, s.lora_rank)
         elif s.freeze_backbone:
             self.model.mllm.requires_grad_(False)
+        if s.fixed_temperature:
+            self.model.log_temperature.requires_grad_(False)
 
     def _may_leave_parameters_unused(self) -> bool:
         """K = 0 never uses the fusion, and a shard of --data rows may hold no image for the vision tower
@@ -190,6 +197,7 @@ class Trainer:
             "ega_alpha": settings.ega_alpha,
             "image_size": (settings.image_size,) * 2 if settings.image_size else None,
             "max_text_tokens": settings.max_text_tokens,
+            "temperature": settings.temperature,
         }
         if settings.base:
             base_model = load_base_folder(settings.base)
@@ -310,14 +318,16 @@ class Trainer:
         (self.out / LOG_FILE).unlink(missing_ok=True)
 
     def _log_row(self, loss: float) -> dict:
-        return {
+        row = {
             "step": self.step,
             "loss": round(loss, 5),
             "lr": learning_rate(self.settings, self.step - 1),
             "temperature": round(self.model.temperature.item(), 5),
             "t_f": round(self.model.fusion.t_f.item(), 5),
-            "time": round(time.time(), 3),
         }
+        if isinstance(self.objective, ContrastiveStep) and self.objective.hard_share is not None:
+            row["hard_share"] = round(self.objective.hard_share, 5)
+        return {**row, "time": round(time.time(), 3)}
 
     def save(self) -> None:
         """Weights, optimizer moments and state, moved into place with the state file last (by rank 0 alone:
