@@ -62,7 +62,7 @@ class AGFFConfig:
     t_f: float = 0.05
     pattern_bias: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     temperature: float = 0.05
-    ega_alpha: float = 1.0
+    ega_alpha: float = 0.0  # EGA off: it did not help where measured (docs/results.md); --ega-alpha 1 turns it on
     max_text_tokens: int = 64
     image_resize: str = "fixed"
     image_settings: dict[str, Any] = field(default_factory=dict)

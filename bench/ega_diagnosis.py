@@ -5,9 +5,9 @@ EGA multiplies the gradient of a negative j of row i by up to 1 + alpha as its r
 nears 1. Three things decide whether that can matter:
 
     temperature   a learned temperature can sharpen the softmax until hard negatives dominate the gradient
-                  anyway; a fixed one (0.02-0.05, as embedding recipes of this family use) cannot
+                  anyway; a fixed one (QQMM-embed's released code holds 0.02) cannot
     hardness      the share of negatives with p_ij / p_ii > 0.5 (logged per step as `hard_share`): if almost
-                  none are hard when EGA acts, there is nothing to amplify
+                  none are hard, there is nothing to amplify
     batch         more pairs per batch, more near-twins per row
 
 Every setting is the `agff` recipe of `bench.ablation` (same flags) with one change, trained on one tuning seed
@@ -18,7 +18,7 @@ and evaluated on the evaluation seeds given, which nothing reported may share. T
     batch-N-alpha-A    batch N for each N of --batches, alpha 0 and --alpha
 
 Writes OUT/ega-diagnosis.json (per run: metrics, per-pattern accuracy, the hard-negative share and temperature
-averaged over each tenth of training) and OUT/hard-negatives.png.
+averaged over each tenth of training) and the chart of the share, OUT/ega-diagnosis.png.
 
 Run: python -m bench.ega_diagnosis --base base-lm --steps 1000 --seed 100 --eval-seeds 200 201 --out diagnosis/
 """
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agff_deploy.errors import ArtifactError
 from agff_deploy.provenance import provenance
 from bench.ablation import DEMO, _write_json, evaluate_run, seed_values, train, training_args
 from train.trainer import LOG_FILE
@@ -65,7 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pairs-per-pattern", type=int, default=150)
     p.add_argument("--jobs", type=int, default=2, help="trainings run side by side, sharing the CPU cores")
     p.add_argument("--out", type=Path, default=Path("diagnosis"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.alpha not in args.alphas or 0 not in args.alphas:
+        p.error(f"--alphas must hold 0 and --alpha {args.alpha:g}: their learned-temperature runs are the references")
+    return args
 
 
 def settings_grid(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -95,8 +99,13 @@ def run_command(args: argparse.Namespace, change: dict[str, Any]) -> list[str]:
 
 
 def training_curves(folder: Path, windows: int = WINDOWS) -> dict[str, list[float]]:
-    """The logged hard-negative share and temperature, each averaged over `windows` equal spans of the run."""
-    rows = [json.loads(line) for line in (folder / LOG_FILE).read_text().splitlines()]
+    """The logged hard-negative share and temperature, each averaged over `windows` equal spans of the run
+    (a step logged twice, by a run resumed from an earlier save, counts once: its last row)."""
+    log = folder / LOG_FILE
+    by_step = {row["step"]: row for row in map(json.loads, log.read_text().splitlines())}
+    rows = [by_step[step] for step in sorted(by_step)]
+    if not rows or "hard_share" not in rows[-1]:
+        raise ArtifactError(f"{log} logs no hard_share (written before it was logged?): delete {folder} to retrain")
     spans = np.array_split(np.arange(len(rows)), min(windows, len(rows)))
     return {
         key: [float(np.mean([rows[i][key] for i in span])) for span in spans]
@@ -134,9 +143,9 @@ def _line(run: dict[str, Any], elapsed: float) -> str:
 
 
 def markdown_table(runs: list[dict[str, Any]]) -> str:
-    """One row per run: its metrics, the temperature it ended at, and the hard-negative share early, midway, late."""
-    head = ["run", "MMVP mean", "global i2t R@1", "global t2i R@1", "final temperature",
-            "hard share, first tenth", "middle", "last tenth"]  # fmt: skip
+    """One row per run: its metrics, its temperature at the end, and its hard-negative share early, midway, late."""
+    head = ["run", "MMVP mean", "global i2t R@1", "global t2i R@1", "temperature, last tenth",
+            "hard share, first tenth", "sixth tenth", "last tenth"]  # fmt: skip
     rows = []
     for run in runs:
         share = run["curves"]["hard_share"]
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_table(runs))
     _write_json(args.out / "ega-diagnosis.json", report)
     if charted:
-        hardness_chart(runs, args.out / "hard-negatives.png", args.steps)
+        hardness_chart(runs, args.out / "ega-diagnosis.png", args.steps)
 
 
 if __name__ == "__main__":

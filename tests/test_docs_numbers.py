@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agff_deploy.config import AGFFConfig
 from bench import native_report, results_report
 from bench.scale_report import render
 
@@ -48,8 +49,18 @@ def test_a_missing_file_stops_the_render(tmp_path):
 
 
 def test_a_file_that_records_its_commit_and_machine_is_cited_by_them():
-    source = results_report.SOURCES[0]
+    source = results_report.Source("ablation-lora.json", "python -m bench.ablation", "d59bec1")
     report = {"commit": "0123456789abcdef-dirty", "machine": {"cores": 16, "memory_bytes": 128 * 2**30}}
     cited = results_report.origin(source, report)
     assert cited == f"file `docs/{source.name}`, commit `0123456789ab`, 16 cores, 128 GiB"
     assert results_report.origin(source, {}) == f"file `docs/{source.name}`, added in commit `{source.commit}`"
+
+
+def test_the_demos_ega_default_follows_the_regime_where_the_baseline_works():
+    paired = results_report.load()[results_report.FINETUNE[2].name]["paired"]
+    assert results_report.ega_helps(paired) == (AGFFConfig.ega_alpha > 0)
+
+
+def test_a_file_without_a_commit_of_its_own_or_a_named_one_is_refused():
+    with pytest.raises(ValueError, match="docs/x.json records no commit"):
+        results_report.origin(results_report.Source("x.json", "python -m bench.x"), {})

@@ -18,10 +18,11 @@ def test_demo_trains_exports_and_runs(tmp_path):
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
     recall = float(re.search(r"R@1 among 256: ([0-9.]+)", trained.stdout).group(1))
-    # Measured 0.934 (seed 0, 2-core CPU, commit 2e63320); issue 22 reports 0.93-0.95 for the demo. Over 256 pairs the
-    # sampling spread alone is about 0.015 (binomial at 0.94), so 0.88 sits more than three of those below the lowest
-    # run, and a model more than five points below it fails.
-    assert recall >= 0.88, trained.stdout
+    # Without EGA (the default since the comparison on docs/results.md) measured 0.883 at seed 0 and 0.922 at seed 1
+    # (2-core CPU, `python -m train.run --ega-alpha 0 [--seed 1]`); with EGA it was 0.934 at seed 0. Over 256 pairs the
+    # sampling spread alone is about 0.02 (binomial at 0.88), so 0.82 sits three of those below the lower run; a model
+    # that stopped learning scores near chance, 1/256.
+    assert recall >= 0.82, trained.stdout
 
     exported = subprocess.run(
         [sys.executable, "-m", "export.to_onnx", str(tmp_path / "ckpt"), "-o", str(tmp_path / "bundle")],

@@ -120,6 +120,7 @@ def contrastive_logits(
 def symmetric_ega_loss(
     row_logits: torch.Tensor, column_logits: torch.Tensor, alpha: float, offset: int = 0
 ) -> torch.Tensor:
+    """The mean of both directions' EGA InfoNCE, on logits from `contrastive_logits`."""
     return 0.5 * (ega_cross_entropy(row_logits, alpha, offset) + ega_cross_entropy(column_logits, alpha, offset))
 
 

@@ -111,7 +111,7 @@ class TrainSettings:
         if self.objective == "lm":
             options = {"--lora-rank": self.lora_rank, "--freeze-backbone": self.freeze_backbone,
                        "--chunk-size": self.chunk_size, "--data": self.data,
-                       "--fixed-temperature": self.fixed_temperature}  # fmt: skip
+                       "--temperature": self.temperature, "--fixed-temperature": self.fixed_temperature}  # fmt: skip
             given = [flag for flag, value in options.items() if value]
             if given:
                 raise InputError(
