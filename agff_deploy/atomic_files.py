@@ -8,10 +8,11 @@ later writer can tell a dead writer's leftovers from a live one's
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -26,6 +27,12 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """`value` as indented JSON, written atomically (what every bench record and run file is)."""
+    text = json.dumps(value, indent=2) + "\n"
+    write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def writer_running(pid: int) -> bool:

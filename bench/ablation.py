@@ -32,17 +32,18 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from scipy import stats
 
-from agff_deploy.atomic_files import write_atomically
+from agff_deploy.atomic_files import write_json
 from agff_deploy.eval.evaluate import evaluate
 from agff_deploy.eval.plot import pattern_bar_chart
 from agff_deploy.provenance import provenance
@@ -50,6 +51,7 @@ from train.trainer import STATE_FILE, TrainSettings
 
 DEMO = TrainSettings()
 COMMAND_FILE = "command.json"
+K = TypeVar("K")
 METRICS = {"mmvp": "MMVP mean", "i2t_r1": "global i2t R@1", "t2i_r1": "global t2i R@1"}
 
 
@@ -163,7 +165,7 @@ def train(folder: Path, command: list[str], steps: int, threads: int) -> Path:
     done = subprocess.run(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"training {folder} failed:\n{done.stderr[-3000:]}")
-    _write_json(folder / COMMAND_FILE, command)
+    write_json(folder / COMMAND_FILE, command)
     return folder
 
 
@@ -179,27 +181,33 @@ def evaluate_run(ckpt: Path, eval_seed: int, pairs_per_pattern: int) -> dict[str
     }
 
 
-def run_all(args: argparse.Namespace, started: float) -> list[dict[str, Any]]:
-    """Train every (seed, variant), `args.jobs` at a time, and evaluate each as it is ready, in order."""
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+def train_in_parallel(runs: dict[K, tuple[Path, list[str]]], steps: int, jobs: int) -> Iterator[tuple[K, Path]]:
+    """Train every run (its folder and `train.run` arguments), `jobs` at a time, yielding each key and folder in
+    the given order as it is ready; after a failure, trainings not yet started never start."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     # the evaluations run beside the trainings: at 2 threads on 2 busy cores one took 45 s, at 1 thread 0.8 s (tiny)
     torch.set_num_threads(threads)
-    jobs = [(seed, variant) for seed in args.seeds for variant in args.variants]
-    runs: list[dict[str, Any]] = []
-    pool = ThreadPoolExecutor(args.jobs)
+    pool = ThreadPoolExecutor(jobs)
     try:
-        futures = [
-            pool.submit(
-                train, args.out / f"{variant}-seed{seed}", training_args(variant, seed, args), args.steps, threads
-            )
-            for seed, variant in jobs
-        ]
-        for (seed, variant), future in zip(jobs, futures, strict=True):
-            results = [evaluate_run(future.result(), e, args.pairs_per_pattern) for e in args.eval_seeds]
-            runs += [{"variant": variant, "seed": seed, **r} for r in results]
-            print(_progress(variant, seed, results, time.perf_counter() - started), flush=True)
+        futures = {key: pool.submit(train, folder, command, steps, threads) for key, (folder, command) in runs.items()}
+        for key, future in futures.items():
+            yield key, future.result()
     finally:
-        pool.shutdown(cancel_futures=True)  # after a failure, trainings not yet started never start
+        pool.shutdown(cancel_futures=True)
+
+
+def run_all(args: argparse.Namespace, started: float) -> list[dict[str, Any]]:
+    """Train every (seed, variant) and evaluate each as it is ready, in order."""
+    jobs = {
+        (seed, variant): (args.out / f"{variant}-seed{seed}", training_args(variant, seed, args))
+        for seed in args.seeds
+        for variant in args.variants
+    }
+    runs: list[dict[str, Any]] = []
+    for (seed, variant), folder in train_in_parallel(jobs, args.steps, args.jobs):
+        results = [evaluate_run(folder, e, args.pairs_per_pattern) for e in args.eval_seeds]
+        runs += [{"variant": variant, "seed": seed, **r} for r in results]
+        print(_progress(variant, seed, results, time.perf_counter() - started), flush=True)
     return runs
 
 
@@ -285,7 +293,7 @@ def _variant_table(summary: dict[str, Any]) -> str:
         ]
         for variant, s in summary.items()
     ]
-    return _table(["variant", *METRICS.values(), *patterns], rows)
+    return markdown_table(["variant", *METRICS.values(), *patterns], rows)
 
 
 def _paired_table(report: dict[str, Any]) -> str:
@@ -299,7 +307,7 @@ def _paired_table(report: dict[str, Any]) -> str:
         for label, metrics in report["paired"].items()
         for metric, d in metrics.items()
     ]  # fmt: skip
-    return _table(head, rows)
+    return markdown_table(head, rows)
 
 
 def _signed(points: float) -> str:
@@ -310,7 +318,7 @@ def _pm(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     lines = [head, ["---"] * len(head), *rows]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
@@ -322,11 +330,6 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
              "lora_rank", "freeze_backbone", "image_size", "batch_size", "temperature", "fixed_temperature",
              "pairs_per_pattern")  # fmt: skip
     return {**{name: getattr(args, name) for name in names}, "reference": args.variants[0]}
-
-
-def _write_json(path: Path, value: Any) -> None:
-    text = json.dumps(value, indent=2) + "\n"
-    write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -352,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_tables(report))
     size = f"{len(args.variants)} variants x {len(args.seeds)} training seeds x {len(args.eval_seeds)} evaluation seeds"
     print(f"ablation wall time: {wall / 60:.1f} min ({size}, {args.steps} steps)")
-    _write_json(args.out / "ablation.json", report)
+    write_json(args.out / "ablation.json", report)
     if not charted:
         return
     chart = {v: {p: s["mean"] for p, s in summary[v]["per_pattern"].items()} for v in args.variants}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-from agff_deploy.atomic_files import write_atomically
+from agff_deploy.atomic_files import write_json
 from agff_deploy.provenance import provenance
 from runtime.embedder import Embedder
 from runtime.pipeline import EmbedPixels, Outcome, embed_in_batches
@@ -105,7 +104,7 @@ class PatchCounter:
 
 
 def run_once(model: Embedder, paths: list[Path], window: int) -> tuple[Outcome, PatchCounter]:
-    counter = PatchCounter(model.embed_pixels, model.encoder.patch_size)
+    counter = PatchCounter(model.embed_batch, model.encoder.patch_size)
     outcome = embed_in_batches(
         paths, [""] * len(paths), counter, model.preprocessor, model.batch_size, 64_000_000, window_batches=window
     )
@@ -188,7 +187,7 @@ def main() -> None:
         f"max abs difference {record['max_abs_difference']:.2e}"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(args.out, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+    write_json(args.out, record)
 
 
 if __name__ == "__main__":

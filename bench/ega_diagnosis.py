@@ -27,19 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from agff_deploy.atomic_files import write_json
 from agff_deploy.errors import ArtifactError
 from agff_deploy.provenance import provenance
-from bench.ablation import DEMO, _write_json, evaluate_run, seed_values, train, training_args
+from bench.ablation import DEMO, evaluate_run, markdown_table, seed_values, train_in_parallel, training_args
 from train.trainer import LOG_FILE
 
 WINDOWS = 10  # the log is averaged over this many equal spans of training
@@ -114,22 +112,15 @@ def training_curves(folder: Path, windows: int = WINDOWS) -> dict[str, list[floa
 
 
 def run_all(args: argparse.Namespace, grid: dict[str, dict[str, Any]], started: float) -> list[dict[str, Any]]:
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    torch.set_num_threads(threads)
     commands = {name: run_command(args, change) for name, change in grid.items()}
+    jobs = {name: (args.out / name, command) for name, command in commands.items()}
     results = []
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {
-            name: pool.submit(train, args.out / name, command, args.steps, threads)
-            for name, command in commands.items()
-        }
-        for name, future in futures.items():
-            folder = future.result()
-            evals = [evaluate_run(folder, e, args.pairs_per_pattern) for e in args.eval_seeds]
-            values = seed_values([{"variant": name, "seed": args.seed, **r} for r in evals], name, args.seed)
-            results.append({"name": name, **grid[name], "command": commands[name], **values,
-                            "curves": training_curves(folder)})  # fmt: skip
-            print(_line(results[-1], time.perf_counter() - started), flush=True)
+    for name, folder in train_in_parallel(jobs, args.steps, args.jobs):
+        evals = [evaluate_run(folder, e, args.pairs_per_pattern) for e in args.eval_seeds]
+        values = seed_values([{"variant": name, "seed": args.seed, **r} for r in evals], name, args.seed)
+        results.append({"name": name, **grid[name], "command": commands[name], **values,
+                        "curves": training_curves(folder)})  # fmt: skip
+        print(_line(results[-1], time.perf_counter() - started), flush=True)
     return results
 
 
@@ -142,7 +133,7 @@ def _line(run: dict[str, Any], elapsed: float) -> str:
     )
 
 
-def markdown_table(runs: list[dict[str, Any]]) -> str:
+def diagnosis_table(runs: list[dict[str, Any]]) -> str:
     """One row per run: its metrics, its temperature at the end, and its hard-negative share early, midway, late."""
     head = ["run", "MMVP mean", "global i2t R@1", "global t2i R@1", "temperature, last tenth",
             "hard share, first tenth", "sixth tenth", "last tenth"]  # fmt: skip
@@ -157,8 +148,7 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
                 *(f"{100 * share[i]:.2f}%" for i in (0, len(share) // 2, -1)),
             ]
         )
-    lines = [head, ["---"] * len(head), *rows]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    return markdown_table(head, rows)
 
 
 def hardness_chart(runs: list[dict[str, Any]], path: Path, steps: int) -> Path:
@@ -200,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         "runs": runs,
         **provenance("bench.ega_diagnosis", args, argv),
     }
-    print(markdown_table(runs))
-    _write_json(args.out / "ega-diagnosis.json", report)
+    print(diagnosis_table(runs))
+    write_json(args.out / "ega-diagnosis.json", report)
     if charted:
         hardness_chart(runs, args.out / "ega-diagnosis.png", args.steps)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
 import resource
 import sys
 import time
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import onnx
 
+from agff_deploy.atomic_files import write_json
 from agff_deploy.manifest import read_manifest
 from agff_deploy.provenance import provenance
 from export import to_onnx
@@ -43,16 +44,9 @@ def float_share(path: Path) -> dict[str, float | int]:
         kind = "int8" if weight in int8 else "float" if weight in weights else None
         if kind:
             counts[f"{kind}_matmuls"] += 1
-            counts[f"{kind}_weights"] += _size((int8.get(weight) or weights[weight]).dims)
+            counts[f"{kind}_weights"] += math.prod((int8.get(weight) or weights[weight]).dims)
     total = counts["int8_weights"] + counts["float_weights"]
     return {**counts, "float_weight_share": counts["float_weights"] / total if total else 0.0}
-
-
-def _size(dims) -> int:
-    size = 1
-    for dim in dims:
-        size *= dim
-    return size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     args.export_args = export_argv
     record.update(provenance("bench.int8_gate", args, argv))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.json, record)
     print(f"record: {args.json}")
     return code
 

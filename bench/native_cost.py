@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
+from agff_deploy.atomic_files import write_json
 from agff_deploy.errors import AgffError, InputError, print_error
 from agff_deploy.manifest import read_manifest
 from agff_deploy.preprocessing import ImagePreprocessor
@@ -124,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         f"throughput at batch 8 {ratio['throughput_batch8']:.2f}"
     )
     if args.out:
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, record)
     return 0
 
 

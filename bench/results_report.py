@@ -17,7 +17,7 @@ from typing import Any
 
 from agff_deploy.config import AGFFConfig
 from bench.ablation import METRICS, markdown_tables
-from bench.ega_diagnosis import markdown_table as diagnosis_table
+from bench.ega_diagnosis import diagnosis_table
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

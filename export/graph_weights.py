@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 
 def external_array(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
@@ -17,6 +18,12 @@ def external_array(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
     info = {entry.key: entry.value for entry in tensor.external_data}
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
     return np.memmap(folder / info["location"], dtype, "r", int(info.get("offset", 0)), tuple(tensor.dims))
+
+
+def float_weight(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
+    """A weight as float32, memory-mapped when stored beside the graph (`folder`), else from the graph itself."""
+    data = external_array(tensor, folder) if tensor.data_location else numpy_helper.to_array(tensor)
+    return np.asarray(data, np.float32)
 
 
 def weight_matmuls(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:

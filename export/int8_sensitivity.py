@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from .graph_weights import external_array, int8_columns, weight_matmuls
+from .graph_weights import float_weight, int8_columns, weight_matmuls
 
 # A MatMul is sensitive when its error is at least this many times the median's: the error of an
 # ordinary activation is set by int8's grid and is alike across layers; outlier channels multiply it.
@@ -60,9 +60,9 @@ def matmul_errors(
     model = onnx.load(str(src), load_external_data=False)
     errors = []
     for name, (x, weight) in weight_matmul_inputs(model).items():
-        array = external_array(weight, src.parent) if weight.data_location else numpy_helper.to_array(weight)
+        array = float_weight(weight, src.parent)
         if x in smoothing:
-            array = np.asarray(array, np.float32) * smoothing[x][:, None]
+            array = array * smoothing[x][:, None]
         error = _error([sample[x] for sample in activations], array, scales[x])
         errors.append(MatMulError(name, int(np.prod(weight.dims)), error))
     return errors

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph_weights import external_array, int8_columns, weight_matmuls
+from .graph_weights import external_array, float_weight, int8_columns, weight_matmuls
 from .int8_ranges import SMOOTHING_ALPHA, smoothing_factors
 from .int8_sensitivity import keep_in_float, matmul_errors, sample_activations, weight_matmul_inputs
 
@@ -162,18 +162,13 @@ def _calibrated(
     smoothing = {}
     if alpha is not None:
         for x, tensors in readers.items():
-            smoothing[x] = smoothing_factors(peaks[x], [_float_array(t, src.parent) for t in tensors], alpha)
+            smoothing[x] = smoothing_factors(peaks[x], [float_weight(t, src.parent) for t in tensors], alpha)
             peaks[x] = peaks[x] / smoothing[x]
             for sample in samples:
                 sample[x] = sample[x] / smoothing[x]
     scales = {x: _max_scale(float(peak.max())) for x, peak in peaks.items()}
     kept = keep_in_float(matmul_errors(src, samples, scales, smoothing), fill=fill)
     return Int8Calibration(scales, smoothing, kept)
-
-
-def _float_array(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
-    data = external_array(tensor, folder) if tensor.data_location else numpy_helper.to_array(tensor)
-    return np.asarray(data, np.float32)
 
 
 def sample_items(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -406,8 +401,7 @@ def _rewriteweight_matmuls(src: Path, dst: Path, rewrite: MatMulRewrite) -> Path
             if weight is None:
                 nodes.append(node)
                 continue
-            array = external_array(weight, src.parent) if weight.data_location else numpy_helper.to_array(weight)
-            tensors, matmul = rewrite(node, weight.name, np.asarray(array, np.float32), writer)
+            tensors, matmul = rewrite(node, weight.name, float_weight(weight, src.parent), writer)
             nodes += matmul
             added += tensors
             del weights[weight.name]

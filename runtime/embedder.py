@@ -98,12 +98,15 @@ class Embedder:
         """
         prompts = self._instructions(instructions, len(pixels))
         batches = buckets(pixels, self.batch_size)
-        parts = []
-        for batch in batches:
-            patches = self.encoder.patches([pixels[i] for i in batch])
-            feed = self.encoder.image_feed(patches, [prompts[i] for i in batch], names=["instruction"] * len(batch))
-            parts.append(self._run(IMAGE_ENCODER.name, feed))
+        parts = [self.embed_batch([pixels[i] for i in batch], [prompts[i] for i in batch]) for batch in batches]
         return in_input_order(parts, batches) if parts else self._empty()
+
+    def embed_batch(self, pixels: Sequence[np.ndarray], instructions: Sequence[str]) -> np.ndarray:
+        """One batch of preprocessed images and their instructions -> `[n, K+1, D]`, as given: no batching by size
+        (for callers that batch already, such as `runtime.pipeline`)."""
+        patches = self.encoder.patches(list(pixels))
+        feed = self.encoder.image_feed(patches, list(instructions), names=["instruction"] * len(pixels))
+        return self._run(IMAGE_ENCODER.name, feed)
 
     def try_embed_images(
         self,
@@ -121,7 +124,7 @@ class Embedder:
         return embed_in_batches(
             images,
             prompts,
-            self.embed_pixels,
+            self.embed_batch,
             self.preprocessor,
             self.batch_size,
             max_pixels,

@@ -54,7 +54,7 @@ class _Decoded:
 
     names: list[str]
     instructions: list[str]
-    pixels: list[np.ndarray] | None
+    pixels: list[np.ndarray]
     errors: list[str]
     notes: list[str]
 
@@ -62,8 +62,7 @@ class _Decoded:
         """Append the items of the decode batch after this one."""
         self.names += other.names
         self.instructions += other.instructions
-        if other.pixels is not None:
-            self.pixels = (self.pixels or []) + other.pixels
+        self.pixels += other.pixels
         self.errors += other.errors
         self.notes += other.notes
 
@@ -108,7 +107,7 @@ def embed_in_batches(
         return _decode_batch(items, instructions, indices, preprocessor, max_pixels)
 
     def embed_window(window: _Decoded) -> None:
-        if window.pixels is None:
+        if not window.pixels:
             return
         batches = buckets(window.pixels, batch_size)
         parts = []
@@ -121,7 +120,7 @@ def embed_in_batches(
         outcome.embeddings.append(in_input_order(parts, batches))
         outcome.names += window.names
 
-    window = _Decoded([], [], None, [], [])
+    window = _Decoded([], [], [], [], [])
     # One window ahead: when a window's last decode batch is taken, the whole next window has been handed out.
     ahead = max(window_batches, DECODE_AHEAD)
     with ThreadPoolExecutor(max_workers=DECODE_AHEAD) as pool:
@@ -137,7 +136,7 @@ def embed_in_batches(
             window.extend(chunk)
             if n % window_batches == 0 or n == len(chunks):
                 embed_window(window)
-                window = _Decoded([], [], None, [], [])  # its images are freed before the next window is read
+                window = _Decoded([], [], [], [], [])  # its images are freed before the next window is read
     outcome.wall_s = time.perf_counter() - started
     return outcome
 
@@ -151,14 +150,13 @@ def _decode_batch(
 ) -> _Decoded:
     """Decode and preprocess one batch (in a worker thread); an image that cannot be read or sized is an error line
     naming it."""
-    decoded = _Decoded([], [], None, [], [])
-    arrays = []
+    decoded = _Decoded([], [], [], [], [])
     for i in indices:
         item = items[i]
         name = str(item) if isinstance(item, (str, Path)) else f"image {i}"
         try:
             image, notes = decode(item, max_pixels)
-            arrays.append(preprocessor.normalize(preprocessor.resize(image)))
+            pixels = preprocessor.normalize(preprocessor.resize(image))
         except ImageLoadError as err:
             decoded.errors.append(str(err))
             continue
@@ -167,9 +165,8 @@ def _decode_batch(
             continue
         decoded.names.append(name)
         decoded.instructions.append(instructions[i])
+        decoded.pixels.append(pixels)
         decoded.notes += notes
-    if arrays:
-        decoded.pixels = arrays
     return decoded
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from agff_deploy.errors import ArtifactError
-from bench.ega_diagnosis import WINDOWS, markdown_table, parse_args, run_command, settings_grid, training_curves
+from bench.ega_diagnosis import WINDOWS, diagnosis_table, parse_args, run_command, settings_grid, training_curves
 from train.trainer import LOG_FILE
 
 
@@ -59,7 +59,9 @@ def test_training_curves_average_the_log_over_tenths_of_the_run(tmp_path):
 def test_the_table_gives_each_runs_metrics_end_temperature_and_hardness_early_midway_late():
     run = {"name": "alpha-1", "mmvp": 0.4, "i2t_r1": 0.85, "t2i_r1": 0.8,
            "curves": {"hard_share": [0.1, 0.05, 0.02, 0.01], "temperature": [0.05, 0.03]}}  # fmt: skip
-    assert markdown_table([run]).splitlines()[2] == "| alpha-1 | 40.0 | 85.0 | 80.0 | 0.0300 | 10.00% | 2.00% | 1.00% |"
+    assert (
+        diagnosis_table([run]).splitlines()[2] == "| alpha-1 | 40.0 | 85.0 | 80.0 | 0.0300 | 10.00% | 2.00% | 1.00% |"
+    )
 
 
 def test_a_step_logged_twice_by_a_resumed_run_counts_once(tmp_path):

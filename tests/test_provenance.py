@@ -32,13 +32,18 @@ def test_the_record_holds_the_commit_command_configuration_machine_and_utc_time(
 
 
 def _writes_json(tree: ast.Module) -> bool:
-    return any(
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("dump", "dumps")
-        and isinstance(node.func.value, ast.Name)
-        and node.func.value.id == "json"
-        for node in ast.walk(tree)
+    """Whether a module calls json.dump / json.dumps or agff_deploy.atomic_files.write_json."""
+    return any(isinstance(node, ast.Call) and _is_json_writer(node.func) for node in ast.walk(tree))
+
+
+def _is_json_writer(func: ast.expr) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id == "write_json"
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr in ("dump", "dumps")
+        and isinstance(func.value, ast.Name)
+        and func.value.id == "json"
     )
 
 
