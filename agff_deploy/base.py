@@ -1,12 +1,17 @@
-"""`python -m agff_deploy.base qwen2-vl-2b OUT`: a full-size Qwen2-VL base folder, randomly initialised, no hub.
+"""`python -m agff_deploy.base qwen3-vl-2b OUT`: a full-size base folder, randomly initialised, no hub.
 
-Users bring real Qwen2-VL-2B folders; this machine cannot download one. This
-writes a folder with the published architecture (Qwen2-VL-2B-Instruct's
-config.json dimensions) in the `save_pretrained` layout: config.json, bf16
-safetensors shards with an index, the tokenizer files and
-preprocessor_config.json. `python -m train.run --base OUT` then loads it through
+Users bring real Qwen2-VL-2B or Qwen3-VL-2B folders; this machine cannot
+download one. This writes a folder with the published architecture (the
+Instruct checkpoint's config.json dimensions) in the `save_pretrained` layout
+under the names the published weights use: config.json, bf16 safetensors
+shards with an index, the tokenizer files, the family's chat template and a
+preprocessor_config.json with the family's normalisation that sizes images to
+448 x 448 pixels (256 image tokens at either patch size: a size a CPU trains
+at; real folders bring their own). `python -m train.run --base OUT` and
+`python -m export.to_onnx OUT --pooling last-token` then load it through
 exactly the code path a downloaded folder takes. `--layers` / `--vision-depth`
-keep every width and cut the block count, for tests.
+keep every width and cut the block count, for tests (Qwen3-VL's DeepStack
+taps move to the same relative depths of the shorter tower).
 
 Weights are drawn one tensor at a time (transformers' init: normal(0, 0.02)
 for matrices and embeddings, ones for norm scales, zeros for biases) and
@@ -20,98 +25,52 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLModel
 
 from .checkpoint import write_atomically
 from .errors import AgffError, InputError, print_error
+from .families import FAMILIES, ModelFamily, family_of
 from .preprocessing import ImagePreprocessor
 from .presets import local_tokenizer
 from .tokenization import special_token_ids, write_tokenizer_files
 from .weights import DEFAULT_SHARD_BYTES, write_weights
 
-# 448 px: 32 x 32 patches of 14 px, merged 2 x 2 into 256 image tokens.
 BASE_IMAGE_SIZE = (448, 448)
-
-# Qwen2-VL-2B-Instruct's published config.json (text and vision dimensions).
-ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "qwen2-vl-2b": {
-        "text": {
-            "hidden_size": 1536,
-            "intermediate_size": 8960,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 12,
-            "num_key_value_heads": 2,
-            "vocab_size": 151936,
-            "max_position_embeddings": 32768,
-            "rms_norm_eps": 1e-6,
-            "hidden_act": "silu",
-            "initializer_range": 0.02,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-        },
-        "vision": {
-            "depth": 32,
-            "embed_dim": 1280,
-            "mlp_ratio": 4,
-            "num_heads": 16,
-            "hidden_size": 1536,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "in_channels": 3,
-        },
-        "tie_word_embeddings": True,
-    },
-}
+# Every published architecture the writer lays out, and its family.
+ARCHITECTURES: dict[str, ModelFamily] = {name: f for f in FAMILIES.values() for name in f.architectures}
+TOKEN_ID_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 
 
-def architecture_config(name: str, layers: int | None = None, vision_depth: int | None = None) -> Qwen2VLConfig:
+def architecture_config(name: str, layers: int | None = None, vision_depth: int | None = None):
     """The published config of `name` (optionally with fewer blocks), with the local tokenizer's token ids."""
     if name not in ARCHITECTURES:
         raise InputError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
     for flag, value in (("--layers", layers), ("--vision-depth", vision_depth)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be >= 1, got {value}")
-    arch = ARCHITECTURES[name]
-    text, vision = dict(arch["text"]), dict(arch["vision"])
-    if layers is not None:
-        text.update(num_hidden_layers=layers, max_window_layers=layers)
-    if vision_depth is not None:
-        vision["depth"] = vision_depth
+    family = ARCHITECTURES[name]
+    text, vision = family.reduced(name, layers, vision_depth)
     ids = special_token_ids(local_tokenizer())
     text.update(bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
-    token_ids = {
-        k: ids[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    }
-    config = Qwen2VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=arch["tie_word_embeddings"], **token_ids
-    )
-    config.architectures = ["Qwen2VLForConditionalGeneration"]
+    tie = family.architectures[name].tie_word_embeddings
+    config = family.config(text, vision, {k: ids[k] for k in TOKEN_ID_KEYS}, tie)
     config.dtype = "bfloat16"
     return config
-
-
-def _saved_name(name: str) -> str:
-    """transformers' in-memory names -> the names `save_pretrained` writes (the published checkpoint's)."""
-    for live, saved in (("model.language_model.", "model."), ("model.visual.", "visual.")):
-        if name.startswith(live):
-            return saved + name[len(live) :]
-    return name
 
 
 def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
 
 
-def _parameters(config: Qwen2VLConfig) -> list[tuple[str, nn.Module, str, torch.Size]]:
+def _parameters(config) -> list[tuple[str, nn.Module, str, torch.Size]]:
     """(module name, module, parameter name, shape) of every saved weight, from a skeleton on the meta device."""
+    family = family_of(config.to_dict())
     with torch.device("meta"):
-        skeleton = Qwen2VLForConditionalGeneration(config)
+        skeleton = family.generation_class(config)
     seen: set[int] = set()
     found = []
     for module_name, module in skeleton.named_modules():
@@ -122,10 +81,9 @@ def _parameters(config: Qwen2VLConfig) -> list[tuple[str, nn.Module, str, torch.
     return found
 
 
-def random_weights(
-    config: Qwen2VLConfig, seed: int, dtype: torch.dtype = torch.bfloat16
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every saved weight of a randomly initialised model, drawn one tensor at a time."""
+def random_weights(config, seed: int, dtype: torch.dtype = torch.bfloat16) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every saved weight of a randomly initialised model, drawn one tensor at a time, under its published name."""
+    family = family_of(config.to_dict())
     generator = torch.Generator().manual_seed(seed)
     std = config.text_config.initializer_range
     for module_name, module, param_name, shape in _parameters(config):
@@ -135,7 +93,7 @@ def random_weights(
             value = torch.zeros(shape)
         else:
             value = torch.empty(shape).normal_(0.0, std, generator=generator)
-        yield _saved_name(f"{module_name}.{param_name}"), value.to(dtype)
+        yield family.saved_name(f"{module_name}.{param_name}"), value.to(dtype)
 
 
 def write_base(
@@ -148,15 +106,17 @@ def write_base(
 ) -> Path:
     """Write the base folder; files appear in `out` only once complete (config.json last)."""
     config = architecture_config(name, layers, vision_depth)
+    family = ARCHITECTURES[name]
     tokenizer = local_tokenizer()
-    vision = config.vision_config
 
     def write(tmp: Path) -> None:
         total = len(_parameters(config))
         weights = tqdm(random_weights(config, seed), total=total, desc="weights", unit="tensor", dynamic_ncols=True)
         write_weights(tmp, weights, metadata={"format": "pt"}, shard_bytes=shard_bytes)
-        write_tokenizer_files(tokenizer, tmp)
-        ImagePreprocessor(*BASE_IMAGE_SIZE).save(tmp, vision.patch_size, vision.spatial_merge_size)
+        write_tokenizer_files(tokenizer, tmp, family.chat_template)
+        pixels = family.image_defaults
+        preprocessor = ImagePreprocessor(*BASE_IMAGE_SIZE, mean=pixels.mean, std=pixels.std)
+        preprocessor.save(tmp, pixels.patch_size, pixels.merge_size)
         config.save_pretrained(tmp)
 
     write_atomically(out, write, last="config.json")
@@ -165,20 +125,21 @@ def write_base(
 
 def write_backbone_files(
     folder: Path,
-    backbone: Qwen2VLModel,
+    backbone: nn.Module,
     tokenizer: Tokenizer,
     image_size: tuple[int, int],
     metadata: dict[str, str] | None = None,
 ) -> None:
     """The base folder files of a trained backbone, in the layout above, with the output layer tied to the
     input embedding (how `train.generative` trains it); `load_base_folder` reads them back."""
-    config = Qwen2VLConfig.from_dict(backbone.config.to_dict())
+    family = family_of(backbone.config.to_dict())
+    config = family.config_class.from_dict(backbone.config.to_dict())
     config.tie_word_embeddings = True
-    config.architectures = ["Qwen2VLForConditionalGeneration"]
+    config.architectures = [family.generation_class.__name__]
     config.dtype = "float32"
-    weights = ((_saved_name(f"model.{name}"), value.detach()) for name, value in backbone.state_dict().items())
+    weights = ((family.saved_name(f"model.{name}"), value.detach()) for name, value in backbone.state_dict().items())
     write_weights(folder, weights, metadata=dict(metadata or {}, format="pt"))
-    write_tokenizer_files(tokenizer, folder)
+    write_tokenizer_files(tokenizer, folder, family.chat_template)
     vision = config.vision_config
     ImagePreprocessor(*image_size).save(folder, vision.patch_size, vision.spatial_merge_size)
     config.save_pretrained(folder)

@@ -3,7 +3,7 @@
 The runtime formats items by concatenating `head + item + tail`, so it needs
 neither Jinja nor transformers on a Jetson. Rendering happens when a model is
 trained or exported from a folder: its own template (the one transformers
-would apply), or Qwen2-VL's published one, said in one line, when the folder
+would apply), or its family's published one, said in one line, when the folder
 has none.
 """
 
@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ArtifactError
-from .tokenization import CHAT_TEMPLATE, IMAGE_PLACEHOLDER, TOKENIZER_FILE
+from .tokenization import IMAGE_PLACEHOLDER, TOKENIZER_FILE
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-# Qwen2-VL's published template behaves as ours with a default system turn when the conversation has none.
-QWEN2VL_CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
-) + CHAT_TEMPLATE
+if TYPE_CHECKING:
+    from .families import ModelFamily
+
 _TEXT_MARK = "\u2063agff-text\u2063"
 
 
@@ -30,8 +29,9 @@ class ChatFormat:
     tail: str  # everything after: user turn end, assistant opening (+ a pooled end token for last-token embedders)
 
 
-def read_chat_template(folder: str | Path) -> tuple[str, list[str]]:
-    """The folder's chat template, looked up where transformers saves it, and notes (one when none was found)."""
+def read_chat_template(folder: str | Path, family: ModelFamily) -> tuple[str, list[str]]:
+    """The folder's chat template, looked up where transformers saves it, and notes (one when none was found: the
+    family's published one is used)."""
     folder = Path(folder)
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
@@ -45,7 +45,7 @@ def read_chat_template(folder: str | Path) -> tuple[str, list[str]]:
                 raise ArtifactError(f"{path} is not valid JSON: {err}") from err
             if isinstance(template, str):
                 return template, []
-    return QWEN2VL_CHAT_TEMPLATE, [f"{folder}: no chat template; used Qwen2-VL's published one"]
+    return family.chat_template, [f"{folder}: no chat template; used {family.label}'s published one"]
 
 
 def render_chat_format(template: str, folder: str | Path, system: str | None = None, end: str = "") -> ChatFormat:

@@ -132,6 +132,11 @@ def load_checkpoint(
 
 def item_encoder(config: AGFFConfig, tokenizer: Tokenizer) -> ItemEncoder:
     formatter = ChatFormatter(
-        tokenizer, config.num_image_tokens, config.max_text_tokens, config.chat_head, config.chat_tail
+        tokenizer,
+        config.num_image_tokens,
+        config.max_text_tokens,
+        config.chat_head,
+        config.chat_tail,
+        config.empty_text,
     )
     return ItemEncoder.for_images(formatter, config.image_format())

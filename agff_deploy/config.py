@@ -11,12 +11,16 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .contract import model_sizes
 from .errors import ArtifactError, InputError, MissingFileError
 from .manifest import ImageFormat
 from .preprocessing import NativeImageSettings
 from .tokenization import USER_HEAD, USER_TAIL
+
+if TYPE_CHECKING:
+    from .families import ModelFamily
 
 CONFIG_FILE = "agff_config.json"
 IMAGE_RESIZE_MODES = ("fixed", "native")
@@ -33,25 +37,29 @@ def source_config_file(folder: str | Path) -> Path:
 
 @dataclass
 class AGFFConfig:
-    """AGFF knobs plus the base Qwen2-VL architecture they sit on.
+    """AGFF knobs plus the base vision-language architecture they sit on.
 
-    `base` holds the `Qwen2VLConfig` as a plain dict (`to_dict()` output), so a
-    checkpoint is self-contained and a real Qwen2-VL folder's config drops in
-    unchanged. `extra` is free-form metadata a user wants carried with the
+    `base` holds the base model's transformers config as a plain dict
+    (`to_dict()` output; its `model_type` picks the family,
+    `agff_deploy.families`), so a checkpoint is self-contained and a real
+    Qwen2-VL or Qwen3-VL folder's config drops in unchanged. `extra` is free-form metadata a user wants carried with the
     checkpoint (data source, notes); nothing in agff-deploy reads it.
 
     Images are sized one of two ways (`image_resize`): "fixed" squashes every
     image to `image_size`; "native" keeps each image's aspect ratio and
-    resizes it by Qwen2-VL's `smart_resize` within the pixel range of
+    resizes it by Qwen's `smart_resize` within the pixel range of
     `image_settings`, as the model's own processor does. `image_settings`
     holds `NativeImageSettings` fields other than the patch and merge sizes
     (which are the base's): mean, std, min/max pixels, the aspect-ratio limit;
-    the ones it lacks take Qwen2-VL's published defaults.
+    the ones it lacks take transformers' Qwen2-VL image processor defaults.
 
     `chat_head` + item + `chat_tail` is the chat turn an item is formatted as
     (`agff_deploy.chat_format` renders them from a folder's template).
-    `pooling` "last-token" makes a single-vector embedder of a Qwen2-VL as
-    published embedders do (K = 0, no prompts: the last token's state).
+    `pooling` "last-token" makes a single-vector embedder as published
+    embedders do (K = 0, no prompts: the last token's state);
+    `embedding_dim` keeps its leading dimensions, renormalised (Matryoshka).
+    `empty_text` is what a text-only item with no text becomes (Qwen3-VL-
+    Embedding's "NULL").
     """
 
     base: dict[str, Any]
@@ -69,6 +77,8 @@ class AGFFConfig:
     chat_head: str = USER_HEAD
     chat_tail: str = USER_TAIL
     pooling: str = "prompts"
+    embedding_dim: int | None = None
+    empty_text: str = ""
     preset: str = "custom"
     base_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -83,8 +93,31 @@ class AGFFConfig:
         return self.num_fine + 1
 
     @property
+    def family(self) -> ModelFamily:
+        """The base's model family (imported here: the runtime reads configs without torch)."""
+        from .families import family_of
+
+        return family_of(self.base)
+
+    @property
     def hidden_size(self) -> int:
+        """The language model's width: its image features' and prompts'."""
         return int(self.base["text_config"]["hidden_size"])
+
+    @property
+    def output_size(self) -> int:
+        """The embeddings' width: the language model's, or the Matryoshka `embedding_dim`."""
+        return self.embedding_dim or self.hidden_size
+
+    def sizes(self) -> dict[str, int]:
+        """The graph contract's model dimensions for this model."""
+        return model_sizes(
+            self.patch_size,
+            self.num_prompts,
+            self.output_size,
+            width=self.hidden_size,
+            deepstack=self.family.deepstack_layers(self.base),
+        )
 
     @property
     def patch_size(self) -> int:
@@ -148,7 +181,7 @@ class AGFFConfig:
             raise InputError(f"prompt_length must be >= 1, got {self.prompt_length}")
         step = self.patch_size * self.merge_size
         h, w = self.image_size
-        if h % step or w % step or h <= 0 or w <= 0:
+        if h <= 0 or w <= 0 or (self.image_resize == "fixed" and (h % step or w % step)):
             raise InputError(
                 f"image_size {h}x{w} is not a positive multiple of patch_size*spatial_merge_size = {step}; "
                 f"pick e.g. {max(step, h // step * step)}x{max(step, w // step * step)}"
@@ -157,12 +190,22 @@ class AGFFConfig:
             raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.pooling == "last-token" and self.num_fine:
             raise InputError(f"last-token pooling gives one embedding: num_fine must be 0, got {self.num_fine}")
+        if self.embedding_dim is not None:
+            self._validate_embedding_dim()
         if self.image_resize not in IMAGE_RESIZE_MODES:
             raise InputError(f"image_resize must be one of {', '.join(IMAGE_RESIZE_MODES)}, got {self.image_resize!r}")
         self.native_settings  # noqa: B018 - refuses settings NativeImageSettings would not accept, naming the field
         for name in ("t_in", "t_f", "temperature"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    def _validate_embedding_dim(self) -> None:
+        if self.pooling != "last-token":
+            raise InputError("--dim keeps the leading dimensions of a single-vector embedder: use --pooling last-token")
+        if not 1 <= self.embedding_dim <= self.hidden_size:
+            raise InputError(
+                f"--dim {self.embedding_dim}: choose a width from 1 to the hidden size, {self.hidden_size}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -189,7 +232,7 @@ class AGFFConfig:
         if not path.is_file():
             published = (Path(folder) / "config.json").is_file()
             hint = (
-                "; a published Qwen2-VL embedder folder exports with "
+                "; a published single-vector embedder folder (GME, Qwen3-VL-Embedding) exports with "
                 f"`python -m export.to_onnx {folder} --pooling last-token`"
                 if published
                 else ""

@@ -16,7 +16,10 @@ graphs each pipeline runs.
 
 Shapes mix sizes and named dimensions. Dynamic ones (`DYNAMIC_DIMS`) vary per
 call; the model's own sizes (`MODEL_DIMS`) are fixed once a model is known and
-filled in by `GraphSpec.resolve`.
+filled in by `GraphSpec.resolve`. A tensor with a model dimension of 0 is not
+part of that model's graphs: a family without DeepStack (Qwen2-VL) has no
+`deepstack_features`, one with it (Qwen3-VL) passes its taps from the vision
+to the language encoder in that tensor.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ BATCH_DIMS = ("batch", "queries", "candidates")
 # `patches`: patch slots per image row (the batch's largest image; the rest are padding its grid masks out).
 # `image_tokens`: image features per item fed to the language encoder (1 for text items, whose feature is unused).
 DYNAMIC_DIMS = (*BATCH_DIMS, "length", "patches", "image_tokens")
-# `patch_dim`: 3 * patch_size**2 values per patch (one temporal slice of the stock processor's patch).
-MODEL_DIMS = ("patch_dim", "prompts", "hidden")
+# `patch_dim`: 3 * patch_size**2 values per patch (one temporal slice of the stock processor's patch). `hidden`: the
+# embeddings' width; `width`: the language model's (they differ where a Matryoshka embedder keeps fewer dimensions).
+# `deepstack`: the vision taps the language model adds to its first layers (0: none).
+MODEL_DIMS = ("patch_dim", "prompts", "hidden", "width", "deepstack")
 
 
 @dataclass(frozen=True)
@@ -109,11 +114,15 @@ class GraphSpec:
         return only.name
 
     def resolve(self, sizes: Mapping[str, int]) -> GraphSpec:
-        """This graph for one model: `sizes` gives each of MODEL_DIMS."""
+        """This graph for one model: `sizes` gives each of MODEL_DIMS; tensors with a dimension of 0 are left out."""
         missing = [d for d in MODEL_DIMS if d not in sizes]
         if missing:
             raise ValueError(f"{self.name}: sizes lack {', '.join(missing)}")
-        resolve = lambda tensors: tuple(t.resolve(sizes) for t in tensors)  # noqa: E731
+
+        def resolve(tensors: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+            resolved = (t.resolve(sizes) for t in tensors)
+            return tuple(t for t in resolved if 0 not in t.shape)
+
         return GraphSpec(self.name, resolve(self.inputs), resolve(self.outputs), self.bars)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -161,7 +170,9 @@ IMAGE_GRID = TensorSpec("image_grid", "int64", ("batch", 2))
 INPUT_IDS = TensorSpec("input_ids", "int64", ("batch", "length"))
 ATTENTION_MASK = TensorSpec("attention_mask", "int64", ("batch", "length"))
 EMBEDDINGS = TensorSpec("embeddings", "float32", ("batch", "prompts", "hidden"))
-IMAGE_FEATURES = TensorSpec("image_features", "float32", ("batch", "image_tokens", "hidden"))
+IMAGE_FEATURES = TensorSpec("image_features", "float32", ("batch", "image_tokens", "width"))
+# The DeepStack taps of a family that has them, tap j to be added after the language model's layer j.
+DEEPSTACK_FEATURES = TensorSpec("deepstack_features", "float32", ("batch", "deepstack", "image_tokens", "width"))
 QUERIES = TensorSpec("queries", "float32", ("queries", "prompts", "hidden"))
 CANDIDATES = TensorSpec("candidates", "float32", ("candidates", "prompts", "hidden"))
 SCORES = TensorSpec("scores", "float32", ("queries", "candidates"))
@@ -177,10 +188,12 @@ BARS = {
 
 # The stored graphs. Their bars apply through the pipelines that run them (the vision encoder's output is not an
 # embedding), so they carry none of their own.
-VISION_ENCODER = GraphSpec("vision_encoder", (PIXEL_VALUES, IMAGE_GRID), (IMAGE_FEATURES,), {})
+VISION_ENCODER = GraphSpec("vision_encoder", (PIXEL_VALUES, IMAGE_GRID), (IMAGE_FEATURES, DEEPSTACK_FEATURES), {})
 LANGUAGE_ENCODER = GraphSpec(
-    "language_encoder", (INPUT_IDS, ATTENTION_MASK, IMAGE_FEATURES, IMAGE_GRID), (EMBEDDINGS,), {}
+    "language_encoder", (INPUT_IDS, ATTENTION_MASK, IMAGE_FEATURES, IMAGE_GRID, DEEPSTACK_FEATURES), (EMBEDDINGS,), {}
 )
+# What the vision encoder hands the language encoder.
+VISION_OUTPUTS = VISION_ENCODER.output_names
 # The scorer is exported once, in fp32, and shared by every precision.
 SCORER = GraphSpec("scorer", (QUERIES, CANDIDATES), (SCORES,), {"fp32": Bar(0.99999, 1e-4)})
 
@@ -202,9 +215,18 @@ PIPELINES = {
 }
 
 
-def model_sizes(patch_size: int, num_prompts: int, hidden_size: int) -> dict[str, int]:
-    """MODEL_DIMS for one model."""
-    return {"patch_dim": 3 * patch_size * patch_size, "prompts": num_prompts, "hidden": hidden_size}
+def model_sizes(
+    patch_size: int, num_prompts: int, hidden_size: int, width: int | None = None, deepstack: int = 0
+) -> dict[str, int]:
+    """MODEL_DIMS for one model; `width` (the language model's) is `hidden_size` unless a Matryoshka embedder keeps
+    fewer dimensions."""
+    return {
+        "patch_dim": 3 * patch_size * patch_size,
+        "prompts": num_prompts,
+        "hidden": hidden_size,
+        "width": hidden_size if width is None else width,
+        "deepstack": deepstack,
+    }
 
 
 def resolved_graphs(sizes: Mapping[str, int]) -> dict[str, GraphSpec]:

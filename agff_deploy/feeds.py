@@ -7,13 +7,22 @@ all build their feeds here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
-from .contract import ATTENTION_MASK, IMAGE_FEATURES, IMAGE_GRID, INPUT_IDS, PIXEL_VALUES, VISION_ENCODER, Feed
+from .contract import (
+    ATTENTION_MASK,
+    IMAGE_GRID,
+    INPUT_IDS,
+    PIXEL_VALUES,
+    VISION_ENCODER,
+    Feed,
+    GraphSpec,
+    TensorSpec,
+)
 from .manifest import ImageFormat
 from .patches import PatchBatch, patch_batch
 from .preprocessing import ImagePreprocessor, NativePreprocessor
@@ -90,25 +99,33 @@ def vision_feed(feed: Feed) -> Feed:
     return {name: feed[name] for name in VISION_ENCODER.input_names}
 
 
-def language_feed(feed: Feed, image_features: np.ndarray | None = None, hidden: int | None = None) -> Feed:
-    """The language encoder's feed for an item pipeline's feed: its tokens and the image features and grids of its
-    images.
+def language_feed(feed: Feed, language: GraphSpec, vision: Mapping[str, np.ndarray] | None = None) -> Feed:
+    """The language encoder's feed (`language`: its contract resolved for the model) for an item pipeline's feed:
+    its tokens, and the vision encoder's outputs and grids for its images.
 
-    A text batch gets one zero feature per item (`hidden` wide) and a one-token grid: the graph's inputs are never
-    empty, and no `<|image_pad|>` id reads them.
+    A text batch gets a placeholder for each vision output (one zero image token per item, and per DeepStack tap)
+    and a one-block grid: the graph's inputs are never empty, and no `<|image_pad|>` id reads them.
     """
     batch = feed[INPUT_IDS.name].shape[0]
-    if image_features is None:
-        if hidden is None:
-            raise ValueError("a text feed's placeholder image feature needs the hidden size")
-        image_features = np.zeros((batch, 1, hidden), np.float32)
     grid = feed.get(IMAGE_GRID.name)
-    return {
+    given = {
         INPUT_IDS.name: feed[INPUT_IDS.name],
         ATTENTION_MASK.name: feed[ATTENTION_MASK.name],
-        IMAGE_FEATURES.name: np.ascontiguousarray(image_features, dtype=np.float32),
         IMAGE_GRID.name: np.full((batch, 2), TEXT_GRID, np.int64) if grid is None else grid,
     }
+    out = {}
+    for tensor in language.inputs:
+        if tensor.name in given:
+            out[tensor.name] = given[tensor.name]
+        else:
+            value = _placeholder(tensor, batch) if vision is None else vision[tensor.name]
+            out[tensor.name] = np.ascontiguousarray(value, dtype=np.float32)
+    return out
+
+
+def _placeholder(tensor: TensorSpec, batch: int) -> np.ndarray:
+    sizes = {"batch": batch, "image_tokens": 1}
+    return np.zeros([sizes[d] if isinstance(d, str) else d for d in tensor.shape], np.float32)
 
 
 # The placeholder patch grid of a text item, two patches a side (a whole merge block at Qwen2-VL's merge of 2): the

@@ -22,6 +22,16 @@ from .errors import InputError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"})
+# Leading bytes of the common video containers: (offset, bytes, what). MP4 and QuickTime share the ISO media
+# file's `ftyp` box with AVIF and HEIC images, told apart by the brand after it (`STILL_IMAGE_BRANDS`).
+VIDEO_SIGNATURES = (
+    (4, b"ftyp", "MP4/QuickTime"),
+    (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"),
+    (0, b"FLV", "Flash video"),
+    (0, b"\x00\x00\x01\xba", "MPEG"),
+)
+STILL_IMAGE_BRANDS = frozenset({b"avif", b"heic", b"heix", b"mif1", b"heim", b"heis"})
 
 
 class ImageLoadError(InputError):
@@ -58,6 +68,9 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIX
     """`open_image` for an encoded file received in memory (a server request); `name` stands for the path."""
     if not data:
         raise ImageLoadError(f"{name}: empty (0 bytes)")
+    kind = _video_kind(data)
+    if kind:
+        raise _video_error(name, kind)
     with _pillow_opened(io.BytesIO(data), name, max_pixels) as image:
         return _upright_rgb(image, name)
 
@@ -87,6 +100,8 @@ def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
         raise ImageLoadError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        raise _video_error(str(path), path.suffix.lower())
     with _pillow_opened(path, str(path), max_pixels) as image:
         yield image
 
@@ -108,6 +123,21 @@ def _pillow_opened(source: Path | IO[bytes], name: str, max_pixels: int) -> Iter
         raise ImageLoadError(f"{name}: not an image Pillow can read") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(f"{name}: unreadable or truncated image ({err})") from err
+
+
+def _video_kind(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "AVI"
+    if data[4:8] == b"ftyp" and data[8:12] in STILL_IMAGE_BRANDS:
+        return None
+    return next((what for offset, magic, what in VIDEO_SIGNATURES if data[offset : offset + len(magic)] == magic), None)
+
+
+def _video_error(name: str, kind: str) -> ImageLoadError:
+    return ImageLoadError(
+        f"{name}: a video ({kind}); agff-deploy embeds images and text only: extract frames "
+        "(e.g. `ffmpeg -i VIDEO -vf fps=1 frame_%04d.png`) and embed them as images"
+    )
 
 
 def _refuse_bombs(name: str, image: Image.Image, max_pixels: int) -> None:

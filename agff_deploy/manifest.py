@@ -11,7 +11,9 @@ both, and an older one with the command that re-exports it: version 1 bundles
 stored the language model in both an image and a text encoder graph, version 2
 stored a vision and a language encoder per precision that took square images
 as pixels, version 3 takes images of any size as rows of patches with their
-grids (agff_deploy.contract).
+grids (agff_deploy.contract), version 4 names the model family and carries
+what Qwen3-VL adds (DeepStack taps, the Matryoshka width, the empty-item
+text). A version 3 bundle is read as the Qwen2-VL bundle it is.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from .preprocessing import ImagePreprocessor, NativeImageSettings, NativePreproc
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "agff-bundle"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+# Older versions still read: everything version 4 adds has the value a version 3 bundle implies.
+READABLE_VERSIONS = (3, 4)
 # What each older layout was, for the line that refuses it.
 OLDER_LAYOUTS = {1: "the language model stored per encoder", 2: "square images only, taken as pixels"}
 
@@ -46,8 +50,14 @@ def sha256_file(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class ModelDims:
+    """The embeddings' shape `[num_prompts, hidden_size]`, the language model's `width` (the image features'), its
+    `deepstack` taps, and the `family` (config model_type) the graphs come from."""
+
     num_prompts: int
     hidden_size: int
+    width: int
+    deepstack: int = 0
+    family: str = "qwen2_vl"
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class TokenizerFile:
     max_text_tokens: int
     chat_head: str
     chat_tail: str
+    empty_text: str = ""  # what a text-only item with no text becomes
 
 
 @dataclass(frozen=True)
@@ -228,7 +239,8 @@ class Manifest:
 
     def sizes(self) -> dict[str, int]:
         """The contract's model dimensions for this bundle."""
-        return model_sizes(self.image.patch_size, self.model.num_prompts, self.model.hidden_size)
+        model = self.model
+        return model_sizes(self.image.patch_size, model.num_prompts, model.hidden_size, model.width, model.deepstack)
 
     def graph(self, precision: str, name: str) -> GraphEntry:
         """One graph's entry, or a KeyError that says what to export or choose instead."""
@@ -272,7 +284,7 @@ class Manifest:
                 f"{where}: format_version {version} (written by {data.get('created_by', 'a newer agff-deploy')}) is "
                 f"newer than agff-deploy {__version__} reads (format_version {FORMAT_VERSION}); upgrade agff-deploy"
             )
-        if version < FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ArtifactError(
                 f"{where}: format_version {version} is an older bundle layout "
                 f"({OLDER_LAYOUTS.get(version, 'unversioned')}) that agff-deploy {__version__} no longer reads; "
@@ -291,7 +303,7 @@ class Manifest:
     def _from_fields(cls, data: Mapping[str, Any]) -> Manifest:
         return cls(
             created_by=data.get("created_by", "an unknown agff-deploy"),
-            model=ModelDims(data["model"]["num_prompts"], data["model"]["hidden_size"]),
+            model=_model_dims(data["model"]),
             image=_image(data["image"]),
             tokenizer=TokenizerFile(**_pick(data["tokenizer"], TokenizerFile)),
             fusion=_fusion(data["fusion"]),
@@ -351,6 +363,10 @@ def _pick(data: Mapping[str, Any], kind: type) -> dict[str, Any]:
     """The keys of `data` that `kind` has fields for (version 1 files hold more)."""
     names = {f.name for f in dataclasses.fields(kind)}
     return {k: v for k, v in data.items() if k in names}
+
+
+def _model_dims(data: Mapping[str, Any]) -> ModelDims:
+    return ModelDims(**{"width": data["hidden_size"], **_pick(data, ModelDims)})
 
 
 def _image(data: Mapping[str, Any]) -> ImageFormat:

@@ -1,68 +1,41 @@
-"""AGFF-Embed: a Qwen2-VL that emits one global and K fine-grained embeddings per item.
+"""AGFF-Embed: a Qwen vision-language model that emits one global and K fine-grained embeddings per item.
 
 The module the trainer optimises is the module the exporter traces: images of
 any size as padded rows of patches, vision blocks on a batch axis, gather/where
 image merge, vectorised M-RoPE, and K+1 prompts sharing one prefix pass. No
-`.tolist()`, no Python loops over data.
+`.tolist()`, no Python loops over data. How the vision tower and the language
+model of each Qwen generation run is its family's (`agff_deploy.families`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLModel
 
-from .attention import ATTENTION
 from .config import AGFFConfig
-from .errors import ArtifactError, MissingFileError
+from .families import VisionOutputs, folder_family
+from .image_positions import ImagePositions
 from .mrope import mrope_position_ids
 from .prompts import PrefixSharedPrompts
 from .similarity import FusedSimilarity
-from .vision import encode_images
 from .weights import weight_files
 
-SUPPORTED_MODEL_TYPES = ("qwen2_vl",)
 
+def load_base_folder(path: str | Path) -> nn.Module:
+    """The backbone (vision tower and language model) of a local `save_pretrained` folder of a supported family;
+    no hub access.
 
-def build_base_model(base: dict) -> Qwen2VLModel:
-    """A randomly initialised Qwen2-VL backbone (the caller seeds torch)."""
-    model_type = base.get("model_type", "qwen2_vl")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ArtifactError(
-            f"base model_type {model_type!r} is not supported; AGFF-Embed builds on {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    config = Qwen2VLConfig.from_dict(base)
-    return Qwen2VLModel._from_config(config, attn_implementation=ATTENTION)
-
-
-def load_base_folder(path: str | Path) -> Qwen2VLModel:
-    """The Qwen2-VL backbone of a local checkpoint folder (`save_pretrained` layout); no hub access.
-
-    The weight files are checked first, so a missing or truncated shard is named rather than
-    surfacing as a loader error deep inside transformers.
+    The model type and the weight files are checked first, so an unsupported model or a missing or truncated shard
+    is named in one line rather than surfacing as a loader error deep inside transformers.
     """
     folder = Path(path)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise MissingFileError(
-            f"{config_path} not found: --base takes a local Qwen2-VL folder written by save_pretrained"
-        )
-    model_type = json.loads(config_path.read_text()).get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ArtifactError(
-            f"{config_path}: model_type {model_type!r} is not supported; AGFF-Embed builds on "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} checkpoints"
-        )
+    family = folder_family(folder)
     weight_files(folder)
-    full = Qwen2VLForConditionalGeneration.from_pretrained(
-        folder, attn_implementation=ATTENTION, local_files_only=True, dtype=torch.float32
-    )
-    return full.model
+    return family.load(folder)
 
 
 def causal_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -86,10 +59,11 @@ MIN_TEMPERATURE = 0.01  # the learned temperature's floor: below it one pair's s
 class AGFFEmbedder(nn.Module):
     """Image, text or image+instruction -> `[B, K+1, D]` L2-normalised embeddings."""
 
-    def __init__(self, config: AGFFConfig, base: Qwen2VLModel | None = None) -> None:
+    def __init__(self, config: AGFFConfig, base: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
-        self.mllm = base if base is not None else build_base_model(config.base)
+        self.family = config.family
+        self.mllm = base if base is not None else self.family.build(config.base)
         self.image_token_id = int(self.mllm.config.image_token_id)
         self.recompute_vision = False
         self.prompts = PrefixSharedPrompts(config.num_prompts, config.prompt_length, config.hidden_size)
@@ -125,17 +99,11 @@ class AGFFEmbedder(nn.Module):
             self.mllm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.recompute_vision = True
 
-    def image_tokens(self, pixel_values: torch.Tensor, image_grid: torch.Tensor) -> torch.Tensor:
-        """`[B, P, 3*p*p]` patches of images with patch grids `[B, 2]` -> `[B, P / 4, D]` image tokens."""
+    def image_tokens(self, pixel_values: torch.Tensor, image_grid: torch.Tensor) -> VisionOutputs:
+        """`[B, P, 3*p*p]` patches of images with patch grids `[B, 2]` -> `[B, P / 4, D]` image tokens, and the
+        `[B, S, P / 4, D]` DeepStack taps of a family that has them (else None)."""
         recompute = self.recompute_vision and self.training and torch.is_grad_enabled()
-        return encode_images(self.mllm.visual, pixel_values, image_grid, recompute)
-
-    def merge_image_tokens(self, embeds: torch.Tensor, input_ids: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Place image token k at the k-th `<|image_pad|>` (cumsum + gather + where)."""
-        is_image = input_ids == self.image_token_id
-        index = (torch.cumsum(is_image.to(torch.int64), dim=1) - 1).clamp(0, image.shape[1] - 1)
-        gathered = torch.gather(image.to(embeds.dtype), 1, index.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
-        return torch.where(is_image.unsqueeze(-1), gathered, embeds)
+        return self.family.encode_images(self.mllm.visual, pixel_values, image_grid, recompute)
 
     def forward(
         self,
@@ -146,8 +114,8 @@ class AGFFEmbedder(nn.Module):
     ) -> torch.Tensor:
         """Right-padded `[B, L]` tokens (+ `[B, P, 3*p*p]` patches, `[B, 2]` patch grids) -> `[B, K+1, D]`: the
         vision encoder, then the language encoder, as the exported pipelines run them."""
-        features = None if pixel_values is None else self.image_tokens(pixel_values, image_grid)
-        return self.encode_tokens(input_ids, attention_mask, features, image_grid)
+        features, deepstack = (None, None) if pixel_values is None else self.image_tokens(pixel_values, image_grid)
+        return self.encode_tokens(input_ids, attention_mask, features, image_grid, deepstack)
 
     def encode_tokens(
         self,
@@ -155,30 +123,44 @@ class AGFFEmbedder(nn.Module):
         attention_mask: torch.Tensor,
         image_features: torch.Tensor | None = None,
         image_grid: torch.Tensor | None = None,
+        deepstack_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The language encoder: tokens (+ `[B, T, D]` image features for the `<|image_pad|>` ids, from images of
-        patch grids `[B, 2]`) -> `[B, K+1, D]`.
+        patch grids `[B, 2]`, and their `[B, S, T, D]` DeepStack taps) -> `[B, K+1, D]`.
 
         One pass over the shared prefix and K+1 prompts (or, with last-token pooling, the last token's state as the
         one embedding). It serves text and image items alike, which is why a bundle stores the language model once.
         """
-        lm = self.mllm.language_model
-        embeds = self.token_embeddings(input_ids, image_features)
+        embeds, images = self.token_embeddings(input_ids, image_features)
         prefix_positions, next_position = mrope_position_ids(
             input_ids, attention_mask, self.image_token_id, self.merged_grid(image_grid, input_ids)
         )
         if self.config.pooling == "last-token":
             mask = causal_attention_mask(attention_mask, embeds.dtype)
-            hidden = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=prefix_positions).last_hidden_state
+            hidden = self.language_states(embeds, mask, prefix_positions, images, deepstack_features)
             last = (attention_mask.sum(dim=1) - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
-            return F.normalize(torch.gather(hidden, 1, last).float(), dim=-1)
+            pooled = torch.gather(hidden, 1, last)
+            if self.config.embedding_dim is not None:  # Matryoshka: the leading dimensions, renormalised
+                pooled = pooled[..., : self.config.embedding_dim]
+            return F.normalize(pooled.float(), dim=-1)
         batch, length = input_ids.shape
         sequence = torch.cat([embeds, self.prompts.embeddings(batch, embeds.dtype)], dim=1)
         positions = torch.cat([prefix_positions, self.prompts.position_ids(next_position)], dim=2)
         mask = self.prompts.attention_mask(attention_mask, sequence.dtype)
-        hidden = lm(inputs_embeds=sequence, attention_mask=mask, position_ids=positions).last_hidden_state
+        images = images.extended(self.prompts.total_length)
+        hidden = self.language_states(sequence, mask, positions, images, deepstack_features)
         pooled = hidden[:, self.prompts.pool_indices(length).to(hidden.device)]
         return F.normalize(pooled.float(), dim=-1)
+
+    def language_states(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        images: ImagePositions,
+        deepstack: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return self.family.language_states(self.mllm.language_model, embeds, mask, positions, images, deepstack)
 
     def merged_grid(self, image_grid: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
         """`[B, 2]` image size in image tokens; a text batch (no grid) gets 1 x 1, which no token reads."""
@@ -186,12 +168,17 @@ class AGFFEmbedder(nn.Module):
             return torch.ones(input_ids.shape[0], 2, dtype=torch.int64, device=input_ids.device)
         return image_grid // self.config.merge_size
 
-    def token_embeddings(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
-        """`[B, L, D]` input embeddings with the image features in place of the `<|image_pad|>` ids."""
+    def token_embeddings(
+        self, input_ids: torch.Tensor, image_features: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ImagePositions]:
+        """`[B, L, D]` input embeddings with the image features in place of the `<|image_pad|>` ids, and where
+        those are."""
         embeds = self.mllm.language_model.embed_tokens(input_ids)
+        tokens = 1 if image_features is None else image_features.shape[1]
+        images = ImagePositions.of(input_ids, self.image_token_id, tokens)
         if image_features is not None:
-            embeds = self.merge_image_tokens(embeds, input_ids, image_features)
-        return embeds
+            embeds = images.replace(embeds, image_features)
+        return embeds, images
 
     def token_states(
         self,
@@ -205,11 +192,10 @@ class AGFFEmbedder(nn.Module):
         positions, _ = mrope_position_ids(
             input_ids, attention_mask, self.image_token_id, self.merged_grid(image_grid, input_ids)
         )
-        features = None if pixel_values is None else self.image_tokens(pixel_values, image_grid)
-        embeds = self.token_embeddings(input_ids, features)
+        features, deepstack = (None, None) if pixel_values is None else self.image_tokens(pixel_values, image_grid)
+        embeds, images = self.token_embeddings(input_ids, features)
         mask = causal_attention_mask(attention_mask, embeds.dtype)
-        lm = self.mllm.language_model
-        return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        return self.language_states(embeds, mask, positions, images, deepstack)
 
     def similarity(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return self.fusion(queries, candidates)

@@ -181,14 +181,17 @@ class NativeImageSettings:
         return cls(**values)
 
     @classmethod
-    def from_preprocessor_config(cls, source: str | Path) -> tuple[NativeImageSettings, list[str]]:
+    def from_preprocessor_config(
+        cls, source: str | Path, fallback: NativeImageSettings | None = None, family: str = "Qwen2-VL"
+    ) -> tuple[NativeImageSettings, list[str]]:
         """Settings from a `save_pretrained` folder (or a config file) as transformers reads them, and notes.
 
         A folder is read as transformers 5 reads it: `processor_config.json`'s nested "image_processor" first, then
         `preprocessor_config.json`. Within those, flat `min_pixels`/`max_pixels` (4.4x) win over
         `size.shortest_edge`/`size.longest_edge` (4.5x, 5.x), then 4.45's `size.min_pixels`/`size.max_pixels`;
-        keys absent take transformers' defaults. A folder with neither file gets the published defaults and one
-        note saying so, so the user knows their model may have wanted others.
+        keys absent take transformers' defaults. A folder with neither file gets `fallback` (the `family`'s
+        published processor settings; Qwen2-VL's by default) and one note saying so, so the user knows their model
+        may have wanted others.
         """
         path = Path(source)
         if not path.exists():
@@ -201,11 +204,16 @@ class NativeImageSettings:
             return _settings_from_hf(image_processor, nested), []
         if (path / PREPROCESSOR_FILE).is_file():
             return _settings_from_hf(_read_json(path / PREPROCESSOR_FILE), path / PREPROCESSOR_FILE), []
-        defaults = cls()
-        return defaults, [
-            f"{path}: no {PREPROCESSOR_FILE} or {PROCESSOR_FILE}; used the published Qwen2-VL image settings "
-            f"(min_pixels {defaults.min_pixels}, max_pixels {defaults.max_pixels}, CLIP mean and std)"
+        chosen = fallback or cls()
+        return chosen, [
+            f"{path}: no {PREPROCESSOR_FILE} or {PROCESSOR_FILE}; used the published {family} image settings "
+            f"(min_pixels {chosen.min_pixels}, max_pixels {chosen.max_pixels}, mean {_short(chosen.mean)}, "
+            f"std {_short(chosen.std)})"
         ]
+
+
+def _short(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def _read_json(path: Path) -> dict:

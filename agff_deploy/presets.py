@@ -1,8 +1,10 @@
-"""Built-in model presets: Qwen2-VL architecture at sizes that train on a laptop CPU.
+"""Built-in model presets: Qwen2-VL and Qwen3-VL architectures at sizes that train on a laptop CPU.
 
 `tiny` is for tests (seconds); `demo` is the default and learns the built-in
 scenes in a few minutes on two cores (measured: larger models and 224 px
-learned more slowly on the same time budget).
+learned more slowly on the same time budget). `tiny-qwen3-vl` is `tiny` on the
+Qwen3-VL architecture (patch 16, a learned position table, two DeepStack taps).
+A preset's vision settings are in its family's own config keys.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vision": {"embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 2},
         "agff": {"num_fine": 8, "prompt_length": 1, "image_size": (112, 112), "max_text_tokens": 64},
     },
+    "tiny-qwen3-vl": {
+        "family": "qwen3_vl",
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "head_dim": 8, "mrope_section": [2, 1, 1]},
+        "vision": {"hidden_size": 32, "intermediate_size": 64, "depth": 2, "num_heads": 2,
+                   "num_position_embeddings": 16, "deepstack_visual_indexes": [0, 1]},
+        "agff": {"num_fine": 2, "prompt_length": 2, "image_size": (64, 64), "max_text_tokens": 48},
+    },
 }  # fmt: skip
 
 
@@ -41,7 +51,10 @@ def local_tokenizer() -> Tokenizer:
 
 
 def base_config(spec: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
-    """The `Qwen2VLConfig` dict of a preset's `spec`, with this tokenizer's vocabulary and token ids."""
+    """The base config dict of a preset's `spec` in its family, with this tokenizer's vocabulary and token ids."""
+    from .families import FAMILIES  # the model code: imported only when a preset is built
+
+    family = FAMILIES[spec.get("family", "qwen2_vl")]
     text = dict(spec["text"])
     mrope_section = text.pop("mrope_section")
     ids = special_token_ids(tokenizer)
@@ -53,12 +66,11 @@ def base_config(spec: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
         eos_token_id=ids["eos_token_id"],
         pad_token_id=ids["pad_token_id"],
     )
-    vision = dict(spec["vision"], hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2, in_channels=3)  # fmt: skip
     token_ids = {
         k: ids[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
     }
-    return {"model_type": "qwen2_vl", "text_config": text, "vision_config": vision, **token_ids}
+    vision = family.vision_config(spec["vision"], text["hidden_size"])
+    return {"model_type": family.model_type, "text_config": text, "vision_config": vision, **token_ids}
 
 
 def preset_config(

@@ -1,51 +1,69 @@
-"""A published single-vector Qwen2-VL embedder, read straight from its `save_pretrained` folder.
+"""A published single-vector embedder, read straight from its `save_pretrained` folder.
 
-GME's convention (gme-Qwen2-VL): the item as a chat with a system turn holding
-the instruction ("You are a helpful assistant." by default), the user turn
-(`<|vision_start|><|image_pad|><|vision_end|>` + text), the assistant's opening
-and `<|endoftext|>`; the embedding is that last token's last hidden state,
-L2-normalised, with the folder's own image processor settings. As an AGFF model
-it is K = 0 with last-token pooling, so it exports, gates and runs like any
-other: no AGFF training is involved.
+Each family's published embedders follow one convention (`SingleVectorConvention`):
+GME on Qwen2-VL (system turn "You are a helpful assistant.", `<|endoftext|>`
+after the assistant's opening, read out there) and Qwen3-VL-Embedding on
+Qwen3-VL (the instruction "Represent the user's input." in the system turn,
+"NULL" for an empty item, the last token of the assistant's opening read out,
+images within 4 x 32 x 32 .. 1800 x 32 x 32 pixels). The item is the user
+turn, image then text, in the folder's own chat template; the embedding is
+that last token's last hidden state, L2-normalised, optionally cut to its
+leading dimensions (Matryoshka). As an AGFF model it is K = 0 with last-token
+pooling, so it exports, gates and runs like any other: no AGFF training is
+involved.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from .chat_format import DEFAULT_SYSTEM_PROMPT, read_chat_template, render_chat_format
+from .chat_format import read_chat_template, render_chat_format
 from .config import AGFFConfig
+from .families import folder_family
 from .model import AGFFEmbedder, load_base_folder
 from .preprocessing import NativeImageSettings
 from .tokenization import TOKENIZER_FILE
 
-END_TOKEN = "<|endoftext|>"  # what the last-token convention reads the embedding out at
-DEFAULT_MAX_TEXT_TOKENS = 512
-
 
 def single_vector_embedder(
-    folder: str | Path, system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS
+    folder: str | Path,
+    system_prompt: str | None = None,
+    max_text_tokens: int | None = None,
+    dim: int | None = None,
 ) -> tuple[AGFFEmbedder, Tokenizer, list[str]]:
-    """The folder's model as a last-token embedder, its tokenizer, and notes on settings it lacked (defaults used)."""
+    """The folder's model as a last-token embedder, its tokenizer, and notes on settings it lacked (defaults used).
+
+    `system_prompt` and `max_text_tokens` default to the family's convention; `dim` keeps the leading dimensions.
+    The config is built and checked before the weights load, so a bad flag costs no load of a 2B model.
+    """
     folder = Path(folder)
-    base = load_base_folder(folder)
-    settings, notes = NativeImageSettings.from_preprocessor_config(folder)
-    template, template_notes = read_chat_template(folder)
-    chat = render_chat_format(template, folder, system=system_prompt, end=END_TOKEN)
+    family = folder_family(folder)
+    convention = family.single_vector
+    settings, notes = NativeImageSettings.from_preprocessor_config(folder, family.image_defaults, family.label)
+    if convention.pixels is not None:
+        settings = dataclasses.replace(settings, min_pixels=convention.pixels[0], max_pixels=convention.pixels[1])
+    template, template_notes = read_chat_template(folder, family)
+    instruction = convention.instruction(convention.system_prompt if system_prompt is None else system_prompt)
+    chat = render_chat_format(template, folder, system=instruction, end=convention.end)
     config = AGFFConfig(
-        base=base.config.to_dict(),
+        base=family.config_class.from_pretrained(folder).to_dict(),
         num_fine=0,
-        max_text_tokens=max_text_tokens,
+        max_text_tokens=max_text_tokens or convention.max_text_tokens,
         image_resize="native",
         image_settings={k: v for k, v in settings.to_dict().items() if k not in _BASE_OWNED},
         chat_head=chat.head,
         chat_tail=chat.tail,
         pooling="last-token",
+        embedding_dim=dim,
+        empty_text=convention.empty_text,
         preset="last-token",
         base_path=str(folder),
     )
+    base = load_base_folder(folder)
+    config.base = base.config.to_dict()
     tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
     return AGFFEmbedder(config, base).eval(), tokenizer, notes + template_notes
 

@@ -98,8 +98,9 @@ class ChatFormatter:
 
     `head` and `tail` are the model's chat template rendered around one user turn (`chat_format`): by default
     Qwen2-VL's user turn and the assistant's opening. An image is `<|vision_start|>` + T x `<|image_pad|>` +
-    `<|vision_end|>`, placed where its text holds `IMAGE_PLACEHOLDER`, else before the text (Qwen2-VL's
-    convention); the runtime, trainer and exporter all go through here.
+    `<|vision_end|>`, placed where its text holds `IMAGE_PLACEHOLDER`, else before the text (Qwen2-VL's and
+    Qwen3-VL's convention); a text-only item with no text is `empty_text` (Qwen3-VL-Embedding's "NULL"). The
+    runtime, trainer and exporter all go through here.
     """
 
     def __init__(
@@ -109,10 +110,12 @@ class ChatFormatter:
         max_text_tokens: int,
         head: str = USER_HEAD,
         tail: str = USER_TAIL,
+        empty_text: str = "",
     ) -> None:
         self.tokenizer = tokenizer
         self.num_image_tokens = num_image_tokens
         self.max_text_tokens = max_text_tokens
+        self.empty_text = empty_text
         self.pad_id = tokenizer.token_to_id("<|endoftext|>")
         self.image_id = tokenizer.token_to_id(IMAGE_PAD)
         self._head = self._ids(head)
@@ -121,13 +124,12 @@ class ChatFormatter:
         self._vision_end = tokenizer.token_to_id(VISION_END)
 
     @classmethod
-    def from_file(
-        cls, path: str | Path, num_image_tokens: int, max_text_tokens: int, head: str = USER_HEAD, tail: str = USER_TAIL
-    ) -> ChatFormatter:
+    def from_file(cls, path: str | Path, *args, **kwargs) -> ChatFormatter:
+        """The formatter of a tokenizer.json file (the other arguments as the constructor's)."""
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"tokenizer file {path} not found")
-        return cls(Tokenizer.from_file(str(path)), num_image_tokens, max_text_tokens, head, tail)
+        return cls(Tokenizer.from_file(str(path)), *args, **kwargs)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -151,6 +153,8 @@ class ChatFormatter:
             before_ids, after_ids = self._ids(before), self._ids(after.replace(IMAGE_PLACEHOLDER, ""))
         else:
             before_ids, after_ids = [], self.text_ids(text)
+        if image_tokens is None and not before_ids and not after_ids:
+            after_ids = self.text_ids(self.empty_text)
         truncated = len(before_ids) + len(after_ids) > self.max_text_tokens
         before_ids = before_ids[: self.max_text_tokens]
         after_ids = after_ids[: self.max_text_tokens - len(before_ids)]
@@ -192,7 +196,7 @@ class ChatFormatter:
         return EncodedBatch(input_ids, attention_mask, truncated)
 
 
-def write_tokenizer_files(tokenizer: Tokenizer, folder: str | Path) -> None:
+def write_tokenizer_files(tokenizer: Tokenizer, folder: str | Path, chat_template: str = CHAT_TEMPLATE) -> None:
     """tokenizer.json plus the HF tokenizer_config.json (with the chat template)."""
     folder = Path(folder)
     tokenizer.save(str(folder / TOKENIZER_FILE))
@@ -202,7 +206,7 @@ def write_tokenizer_files(tokenizer: Tokenizer, folder: str | Path) -> None:
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",
         "model_max_length": 32768,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template,
         "extra_special_tokens": {"image_token": IMAGE_PAD},
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

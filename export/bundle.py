@@ -45,21 +45,19 @@ from agff_deploy import __version__
 from agff_deploy.atomic_files import writer_running
 from agff_deploy.config import source_config_file
 from agff_deploy.contract import (
-    CANDIDATES,
-    IMAGE_FEATURES,
     LANGUAGE_ENCODER,
     PRECISIONS,
-    QUERIES,
     SCORER,
     STORED,
     STORED_ENCODERS,
     TRT_PRECISIONS,
     VISION_ENCODER,
     GraphSpec,
-    model_sizes,
+    TensorSpec,
     resolved_stored,
 )
 from agff_deploy.errors import AgffError, InputError
+from agff_deploy.feeds import language_feed, vision_feed
 from agff_deploy.inputs import ItemEncoder
 from agff_deploy.manifest import (
     BatchRange,
@@ -146,6 +144,7 @@ class BundleBuilder:
         self.options = options
         self.log = log
         self.kept_in_float: dict[str, tuple[str, ...]] = {}
+        self.specs = resolved_stored(model.config.sizes())
         self.fusion = Fusion(
             t_in=model.fusion.t_in,
             t_f=float(model.fusion.t_f.detach()),
@@ -177,25 +176,24 @@ class BundleBuilder:
         """What each graph is traced with, in its contract's input order."""
         size = self.encoder.scene_size
         image = self.encoder.feeds(["", "what is this?"], [np.zeros((size, size, 3), np.uint8)] * 2)
-        cfg = self.model.config
-        k, d = cfg.num_prompts, cfg.hidden_size
-        features = torch.randn(2, cfg.num_image_tokens, d)
-        feeds = {
-            VISION_ENCODER: {n: torch.from_numpy(image[n]) for n in VISION_ENCODER.input_names},
-            LANGUAGE_ENCODER: {
-                **{n: torch.from_numpy(image[n]) for n in LANGUAGE_ENCODER.input_names if n in image},
-                IMAGE_FEATURES.name: features,
-            },
-            SCORER: {QUERIES.name: torch.randn(2, k, d), CANDIDATES.name: torch.randn(3, k, d)},
+        tokens = self.model.config.num_image_tokens
+        vision = {
+            t.name: _random(t, {"batch": 2, "image_tokens": tokens}) for t in self.specs[VISION_ENCODER.name].outputs
         }
-        return {spec.name: tuple(feed[n] for n in spec.input_names) for spec, feed in feeds.items()}
+        scorer = self.specs[SCORER.name]
+        feeds = {
+            VISION_ENCODER.name: vision_feed(image),
+            LANGUAGE_ENCODER.name: language_feed(image, self.specs[LANGUAGE_ENCODER.name], vision),
+            SCORER.name: {t.name: _random(t, {"queries": 2, "candidates": 3}) for t in scorer.inputs},
+        }
+        return {name: tuple(torch.from_numpy(feeds[name][n]) for n in self.specs[name].input_names) for name in STORED}
 
     def _export(self, module: torch.nn.Module, name: str, path: Path) -> Path:
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             export_graph(
                 module,
-                STORED[name],
+                self.specs[name],
                 self._examples()[name],
                 path,
                 self.options.opset,
@@ -257,7 +255,11 @@ class BundleBuilder:
             started = time.perf_counter()
             if precision == "int8":
                 feeds = calibration_feeds(
-                    self.encoder, name, self.options.calib_dir, self.options.calib_samples, fp32[VISION_ENCODER.name]
+                    self.encoder,
+                    self.specs[name],
+                    self.options.calib_dir,
+                    self.options.calib_samples,
+                    fp32[VISION_ENCODER.name],
                 )
                 kept = [f"{name}/{node}" for node in quantize_qdq(fp32[name], path, feeds)]
                 self.kept_in_float["int8"] = (*self.kept_in_float.get("int8", ()), *kept)
@@ -276,13 +278,19 @@ class BundleBuilder:
         cfg = self.model.config
         lo, opt, hi = self.options.batch
         image_length, text_length = (self.encoder.formatter.length_range(with_image=w) for w in (True, False))
-        specs = resolved_stored(model_sizes(cfg.patch_size, cfg.num_prompts, cfg.hidden_size))
         return Manifest(
             created_by=f"agff-deploy {__version__}",
-            model=ModelDims(cfg.num_prompts, cfg.hidden_size),
+            model=ModelDims(
+                cfg.num_prompts, cfg.output_size, cfg.hidden_size, cfg.sizes()["deepstack"], cfg.family.model_type
+            ),
             image=cfg.image_format(),
             tokenizer=TokenizerFile(
-                TOKENIZER_FILE, sha256_file(folder / TOKENIZER_FILE), cfg.max_text_tokens, cfg.chat_head, cfg.chat_tail
+                TOKENIZER_FILE,
+                sha256_file(folder / TOKENIZER_FILE),
+                cfg.max_text_tokens,
+                cfg.chat_head,
+                cfg.chat_tail,
+                cfg.empty_text,
             ),
             fusion=self.fusion,
             dims=Dims(
@@ -292,7 +300,7 @@ class BundleBuilder:
             ),
             graphs={
                 precision: {
-                    name: self._graph_entry(folder, path, precision, specs[name]) for name, path in graphs.items()
+                    name: self._graph_entry(folder, path, precision, self.specs[name]) for name, path in graphs.items()
                 }
                 for precision, graphs in files.items()
             },
@@ -375,6 +383,12 @@ class BundleBuilder:
         share = {"fp32": 1.0, "fp16": 0.5, "int8": 1.0, "int8-dynamic": 0.25, "int4": 0.15}
         total = sum(share[p] for p in self.options.precisions)
         return int(weights * total) + (64 << 20)
+
+
+def _random(tensor: TensorSpec, sizes: dict[str, int]) -> np.ndarray:
+    """A float32 array of the tensor's shape, its dynamic dims at `sizes`: an example to trace with."""
+    shape = [sizes[d] if isinstance(d, str) else d for d in tensor.shape]
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
 def _require_calibration_memory(weight_bytes: int, streamed: bool) -> None:

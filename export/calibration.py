@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agff_deploy.contract import IMAGE_FEATURES, VISION_ENCODER, Feed
+from agff_deploy.contract import VISION_ENCODER, Feed, GraphSpec
 from agff_deploy.errors import InputError, MissingFileError
 from agff_deploy.feeds import language_feed, vision_feed
 from agff_deploy.images import IMAGE_SUFFIXES, ImageLoadError, open_image
@@ -40,13 +40,14 @@ def _folder_images(folder: Path) -> list[Image.Image]:
 
 def calibration_feeds(
     encoder: ItemEncoder,
-    graph: str,
+    graph: GraphSpec,
     calib_dir: str | Path | None = None,
     samples: int = 128,
     vision_graph: Path | None = None,
     batch_size: int = 8,
 ) -> list[dict[str, np.ndarray]]:
-    """Feed dicts for one stored encoder graph; `samples` scenes unless `calib_dir`.
+    """Feed dicts for one stored encoder graph (its contract resolved for the model); `samples` scenes unless
+    `calib_dir`.
 
     The vision encoder calibrates on images. The language encoder calibrates on what it serves: text items, and
     image items whose features `vision_graph` (the fp32 vision encoder, run in ONNX Runtime) computes.
@@ -58,7 +59,7 @@ def calibration_feeds(
         encoder.feeds(prompts[i : i + batch_size], images[i : i + batch_size])
         for i in range(0, len(images), batch_size)
     ]
-    if graph == VISION_ENCODER.name:
+    if graph.name == VISION_ENCODER.name:
         return [vision_feed(feed) for feed in image_feeds]
     texts_file = Path(calib_dir) / "texts.txt" if calib_dir else None
     if texts_file and texts_file.is_file():
@@ -68,15 +69,17 @@ def calibration_feeds(
     text_feeds = [encoder.feeds(texts[i : i + batch_size], None) for i in range(0, len(texts), batch_size)]
     if vision_graph is None:
         raise ValueError("the language encoder calibrates on image features: pass the fp32 vision graph")
-    with_features = _with_features(image_feeds, vision_graph)
-    hidden = with_features[0][IMAGE_FEATURES.name].shape[-1]
-    return [language_feed(feed, hidden=hidden) for feed in text_feeds] + with_features
+    return [language_feed(feed, graph) for feed in text_feeds] + _with_features(image_feeds, vision_graph, graph)
 
 
-def _with_features(image_feeds: list[Feed], vision_graph: Path) -> list[Feed]:
+def _with_features(image_feeds: list[Feed], vision_graph: Path, language: GraphSpec) -> list[Feed]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(vision_graph), providers=["CPUExecutionProvider"])
-    feeds = [language_feed(feed, session.run(None, vision_feed(feed))[0]) for feed in image_feeds]
+    names = [output.name for output in session.get_outputs()]
+    feeds = [
+        language_feed(feed, language, dict(zip(names, session.run(None, vision_feed(feed)), strict=True)))
+        for feed in image_feeds
+    ]
     del session
     return feeds

@@ -35,7 +35,6 @@ from agff_deploy.contract import (
     TEXT_ENCODER,
     Bar,
     Feed,
-    model_sizes,
     resolved_graphs,
 )
 from agff_deploy.errors import AgffError, ArtifactError, InputError, MissingFileError, print_error
@@ -314,7 +313,7 @@ def pytorch_reference(
     from runtime.torch_runner import TorchRunner
 
     config = model.config
-    sizes = model_sizes(config.patch_size, config.num_prompts, config.hidden_size)
+    sizes = config.sizes()
     input_sets = parity_input_sets(encoder, sizes, fusion, images, agreement_pairs)
     reference: dict[str, Runner] = {
         name: RecordedRunner.record(TorchRunner(model, spec, device="cpu"), input_sets.feeds(name))

@@ -32,7 +32,7 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 class VisionEncoderGraph(nn.Module):
     """patches `[B, P, 3*p*p]` float32 + patch grids `[B, 2]` -> image features `[B, P/4, D]` float32 (the language
-    encoder's input)."""
+    encoder's input), and with DeepStack its taps `[B, S, P/4, D]` float32."""
 
     def __init__(self, model: AGFFEmbedder) -> None:
         super().__init__()
@@ -40,12 +40,13 @@ class VisionEncoderGraph(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, image_grid: torch.Tensor):
         dtype = next(self.model.parameters()).dtype
-        return self.model.image_tokens(pixel_values.to(dtype), image_grid).float()
+        features, deepstack = self.model.image_tokens(pixel_values.to(dtype), image_grid)
+        return features.float() if deepstack is None else (features.float(), deepstack.float())
 
 
 class LanguageEncoderGraph(nn.Module):
-    """chat tokens `[B, L]` + image features `[B, T, D]` float32 and patch grids `[B, 2]` (unused for text) ->
-    `[B, K+1, D]`."""
+    """chat tokens `[B, L]` + image features `[B, T, D]` float32, patch grids `[B, 2]` (unused for text) and, with
+    DeepStack, the taps `[B, S, T, D]` float32 -> `[B, K+1, D]`."""
 
     def __init__(self, model: AGFFEmbedder) -> None:
         super().__init__()
@@ -57,9 +58,11 @@ class LanguageEncoderGraph(nn.Module):
         attention_mask: torch.Tensor,
         image_features: torch.Tensor,
         image_grid: torch.Tensor,
+        deepstack_features: torch.Tensor | None = None,
     ):
         dtype = next(self.model.parameters()).dtype
-        return self.model.encode_tokens(input_ids, attention_mask, image_features.to(dtype), image_grid)
+        deepstack = None if deepstack_features is None else deepstack_features.to(dtype)
+        return self.model.encode_tokens(input_ids, attention_mask, image_features.to(dtype), image_grid, deepstack)
 
 
 class ScorerGraph(nn.Module):

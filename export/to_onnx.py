@@ -9,13 +9,12 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from agff_deploy.chat_format import DEFAULT_SYSTEM_PROMPT
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.config import POOLINGS
 from agff_deploy.contract import PRECISIONS
 from agff_deploy.errors import AgffError, InputError, print_error
 from agff_deploy.model import AGFFEmbedder
-from agff_deploy.single_vector import DEFAULT_MAX_TEXT_TOKENS, single_vector_embedder
+from agff_deploy.single_vector import single_vector_embedder
 
 from .bundle import BundleBuilder, DiskFull, ExportOptions, parse_precisions
 from .check import GateReport, add_gate_arguments
@@ -40,26 +39,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "ckpt",
         type=Path,
-        help="checkpoint folder written by `python -m train.run`, or with --pooling last-token a Qwen2-VL folder in "
-        "the save_pretrained layout (a published single-vector embedder such as gme-Qwen2-VL)",
+        help="checkpoint folder written by `python -m train.run`, or with --pooling last-token a Qwen2-VL or "
+        "Qwen3-VL folder in the save_pretrained layout (a published single-vector embedder such as gme-Qwen2-VL or "
+        "Qwen3-VL-Embedding)",
     )
     p.add_argument(
         "--pooling",
         choices=POOLINGS,
         default="prompts",
         help="prompts: an AGFF checkpoint's K+1 embeddings; last-token: one embedding, the last token's L2-normalised "
-        "state after the GME chat turn (system turn, user turn, assistant opening, <|endoftext|>)",
+        "state after the chat turn of the folder's family (GME's on Qwen2-VL, Qwen3-VL-Embedding's on Qwen3-VL)",
     )
     p.add_argument(
         "--system-prompt",
-        default=DEFAULT_SYSTEM_PROMPT,
-        help="last-token: the system turn's instruction (default: %(default)r)",
+        help="last-token: the system turn's instruction (default: the convention's, 'You are a helpful assistant.' "
+        'for GME, "Represent the user\'s input." for Qwen3-VL-Embedding)',
     )
     p.add_argument(
         "--max-text-tokens",
         type=int,
-        default=DEFAULT_MAX_TEXT_TOKENS,
-        help="last-token: text tokens per item; a longer text is cut with a warning naming it (default: %(default)s)",
+        help="last-token: text tokens per item; a longer text is cut with a warning naming it (default: the "
+        "convention's, 512 for GME, 8192 for Qwen3-VL-Embedding)",
+    )
+    p.add_argument(
+        "--dim",
+        type=int,
+        help="last-token: keep the first DIM dimensions of each embedding, renormalised (Matryoshka; default: all)",
     )
     p.add_argument("-o", "--out", type=Path, help="bundle folder (default: bundle/ beside the checkpoint)")
     p.add_argument(
@@ -159,10 +164,14 @@ def main(argv: list[str] | None = None) -> int:
 def _load(args: argparse.Namespace) -> tuple[AGFFEmbedder, Tokenizer]:
     """The model to export: an AGFF checkpoint, or with --pooling last-token a published Qwen2-VL folder."""
     if args.pooling == "prompts":
+        for flag, value in (("--system-prompt", args.system_prompt), ("--max-text-tokens", args.max_text_tokens),
+                            ("--dim", args.dim)):  # fmt: skip
+            if value is not None:
+                raise InputError(f"{flag} is for published single-vector embedders: add --pooling last-token")
         return load_checkpoint(args.ckpt, image_size=args.image_size)
     if args.image_size:
         raise InputError("--pooling last-token keeps the folder's native-resolution image settings: drop --image-size")
-    model, tokenizer, notes = single_vector_embedder(args.ckpt, args.system_prompt, args.max_text_tokens)
+    model, tokenizer, notes = single_vector_embedder(args.ckpt, args.system_prompt, args.max_text_tokens, args.dim)
     for note in notes:
         print(note)
     return model, tokenizer

@@ -4,11 +4,13 @@
       image_preprocess  python          decode, resize, tokenize, pad to L  ->  pixel_values, image_grid, input_ids,
                                                                                  attention_mask
       vision_encoder    onnxruntime | tensorrt_plan   pixel_values, image_grid  ->  image_features FP32 [T, D]
+                                                                             (+ deepstack_features [S, T, D])
       language_encoder  onnxruntime | tensorrt_plan   input_ids, attention_mask, image_features, image_grid
-                                                                             ->  embeddings
+                                                      (+ deepstack_features)  ->  embeddings
     text              ensemble        text (BYTES)                           ->  embeddings FP32 [K+1, D]
       text_preprocess   python          tokenize, pad to L                   ->  input_ids, attention_mask,
                                                                                  image_features FP32 [1, D] (zeros),
+                                                                                 (deepstack_features [S, 1, D], zeros)
                                                                                  image_grid (one merge block)
       language_encoder  (the same model as in `image`)
     score             onnxruntime     queries, candidates                    ->  scores (the scorer graph; no batching)

@@ -229,7 +229,7 @@ def gate_engines(request: BuildRequest, manifest: Manifest, engines: Engines, pl
         name: TrtRunner(EngineLoader(path, engines, engines.graphs[name].sha256), specs[name])
         for name, path in plans.items()
     }
-    candidates = item_runners(stored, pipelines, manifest.model.hidden_size)
+    candidates = item_runners(stored, pipelines)
     bars = {name: GRAPHS[name].bars["fp32" if name == SCORER.name else engines.precision] for name in candidates}
     return GateReport(compare(reference, candidates, input_sets, bars, engines.precision), {})
 

@@ -16,7 +16,6 @@ import numpy as np
 
 from agff_deploy.contract import (
     IMAGE_ENCODER,
-    IMAGE_FEATURES,
     IMAGE_GRID,
     LANGUAGE_ENCODER,
     PIXEL_VALUES,
@@ -25,6 +24,7 @@ from agff_deploy.contract import (
     VISION_ENCODER,
     Feed,
     GraphSpec,
+    TensorSpec,
 )
 from agff_deploy.feeds import language_feed, vision_feed
 
@@ -68,41 +68,51 @@ class PipelineRunner(Runner):
     def run(self, graph: str, feed: Feed) -> Outputs:
         return self.leases[graph].runner.infer(feed)
 
+    def language(self, feed: Feed, vision: Outputs | None = None) -> Outputs:
+        """The language encoder on an item pipeline's feed (and its images' vision outputs)."""
+        runner = self.leases[LANGUAGE_ENCODER.name].runner
+        return runner.infer(language_feed(feed, runner.spec, vision))
+
 
 class ImageEncoderRunner(PipelineRunner):
     def infer_impl(self, feed: Feed) -> Outputs:
-        return self.run(LANGUAGE_ENCODER.name, language_feed(feed, self.image_features(feed)))
+        return self.language(feed, self.vision_outputs(feed))
 
-    def image_features(self, feed: Feed) -> np.ndarray:
-        """The vision encoder's features for a batch of images. Where it takes one image per call (ONNX Runtime on
+    def vision_outputs(self, feed: Feed) -> Outputs:
+        """The vision encoder's outputs for a batch of images. Where it takes one image per call (ONNX Runtime on
         the CPU), each image goes in with its own patches only, not its batch's padded row, so an image costs the
-        same in a batch of larger ones as alone; the features are padded back with zeros, which no token reads."""
+        same in a batch of larger ones as alone; the outputs are padded back with zeros along their image-token
+        axis, which no token reads."""
         vision = self.leases[VISION_ENCODER.name].runner
         if vision.limits.get("batch") != 1:
-            return self.run(VISION_ENCODER.name, vision_feed(feed))[IMAGE_FEATURES.name]
+            return self.run(VISION_ENCODER.name, vision_feed(feed))
         pixels, grids = feed[PIXEL_VALUES.name], feed[IMAGE_GRID.name]
         parts = [
             self.run(
                 VISION_ENCODER.name, {PIXEL_VALUES.name: pixels[i : i + 1, : h * w], IMAGE_GRID.name: grids[i : i + 1]}
-            )[IMAGE_FEATURES.name]
+            )
             for i, (h, w) in enumerate(grids)
         ]
-        features = np.zeros((len(parts), max(p.shape[1] for p in parts), parts[0].shape[2]), np.float32)
-        for i, part in enumerate(parts):
-            features[i, : part.shape[1]] = part[0]
-        return features
+        return {tensor.name: _padded([p[tensor.name] for p in parts], tensor) for tensor in vision.spec.outputs}
+
+
+def _padded(parts: list[np.ndarray], tensor: TensorSpec) -> np.ndarray:
+    """One-image outputs joined into a batch, each zero-padded along the tensor's image-token axis."""
+    axis = tensor.axis_of("image_tokens")
+    shape = list(parts[0].shape)
+    shape[0], shape[axis] = len(parts), max(p.shape[axis] for p in parts)
+    joined = np.zeros(shape, np.float32)
+    for i, part in enumerate(parts):
+        joined[(i, *(slice(0, n) for n in part.shape[1:]))] = part[0]
+    return joined
 
 
 class TextEncoderRunner(PipelineRunner):
-    def __init__(self, spec: GraphSpec, leases: Mapping[str, Lease], hidden: int) -> None:
-        super().__init__(spec, leases)
-        self.hidden = hidden
-
     def infer_impl(self, feed: Feed) -> Outputs:
-        return self.run(LANGUAGE_ENCODER.name, language_feed(feed, hidden=self.hidden))
+        return self.language(feed)
 
 
-def item_runners(stored: Mapping[str, Runner], specs: Mapping[str, GraphSpec], hidden: int) -> dict[str, Runner]:
+def item_runners(stored: Mapping[str, Runner], specs: Mapping[str, GraphSpec]) -> dict[str, Runner]:
     """The pipelines (by `specs`' names) that `stored` runners can serve: the image encoder needs both encoders, the
     scorer is its own pipeline."""
     leases = {name: Lease(runner) for name, runner in stored.items() if name != SCORER.name}
@@ -112,7 +122,7 @@ def item_runners(stored: Mapping[str, Runner], specs: Mapping[str, GraphSpec], h
 
     runners: dict[str, Runner] = {}
     if LANGUAGE_ENCODER.name in leases:
-        runners[TEXT_ENCODER.name] = TextEncoderRunner(specs[TEXT_ENCODER.name], pick(LANGUAGE_ENCODER.name), hidden)
+        runners[TEXT_ENCODER.name] = TextEncoderRunner(specs[TEXT_ENCODER.name], pick(LANGUAGE_ENCODER.name))
         if VISION_ENCODER.name in leases:
             vision_language = pick(VISION_ENCODER.name, LANGUAGE_ENCODER.name)
             runners[IMAGE_ENCODER.name] = ImageEncoderRunner(specs[IMAGE_ENCODER.name], vision_language)

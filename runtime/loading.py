@@ -25,7 +25,6 @@ from agff_deploy.contract import (
     PIPELINES,
     VISION_ENCODER,
     GraphSpec,
-    model_sizes,
     resolved_graphs,
     resolved_stored,
 )
@@ -150,7 +149,7 @@ def stored_graphs(pipelines: Sequence[str]) -> tuple[str, ...]:
 
 
 def _pipelines(manifest: Manifest, stored: dict[str, Runner]) -> dict[str, Runner]:
-    return item_runners(stored, resolved_graphs(manifest.sizes()), manifest.model.hidden_size)
+    return item_runners(stored, resolved_graphs(manifest.sizes()))
 
 
 def ort_runners(
@@ -229,7 +228,7 @@ def _torch_model(checkpoint: Path, image_size: tuple[int, int] | None) -> Loaded
         "pattern_bias": tuple(float(b) for b in model.fusion.pattern_bias.detach()),
         "temperature": float(model.temperature.detach()),
     }
-    specs = resolved_graphs(model_sizes(config.patch_size, config.num_prompts, config.hidden_size))
+    specs = resolved_graphs(config.sizes())
     runners: dict[str, Runner] = {name: TorchRunner(model, spec) for name, spec in specs.items()}
     spec = ModelSpec.from_checkpoint(checkpoint, fusion, image_size)
     return LoadedModel(spec, runners, "pytorch", checkpoint, weights_sha256(checkpoint))

@@ -25,6 +25,7 @@ class ModelSpec:
     max_text_tokens: int
     chat_head: str
     chat_tail: str
+    empty_text: str
     tokenizer_file: Path
     t_in: float
     t_f: float
@@ -40,6 +41,7 @@ class ModelSpec:
             max_text_tokens=manifest.tokenizer.max_text_tokens,
             chat_head=manifest.tokenizer.chat_head,
             chat_tail=manifest.tokenizer.chat_tail,
+            empty_text=manifest.tokenizer.empty_text,
             tokenizer_file=folder / manifest.tokenizer.file,
             t_in=fusion.t_in,
             t_f=fusion.t_f,
@@ -61,6 +63,7 @@ class ModelSpec:
             max_text_tokens=config.max_text_tokens,
             chat_head=config.chat_head,
             chat_tail=config.chat_tail,
+            empty_text=config.empty_text,
             tokenizer_file=folder / "tokenizer.json",
             batch_size=8,
             **fusion,
@@ -68,7 +71,12 @@ class ModelSpec:
 
     def formatter(self) -> ChatFormatter:
         return ChatFormatter.from_file(
-            self.tokenizer_file, self.image.num_image_tokens, self.max_text_tokens, self.chat_head, self.chat_tail
+            self.tokenizer_file,
+            self.image.num_image_tokens,
+            self.max_text_tokens,
+            self.chat_head,
+            self.chat_tail,
+            self.empty_text,
         )
 
     def feed_encoder(self) -> FeedEncoder:

@@ -3,7 +3,8 @@
     image_preprocess  image (BYTES) [+ instruction (BYTES)]  ->  pixel_values FP32 [3, H, W],
                                                                   input_ids INT64 [L], attention_mask INT64 [L]
     text_preprocess   text (BYTES, UTF-8)                     ->  input_ids INT64 [L], attention_mask INT64 [L],
-                                                                  image_features FP32 [1, D] (zeros)
+                                                                  image_features FP32 [1, D] (zeros),
+                                                                  deepstack_features FP32 [S, 1, D] (zeros; Qwen3-VL)
 
 They decode, resize and tokenize exactly as the runtime does (`runtime.spec.ModelSpec.feed_encoder`), then
 right-pad the tokens to one fixed length L per model, the longest item the bundle's manifest allows. Every
@@ -13,7 +14,7 @@ padding is masked, so no embedding changes. Items are checked one by one with ag
 
 Text items run the same language encoder as image items, which takes image features as well. An ensemble cannot
 make a constant, so the text model emits the placeholder the runtime feeds (`agff_deploy.feeds.language_feed`):
-one zero feature per item, which no token reads because a text has no `<|image_pad|>` id.
+one zero feature per item (and per DeepStack tap), which no token reads because a text has no `<|image_pad|>` id.
 
 `Preprocessor` holds all of that and knows nothing of Triton, so tests drive it directly; `TritonPythonModel`
 moves tensors in and out of Triton's request objects. No torch and no ONNX Runtime: a Triton container needs
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from agff_deploy.contract import ATTENTION_MASK, INPUT_IDS
+from agff_deploy.contract import ATTENTION_MASK, INPUT_IDS, LANGUAGE_ENCODER, GraphSpec, resolved_stored
 from agff_deploy.errors import ArtifactError
 from agff_deploy.feeds import language_feed
 from agff_deploy.images import DEFAULT_MAX_PIXELS
@@ -48,16 +49,16 @@ def fixed_lengths(manifest: Manifest) -> dict[str, int]:
 
 
 class Preprocessor:
-    """Per-request checks and preprocessing into fixed-shape encoder inputs, one result per request; `hidden` is
-    the width of the placeholder image feature a text item carries."""
+    """Per-request checks and preprocessing into fixed-shape encoder inputs, one result per request; `language` is
+    the language encoder's contract, whose vision inputs a text item carries placeholders for."""
 
     def __init__(
-        self, spec: ModelSpec, lengths: dict[str, int], hidden: int, max_pixels: int = DEFAULT_MAX_PIXELS
+        self, spec: ModelSpec, lengths: dict[str, int], language: GraphSpec, max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> None:
         self.encoder = spec.feed_encoder()
         self.formatter = self.encoder.formatter
         self.lengths = lengths
-        self.hidden = hidden
+        self.language = language
         self.items = RequestItems(self.formatter, self.encoder.preprocessor, max_pixels)
         if self.formatter.pad_id is None:
             raise ArtifactError(f"{spec.tokenizer_file} has no <|endoftext|> token to pad with; re-export the bundle")
@@ -74,7 +75,8 @@ class Preprocessor:
     def from_folder(cls, folder: Path) -> Preprocessor:
         """From a folder holding a bundle's manifest.json and the tokenizer file it names."""
         manifest = read_manifest(folder)
-        return cls(ModelSpec.from_manifest(folder, manifest), fixed_lengths(manifest), manifest.model.hidden_size)
+        language = resolved_stored(manifest.sizes())[LANGUAGE_ENCODER.name]
+        return cls(ModelSpec.from_manifest(folder, manifest), fixed_lengths(manifest), language)
 
     def images(self, requests: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[Result]:
         """Each request: encoded image files `[n, 1]` (bytes) and optionally one instruction per image."""
@@ -98,7 +100,7 @@ class Preprocessor:
             texts = self.items.texts(raw)
         except RequestError as err:
             return err
-        return language_feed(self._padded(self.encoder.text_feed(texts), self.lengths["text"]), hidden=self.hidden)
+        return language_feed(self._padded(self.encoder.text_feed(texts), self.lengths["text"]), self.language)
 
     def _padded(self, feed: Feeds, length: int) -> Feeds:
         """Tokens right-padded to `length`: pad ids, mask 0, as the runtime pads a batch to its longest item."""

@@ -64,6 +64,16 @@ def reduced_base(tmp_path_factory):
     return write_base("qwen2-vl-2b", out, layers=2, vision_depth=2, shard_bytes=600 << 20)
 
 
+@pytest.fixture(scope="session")
+def reduced_qwen3_base(tmp_path_factory):
+    """Qwen3-VL-2B at full width with three language and three vision blocks (its DeepStack taps 0, 1, 2), in small
+    shards."""
+    from agff_deploy.base import write_base
+
+    out = tmp_path_factory.mktemp("base") / "qwen3-vl-2b-reduced"
+    return write_base("qwen3-vl-2b", out, layers=3, vision_depth=3, shard_bytes=600 << 20)
+
+
 def export_bundle(ckpt, out, **options):
     """A gated bundle of `ckpt` at `out` (the model is consumed by the build)."""
     from agff_deploy.checkpoint import item_encoder, load_checkpoint
@@ -97,7 +107,7 @@ def sample_manifest(**fields):
     )
     values = {
         "created_by": "agff-deploy 0.1.0",
-        "model": ModelDims(num_prompts=3, hidden_size=32),
+        "model": ModelDims(num_prompts=3, hidden_size=32, width=32),
         "image": ImageFormat(
             size=(56, 56),
             mean=(0.5, 0.5, 0.5),

@@ -16,9 +16,9 @@ from agff_deploy.weights import INDEX_FILE, weight_files
 def test_the_base_has_the_published_widths_and_the_requested_depth(reduced_base):
     config = json.loads((reduced_base / "config.json").read_text())
     text, vision = config["text_config"], config["vision_config"]
-    published = ARCHITECTURES["qwen2-vl-2b"]
+    published = ARCHITECTURES["qwen2-vl-2b"].architectures["qwen2-vl-2b"]
     for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size"):
-        assert text[key] == published["text"][key], key
+        assert text[key] == published.text[key], key
     assert (vision["embed_dim"], vision["num_heads"], vision["hidden_size"]) == (1280, 16, 1536)
     assert (text["num_hidden_layers"], vision["depth"]) == (2, 2)
     assert config["model_type"] == "qwen2_vl" and config["tie_word_embeddings"] is True

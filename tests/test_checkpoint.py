@@ -89,5 +89,5 @@ def test_an_unsupported_base_architecture_is_rejected(tmp_path):
 
 
 def test_a_base_folder_without_config_says_what_it_needs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="local Qwen2-VL folder written by save_pretrained"):
+    with pytest.raises(FileNotFoundError, match="a model folder in the save_pretrained layout holds config.json"):
         load_base_folder(tmp_path)

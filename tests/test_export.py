@@ -16,7 +16,7 @@ from onnx.reference import ReferenceEvaluator
 from agff_deploy import contract
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.config import AGFFConfig
-from agff_deploy.contract import BARS, IMAGE_ENCODER, TEXT_ENCODER, model_sizes, resolved_graphs, resolved_stored
+from agff_deploy.contract import BARS, IMAGE_ENCODER, LANGUAGE_ENCODER, TEXT_ENCODER, resolved_graphs, resolved_stored
 from agff_deploy.feeds import language_feed as feeds_for_language
 from agff_deploy.manifest import MANIFEST_FILE, read_manifest, sha256_file
 from export.check import agreement, gate_bundle, parity_sets, pytorch_reference
@@ -36,12 +36,8 @@ def model_and_encoder(tiny_checkpoint):
     return model, item_encoder(model.config, tokenizer)
 
 
-def sizes_of(config):
-    return model_sizes(config.patch_size, config.num_prompts, config.hidden_size)
-
-
 def specs_of(config):
-    return resolved_graphs(sizes_of(config))
+    return resolved_graphs(config.sizes())
 
 
 def test_bundle_holds_a_vision_and_one_language_encoder_per_precision(tiny_bundle):
@@ -85,7 +81,7 @@ def test_manifest_says_everything_the_runtime_needs(tiny_bundle, tiny_checkpoint
         {"name": "pixel_values", "dtype": "float32", "shape": ["batch", "patches", 588]},
         {"name": "image_grid", "dtype": "int64", "shape": ["batch", 2]},
     ]
-    stored_specs = resolved_stored(sizes_of(config))
+    stored_specs = resolved_stored(config.sizes())
     assert manifest.graphs["fp32"]["language_encoder"].inputs == stored_specs["language_encoder"].inputs
     assert manifest.graphs["int8-dynamic"]["language_encoder"].backends == ("onnxruntime",)
     assert manifest.gate.file == "gate.npz" and manifest.gate.sha256 == sha256_file(tiny_bundle / "gate.npz")
@@ -97,7 +93,7 @@ def test_image_pipeline_is_the_whole_multi_prompt_pass_with_dynamic_batch(tiny_b
     spec = specs_of(model.config)["image_encoder"]
     graph = ort_runners(tiny_bundle, read_manifest(tiny_bundle), "fp32", graphs=["image_encoder"])["image_encoder"]
     reference = TorchRunner(model, spec, device="cpu")
-    feeds = parity_sets(encoder, sizes_of(model.config))["B"]["image_encoder"]
+    feeds = parity_sets(encoder, model.config.sizes())["B"]["image_encoder"]
     with graph, reference:
         for batch in (1, 3, 7):
             feed = {k: np.repeat(v, 2, axis=0)[:batch] for k, v in feeds.items()}
@@ -122,8 +118,8 @@ def test_fp16_graph_keeps_norms_and_softmax_in_fp32(tiny_bundle, graph, norm):
 def test_fp16_text_graph_meets_its_bar_in_the_onnx_reference_evaluator(tiny_bundle, model_and_encoder):
     """A second, independent fp16 check: onnx's reference evaluator runs fp16 exactly (ORT CPU inserts casts)."""
     model, encoder = model_and_encoder
-    feeds = parity_sets(encoder, sizes_of(model.config))["A"]["text_encoder"]
-    language_feed = feeds_for_language(feeds, hidden=model.config.hidden_size)
+    feeds = parity_sets(encoder, model.config.sizes())["A"]["text_encoder"]
+    language_feed = feeds_for_language(feeds, resolved_stored(model.config.sizes())[LANGUAGE_ENCODER.name])
     out = ReferenceEvaluator(str(tiny_bundle / "fp16" / "language_encoder.onnx")).run(None, language_feed)[0]
     with TorchRunner(model, specs_of(model.config)["text_encoder"], device="cpu") as reference:
         cos, _ = agreement(out, reference.infer(feeds)[TEXT_ENCODER.output])

@@ -133,9 +133,9 @@ def split_graph_feeds(model: torch.nn.Module, feeds: dict[str, np.ndarray]) -> l
     """The vision encoder's feed and the language encoder's feed for one batch of image items."""
     vision = {name: feeds[name] for name in ("pixel_values", "image_grid")}
     with torch.no_grad():
-        features = model.image_tokens(*(torch.from_numpy(v) for v in vision.values())).numpy()
+        features, _ = model.image_tokens(*(torch.from_numpy(v) for v in vision.values()))
     tokens = {name: feeds[name] for name in ("input_ids", "attention_mask", "image_grid")}
-    return [vision, {**tokens, "image_features": features}]
+    return [vision, {**tokens, "image_features": features.numpy()}]
 
 
 @pytest.mark.parametrize("site", sorted(SITES))

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image
 
+from agff_deploy.contract import VISION_ENCODER
 from export.calibration import calibration_feeds
 from runtime.embedder import Embedder
 from train.trainer import Trainer, TrainSettings
@@ -70,7 +71,7 @@ def test_the_trainer_sees_the_pixels_the_runtime_sees_for_a_sideways_transparent
 
 def test_a_calibration_folder_photo_is_calibrated_upright_on_white(tmp_path, encoder):
     photo = sideways_transparent_photo(tmp_path / "calib" / "photo.png")
-    feeds = calibration_feeds(encoder, "vision_encoder", tmp_path / "calib")
+    feeds = calibration_feeds(encoder, VISION_ENCODER, tmp_path / "calib")
     assert len(feeds) == 1
     assert np.array_equal(feeds[0]["pixel_values"], encoder.pixels([upright_on_white(photo)]).pixel_values)
 

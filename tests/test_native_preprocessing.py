@@ -146,7 +146,8 @@ def test_a_folder_without_a_processor_config_gets_the_published_defaults_and_one
     assert settings.mean == (0.48145466, 0.4578275, 0.40821073)
     assert notes == [
         f"{tmp_path}: no preprocessor_config.json or processor_config.json; used the published Qwen2-VL image "
-        "settings (min_pixels 3136, max_pixels 1003520, CLIP mean and std)"
+        "settings (min_pixels 3136, max_pixels 1003520, mean (0.481455, 0.457827, 0.408211), std (0.26863, 0.261303, "
+        "0.275777))"
     ]
 
 

@@ -6,7 +6,6 @@ import torch
 
 from agff_deploy.inputs import ModelInputs
 from agff_deploy.mrope import mrope_position_ids
-from agff_deploy.vision import encode_images
 from tests.conftest import scene_images
 from tests.stock_reference import hf_pixel_values, separate_passes
 
@@ -105,9 +104,7 @@ def test_batched_vision_tower_matches_stock_packed_tower(tiny_model, encoder):
     normalized = torch.from_numpy(encoder.preprocessor.normalize(np.stack(images)))
     cfg = tiny_model.config
     with torch.no_grad():
-        ours = encode_images(
-            tiny_model.mllm.visual, torch.from_numpy(batch.pixel_values), torch.from_numpy(batch.image_grid)
-        )
+        ours, _ = tiny_model.image_tokens(torch.from_numpy(batch.pixel_values), torch.from_numpy(batch.image_grid))
         for b in range(2):
             packed = hf_pixel_values(normalized[b], cfg.patch_size, cfg.merge_size)
             theirs = tiny_model.mllm.visual(packed["pixel_values"], grid_thw=packed["image_grid_thw"]).pooler_output
@@ -128,9 +125,7 @@ def test_batched_vision_tower_on_mixed_sizes_matches_stock_tower_per_image(tiny_
     batch = encoder.patches(images)
     cfg = tiny_model.config
     with torch.no_grad():
-        ours = encode_images(
-            tiny_model.mllm.visual, torch.from_numpy(batch.pixel_values), torch.from_numpy(batch.image_grid)
-        )
+        ours, _ = tiny_model.image_tokens(torch.from_numpy(batch.pixel_values), torch.from_numpy(batch.image_grid))
         for b, image in enumerate(images):
             packed = hf_pixel_values(torch.from_numpy(image), cfg.patch_size, cfg.merge_size)
             theirs = tiny_model.mllm.visual(packed["pixel_values"], grid_thw=packed["image_grid_thw"]).pooler_output

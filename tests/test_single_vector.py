@@ -14,8 +14,8 @@ from skimage import data
 from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from agff_deploy.chat_format import QWEN2VL_CHAT_TEMPLATE
 from agff_deploy.checkpoint import item_encoder
+from agff_deploy.families.qwen2_vl import QWEN2_VL
 from agff_deploy.preprocessing import NativeImageSettings, NativePreprocessor
 from agff_deploy.presets import local_tokenizer, preset_config
 from agff_deploy.single_vector import single_vector_embedder
@@ -50,7 +50,7 @@ def published(tmp_path_factory):
     )
     write_tokenizer_files(tokenizer, folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": QWEN2VL_CHAT_TEMPLATE}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": QWEN2_VL.chat_template}))
     NativePreprocessor(SETTINGS).save(folder, 14, 2)
     return folder
 
@@ -130,7 +130,7 @@ def test_a_folder_without_chat_template_or_processor_config_gets_qwen2_vl_defaul
     model, _, notes = single_vector_embedder(bare)
     assert notes == [
         f"{bare}: no preprocessor_config.json or processor_config.json; used the published Qwen2-VL image settings "
-        "(min_pixels 3136, max_pixels 1003520, CLIP mean and std)",
+        "(min_pixels 3136, max_pixels 1003520, mean (0.481455, 0.457827, 0.408211), std (0.26863, 0.261303, 0.275777))",
         f"{bare}: no chat template; used Qwen2-VL's published one",
     ]
     assert model.config.chat_head.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")

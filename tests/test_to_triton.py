@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
-from agff_deploy.contract import IMAGE_FEATURES, IMAGE_GRID, LANGUAGE_ENCODER, SCORER, VISION_ENCODER
+from agff_deploy.contract import IMAGE_FEATURES, IMAGE_GRID, LANGUAGE_ENCODER, SCORER, VISION_ENCODER, resolved_stored
 from agff_deploy.feeds import language_feed, vision_feed
 from agff_deploy.manifest import EngineEntry, Engines, ExternalData, read_manifest, sha256_file, write_manifest
 from agff_deploy.patches import PatchBatch
@@ -110,10 +110,14 @@ def model_graph(repo, name: str):
     return repo / name / "1" / "model.onnx"
 
 
-def image_embeddings(repo, feed) -> np.ndarray:
+def language_spec(tiny_bundle):
+    return resolved_stored(read_manifest(tiny_bundle).sizes())[LANGUAGE_ENCODER.name]
+
+
+def image_embeddings(repo, feed, language) -> np.ndarray:
     """The image pipeline on the repository's graphs: vision, then language on the item's tokens and features."""
     features = run(model_graph(repo, VISION_ENCODER.name), vision_feed(feed))
-    return run(model_graph(repo, LANGUAGE_ENCODER.name), language_feed(feed, features))
+    return run(model_graph(repo, LANGUAGE_ENCODER.name), language_feed(feed, language, {IMAGE_FEATURES.name: features}))
 
 
 @pytest.mark.parametrize("graph", ENCODERS)
@@ -242,7 +246,7 @@ def test_encoder_and_scorer_graphs_hash_match_the_bundles(repo, tiny_bundle, man
 @pytest.mark.parametrize("text", TEXTS)
 def test_fixed_length_padding_leaves_text_embeddings_unchanged(repo, manifest, preprocessors, feed_encoder, text):
     (padded,) = preprocessors["text"].texts([items(text.encode())])
-    unpadded = language_feed(feed_encoder.text_feed([text]), hidden=manifest.model.hidden_size)
+    unpadded = language_feed(feed_encoder.text_feed([text]), resolved_stored(manifest.sizes())[LANGUAGE_ENCODER.name])
     assert padded["input_ids"].shape[1] > unpadded["input_ids"].shape[1]
     np.testing.assert_array_equal(padded[IMAGE_FEATURES.name], unpadded[IMAGE_FEATURES.name])
     graph = model_graph(repo, LANGUAGE_ENCODER.name)
@@ -250,11 +254,14 @@ def test_fixed_length_padding_leaves_text_embeddings_unchanged(repo, manifest, p
 
 
 @pytest.mark.parametrize(("index", "instruction"), list(enumerate(INSTRUCTIONS)))
-def test_fixed_length_padding_leaves_image_embeddings_unchanged(repo, preprocessors, feed_encoder, index, instruction):
+def test_fixed_length_padding_leaves_image_embeddings_unchanged(
+    repo, tiny_bundle, preprocessors, feed_encoder, index, instruction
+):
     (padded,) = preprocessors["image"].images([(items(png(index)), items(instruction.encode()))])
     unpadded = feed_encoder.image_feed(PatchBatch(padded["pixel_values"], padded["image_grid"]), [instruction])
     assert padded["input_ids"].shape[1] > unpadded["input_ids"].shape[1]
-    assert np.abs(image_embeddings(repo, padded) - image_embeddings(repo, unpadded)).max() <= 1e-5
+    language = language_spec(tiny_bundle)
+    assert np.abs(image_embeddings(repo, padded, language) - image_embeddings(repo, unpadded, language)).max() <= 1e-5
 
 
 def test_image_preprocessing_equals_the_runtimes_feed_encoder(preprocessors, feed_encoder):

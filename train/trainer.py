@@ -38,6 +38,7 @@ from agff_deploy.checkpoint import (
 )
 from agff_deploy.config import IMAGE_RESIZE_MODES
 from agff_deploy.errors import ArtifactError, InputError, MissingFileError
+from agff_deploy.families import folder_family
 from agff_deploy.model import MIN_TEMPERATURE, AGFFEmbedder, load_base_folder
 from agff_deploy.preprocessing import NativeImageSettings
 from agff_deploy.presets import local_tokenizer, preset_config
@@ -415,14 +416,17 @@ def init_prompts_from_aspects(model: AGFFEmbedder, tokenizer: Tokenizer) -> None
 
 def _image_sizing(settings: TrainSettings) -> dict[str, Any]:
     """How the run sizes images. From a base folder: at native resolution with the base's own processor settings
-    (as its processor config holds them; the published Qwen2-VL ones, said once, where it has none), unless a fixed
+    (as its processor config holds them; its family's published ones, said once, where it has none), unless a fixed
     size is asked for. From scratch: the preset's fixed size unless native resolution is asked for.
     --min-pixels / --max-pixels override the range."""
     if not settings.base and settings.image_resize != "native":
         return {}
     resize = settings.image_resize or ("fixed" if settings.image_size else "native")
-    found, notes = NativeImageSettings.from_preprocessor_config(settings.base) if settings.base else (None, [])
-    found = found or NativeImageSettings()
+    if settings.base:
+        family = folder_family(settings.base)
+        found, notes = NativeImageSettings.from_preprocessor_config(settings.base, family.image_defaults, family.label)
+    else:
+        found, notes = NativeImageSettings(), []
     for note in notes:
         print(note)
     chosen = {
@@ -437,7 +441,7 @@ def _image_sizing(settings: TrainSettings) -> dict[str, Any]:
 
 def _base_chat_format(folder: Path) -> ChatFormat:
     """The base's own chat turn (its template, system turn included), which fine-tuning keeps."""
-    template, notes = read_chat_template(folder)
+    template, notes = read_chat_template(folder, folder_family(folder))
     for note in notes:
         print(note)
     return render_chat_format(template, folder)
