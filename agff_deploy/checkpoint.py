@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 
 from .config import CONFIG_FILE, AGFFConfig
 from .errors import ArtifactError, MissingFileError
+from .families import family_of
 from .inputs import ItemEncoder
 from .model import AGFFEmbedder
 from .tokenization import TOKENIZER_FILE, ChatFormatter, write_tokenizer_files
@@ -109,6 +110,7 @@ def load_checkpoint(
     if not folder.is_dir():
         raise MissingFileError(f"checkpoint folder {folder} does not exist")
     config = AGFFConfig.load(folder)
+    family_of(config.base, f"{folder / CONFIG_FILE} (base)")
     if image_size is not None:
         config = dataclasses.replace(config, image_size=tuple(image_size), image_resize="fixed")
     weight_files(folder)

@@ -174,6 +174,17 @@ class AGFFConfig:
         gh, gw = self.merged_grid
         return gh * gw
 
+    def with_pixels(self, min_pixels: int | None, max_pixels: int | None) -> AGFFConfig:
+        """This config with native resolution's pixel range narrowed or widened (None: kept)."""
+        if not self.native:
+            raise InputError(
+                f"--min-pixels / --max-pixels size native-resolution images; this model squashes every image to "
+                f"{self.image_size[0]}x{self.image_size[1]}: use --image-size"
+            )
+        chosen = {"min_pixels": min_pixels, "max_pixels": max_pixels}
+        settings = {**self.image_settings, **{k: v for k, v in chosen.items() if v is not None}}
+        return dataclasses.replace(self, image_settings=settings)
+
     def validate(self) -> None:
         if self.num_fine < 0:
             raise InputError(f"num_fine must be >= 0 (0 = single global embedding), got {self.num_fine}")

@@ -10,7 +10,8 @@ Prints, and writes to DIR/scale.json:
   the checkpoint's size) and per text at batch 1 and 8, through the torch-free `Embedder`;
 - fp32 vs int8-dynamic: latency ratio, min cosine and top-1 agreement of image->caption and
   caption->image retrieval;
-- the model's FLOPs per image (counted from the config) and the fp32 image encoder's achieved GFLOP/s
+- the parity gate's rows per precision, and for int8 and int4 how many weight MatMuls stayed in float;
+- the model's FLOPs per image (counted from its layers) and the fp32 image encoder's achieved GFLOP/s
   as a share of this machine's fp32 GEMM peak, measured in the same run with a large MatMul in ONNX
   Runtime, the library the graphs run on.
 
@@ -44,7 +45,7 @@ from runtime.scoring import fused_similarity
 from .common import in_fresh_processes, ort_session
 
 SCENE_SEED = 900_000_000
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int4")
 
 
 @dataclass
@@ -165,6 +166,22 @@ def add_ungated_int8_dynamic(bundle: Path) -> None:
             ungated=True,
         )
     write_manifest(bundle, dataclasses.replace(manifest, graphs={**manifest.graphs, "int8-dynamic": entries}))
+
+
+def quantized_shares(bundle: Path) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Per int8 and int4 graph: its weight MatMuls quantised and kept in float (read from the graph itself)."""
+    from export.precision import int4_counts
+
+    from .int8_gate import float_share
+
+    manifest = read_manifest(bundle)
+    shares: dict[str, dict[str, dict[str, float | int]]] = {}
+    for precision in ("int8", "int4"):
+        for name in STORED_ENCODERS if precision in manifest.graphs else ():
+            path = bundle / manifest.graphs[precision][name].file
+            counted = float_share(path) if precision == "int8" else dataclasses.asdict(int4_counts(path))
+            shares.setdefault(precision, {})[name] = counted
+    return shares
 
 
 def device_bundle_bytes(bundle: Path, precision: str) -> int:
@@ -317,21 +334,30 @@ def _gemm_gflops(threads: int, n: int, repeat: int) -> float:
 
 
 def image_gflop(config: AGFFConfig, instruction_tokens: int = 0) -> float:
-    """Multiply-adds x 2 of one image item through the image encoder: vision tower, merger, language model."""
-    vision, text = config.base["vision_config"], config.base["text_config"]
+    """Multiply-adds x 2 of one image item through the image encoder, counted from the model's own layers (built on
+    the meta device, so any family): the patch embedding and every vision block's Linear once per patch, the
+    mergers' (DeepStack's included) once per image token, the language layers' once per token, and attention's
+    two products in each."""
+    import torch
+    from torch import nn
+
+    from agff_deploy.model import AGFFEmbedder
+
+    with torch.device("meta"):
+        model = AGFFEmbedder(config)
+    visual, lm = model.mllm.visual, model.mllm.language_model
+
+    def linear(module: nn.Module) -> int:
+        return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
     patches = (config.image_size[0] // config.patch_size) * (config.image_size[1] // config.patch_size)
-    e, m = vision["embed_dim"], vision["embed_dim"] * vision["mlp_ratio"]
-    block = 4 * e * e + 2 * e * m
-    macs = patches * (3 * config.patch_size**2 * e + vision["depth"] * block)
-    macs += vision["depth"] * 2 * patches * patches * e  # attention scores and weighted sum
-    merged = patches // config.merge_size**2
-    wide = e * config.merge_size**2
-    macs += merged * (wide * wide + wide * config.hidden_size)
-    d, inter = config.hidden_size, text["intermediate_size"]
-    kv = d // text["num_attention_heads"] * text["num_key_value_heads"]
+    width = visual.blocks[0].attn.qkv.in_features
+    macs = patches * (3 * config.patch_size**2 * width + linear(visual.blocks))
+    macs += len(visual.blocks) * 2 * patches * patches * width
+    macs += patches // config.merge_size**2 * (linear(visual) - linear(visual.blocks))
     tokens = config.num_image_tokens + 8 + instruction_tokens + config.num_prompts * config.prompt_length
-    layer = 2 * d * d + 2 * d * kv + 3 * d * inter
-    macs += text["num_hidden_layers"] * (tokens * layer + 2 * tokens * tokens * d)
+    attention = lm.layers[0].self_attn.q_proj.out_features
+    macs += tokens * linear(lm.layers) + len(lm.layers) * 2 * tokens * tokens * attention
     return 2 * macs / 1e9
 
 
@@ -468,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     summary: dict[str, Any] = {
         "export": export,
+        "family": manifest.model.family,
+        "parity": [dataclasses.asdict(row) for row in manifest.parity.rows] if manifest.parity else [],
+        "left_out": dict(manifest.parity.left_out) if manifest.parity else {},
+        "kept_in_float": quantized_shares(bundle),
         "bundle_bytes": sizes,
         "device_bundle_bytes": {p: device_bundle_bytes(bundle, p) for p in sizes if p != "fp32"},
         "gflop_per_image": gflop,

@@ -77,6 +77,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--image-size", type=int, nargs=2, metavar=("H", "W"), help="fixed input resolution (default: the model's)"
     )
+    for bound in ("min", "max"):
+        p.add_argument(
+            f"--{bound}-pixels",
+            type=int,
+            help=f"native resolution: the {'fewest' if bound == 'min' else 'most'} pixels an image is resized to "
+            "(default: the model's); a lower maximum shrinks the TensorRT profiles and their memory",
+        )
     p.add_argument(
         "--without-fp32",
         action="store_true",
@@ -162,7 +169,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[AGFFEmbedder, Tokenizer]:
-    """The model to export: an AGFF checkpoint, or with --pooling last-token a published Qwen2-VL folder."""
+    """The model to export (an AGFF checkpoint, or with --pooling last-token a published embedder's folder), its
+    pixel range as asked."""
+    model, tokenizer = _model(args)
+    if args.min_pixels or args.max_pixels:
+        model.config = model.config.with_pixels(args.min_pixels, args.max_pixels)
+    return model, tokenizer
+
+
+def _model(args: argparse.Namespace) -> tuple[AGFFEmbedder, Tokenizer]:
     if args.pooling == "prompts":
         for flag, value in (("--system-prompt", args.system_prompt), ("--max-text-tokens", args.max_text_tokens),
                             ("--dim", args.dim)):  # fmt: skip

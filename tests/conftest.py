@@ -74,6 +74,28 @@ def reduced_qwen3_base(tmp_path_factory):
     return write_base("qwen3-vl-2b", out, layers=3, vision_depth=3, shard_bytes=600 << 20)
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3_base(tmp_path_factory, tokenizer):
+    """A tiny Qwen3-VL folder as save_pretrained writes one and Qwen3-VL-Embedding publishes one: the backbone's
+    weights (tied embeddings, so no separate output layer), the tokenizer with Qwen3-VL's chat template, Qwen3-VL's
+    processor config."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from agff_deploy.families.qwen3_vl import QWEN3_VL
+    from agff_deploy.preprocessing import NativePreprocessor
+    from agff_deploy.presets import PRESETS, base_config
+    from agff_deploy.tokenization import write_tokenizer_files
+
+    folder = tmp_path_factory.mktemp("base") / "qwen3-vl-tiny"
+    config = Qwen3VLConfig.from_dict(base_config(PRESETS["tiny-qwen3-vl"], tokenizer))
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    Qwen3VLForConditionalGeneration(config).save_pretrained(folder)
+    write_tokenizer_files(tokenizer, folder, QWEN3_VL.chat_template)
+    NativePreprocessor(QWEN3_VL.image_defaults).save(folder, 16, 2)
+    return folder
+
+
 def export_bundle(ckpt, out, **options):
     """A gated bundle of `ckpt` at `out` (the model is consumed by the build)."""
     from agff_deploy.checkpoint import item_encoder, load_checkpoint

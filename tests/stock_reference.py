@@ -1,8 +1,9 @@
-"""The stock Hugging Face Qwen2-VL forward, one item and one prompt at a time.
+"""The stock Hugging Face Qwen2-VL / Qwen3-VL forward, one item and one prompt at a time.
 
 This is the reference the AGFF module must equal: HF's own packed vision
-tower, masked_scatter merge, Python-loop `get_rope_index` and causal mask,
-with each soft prompt appended after the unpadded prefix in its own pass.
+tower, masked_scatter merge (and Qwen3-VL's DeepStack additions), Python-loop
+`get_rope_index` and causal mask, with each soft prompt appended after the
+unpadded prefix in its own pass.
 """
 
 import torch
@@ -61,7 +62,9 @@ def _separate_passes(model, input_ids, attention_mask, pixel_values, image_grid)
             embeds = mllm.language_model.embed_tokens(full).clone()
             embeds[0, -m:] = model.prompts.vectors[i]
             token_types = (full == model.image_token_id).int()
-            hidden = mllm(input_ids=full, inputs_embeds=embeds, mm_token_type_ids=token_types, **image)
+            grid = image.get("image_grid_thw")
+            positions, _ = mllm.get_rope_index(full, mm_token_type_ids=token_types, image_grid_thw=grid)
+            hidden = mllm(inputs_embeds=embeds, position_ids=positions, **image)
             prompts.append(F.normalize(hidden.last_hidden_state[0, -1], dim=-1))
         items.append(torch.stack(prompts))
     return torch.stack(items)

@@ -3,10 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import ExifTags, Image
 
 from agff_deploy.contract import VISION_ENCODER
+from agff_deploy.images import ImageLoadError, decode_image_bytes
 from export.calibration import calibration_feeds
 from runtime.embedder import Embedder
 from train.trainer import Trainer, TrainSettings
@@ -123,3 +125,36 @@ def test_a_16_bit_rgb_png_is_scaled_to_8_bits_per_channel(tmp_path):
     write_png16(tmp_path / "rgb16.png", np.tile(rgb, (4, 1, 1)))
     pixels = np.asarray(open_image(tmp_path / "rgb16.png")[0])
     assert pixels[0, [0, 85, 170, 255]].tolist() == [[0, 255, 128], [85, 170, 128], [170, 85, 128], [255, 0, 128]]
+
+
+VIDEO_HEADERS = {
+    "MP4/QuickTime": b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2mp41",
+    "Matroska/WebM": b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\xf7\x81\x01",
+    "AVI": b"RIFF\x10\x00\x00\x00AVI LIST",
+}
+VIDEO_ADVICE = (
+    "agff-deploy embeds images and text only: extract frames (e.g. `ffmpeg -i VIDEO -vf fps=1 frame_%04d.png`) "
+    "and embed them as images"
+)
+
+
+@pytest.mark.parametrize("kind", VIDEO_HEADERS)
+def test_video_bytes_are_refused_in_one_line_saying_what_runs_instead(kind):
+    with pytest.raises(ImageLoadError) as caught:
+        decode_image_bytes(VIDEO_HEADERS[kind], "request item 0")
+    assert str(caught.value) == f"request item 0: a video ({kind}); {VIDEO_ADVICE}"
+
+
+def test_an_avif_image_is_not_taken_for_a_video():
+    with pytest.raises(ImageLoadError) as caught:
+        decode_image_bytes(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "photo.avif")
+    assert "a video" not in str(caught.value)
+
+
+def test_a_video_file_among_images_is_reported_by_name_and_the_images_embed(tiny_bundle, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(VIDEO_HEADERS["MP4/QuickTime"])
+    with Embedder.load(tiny_bundle) as model:
+        outcome = model.try_embed_images([clip, "samples/astronaut.jpg"])
+    assert outcome.errors == [f"{clip}: a video (.mp4); {VIDEO_ADVICE}"]
+    assert outcome.stacked().shape[0] == 1

@@ -1,5 +1,7 @@
-"""Native-resolution preprocessing equals transformers' Qwen2-VL image processor (slow, PIL path); bar 1e-6."""
+"""Native-resolution preprocessing equals transformers' Qwen2-VL image processor (slow, PIL path), at Qwen2-VL's
+patch 14 and at Qwen3-VL's patch 16 (the same processor class serves both); bar 1e-6."""
 
+import dataclasses
 import json
 import random
 
@@ -11,6 +13,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
 from agff_deploy.errors import ArtifactError, ImageSizeError, InputError
+from agff_deploy.families.qwen3_vl import QWEN3_VL
 from agff_deploy.patches import patch_batch
 from agff_deploy.preprocessing import NativeImageSettings, NativePreprocessor, smart_resize
 
@@ -36,6 +39,10 @@ PHOTOS = {
 }
 GME = NativeImageSettings(min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28)  # gme-Qwen2-VL's token budget
 HALF = NativeImageSettings(min_pixels=100 * 28 * 28, max_pixels=300 * 28 * 28, mean=(0.5,) * 3, std=(0.5,) * 3)
+QWEN3_EMBEDDING = dataclasses.replace(  # Qwen3-VL-Embedding's pixel range on Qwen3-VL's processor
+    QWEN3_VL.image_defaults, min_pixels=QWEN3_VL.single_vector.pixels[0], max_pixels=QWEN3_VL.single_vector.pixels[1]
+)
+QWEN3_SETTINGS = {"qwen3-vl": QWEN3_VL.image_defaults, "qwen3-vl-embedding": QWEN3_EMBEDDING}
 
 
 def hf_processor(settings: NativeImageSettings) -> Qwen2VLImageProcessorPil:
@@ -89,13 +96,25 @@ def test_a_mixed_batch_holds_each_photo_as_transformers_lays_it_out_padded_with_
         assert not batch.pixel_values[i, len(expected) :].any()
 
 
+@pytest.mark.parametrize("name", PHOTOS)
+@pytest.mark.parametrize("settings", QWEN3_SETTINGS)
+def test_each_photo_at_patch_16_equals_transformers_pixels_and_grid(name, settings):
+    image, chosen = PHOTOS[name](), QWEN3_SETTINGS[settings]
+    batch = our_patches([image], chosen)
+    theirs = hf_processor(chosen)(images=[image], return_tensors="np")
+    assert theirs["image_grid_thw"].tolist() == [[1, *batch.image_grid[0].tolist()]]
+    assert batch.pixel_values.shape[-1] == 3 * 16 * 16
+    assert np.abs(batch.pixel_values[0] - hf_first_frame(theirs["pixel_values"], chosen)).max() <= BAR
+
+
 def test_smart_resize_equals_transformers_on_random_sizes_across_its_branches():
     rng = random.Random(0)
     sizes = [(rng.randint(1, 4000), rng.randint(1, 4000)) for _ in range(3000)] + [(1, 1), (13, 27), (8, 1600)]
     sizes = [(h, w) for h, w in sizes if max(h, w) / min(h, w) <= 200]
-    for min_pixels, max_pixels in ((56 * 56, 28 * 28 * 1280), (256 * 784, 1280 * 784)):
-        ours = [smart_resize(h, w, 28, min_pixels, max_pixels) for h, w in sizes]
-        assert ours == [hf_smart_resize(h, w, 28, min_pixels, max_pixels) for h, w in sizes]
+    for factor, min_pixels, max_pixels in ((28, 56 * 56, 28 * 28 * 1280), (28, 256 * 784, 1280 * 784),
+                                           (32, 4 * 32 * 32, 1800 * 32 * 32)):  # fmt: skip
+        ours = [smart_resize(h, w, factor, min_pixels, max_pixels) for h, w in sizes]
+        assert ours == [hf_smart_resize(h, w, factor, min_pixels, max_pixels) for h, w in sizes]
 
 
 def test_an_aspect_ratio_over_the_limit_is_an_image_size_error_naming_the_limit():

@@ -1,11 +1,15 @@
-"""The one-sequence multi-prompt pass equals K+1 stock HF passes (bar: max abs <= 1e-5, docs/parity.md)."""
+"""The one-sequence multi-prompt pass equals K+1 stock HF passes (bar: max abs <= 1e-5, docs/parity.md), on a tiny
+Qwen2-VL and a tiny Qwen3-VL (DeepStack taps added at the image positions)."""
 
 import numpy as np
 import pytest
 import torch
 
+from agff_deploy.checkpoint import item_encoder
 from agff_deploy.inputs import ModelInputs
+from agff_deploy.model import AGFFEmbedder
 from agff_deploy.mrope import mrope_position_ids
+from agff_deploy.presets import preset_config
 from tests.conftest import scene_images
 from tests.stock_reference import hf_pixel_values, separate_passes
 
@@ -19,6 +23,17 @@ TEXT_SETS = [
     ["a red circle", "a beach scene with two large green filled triangles pointing up at the right", "snow"],
     ["one", "a night scene with one small white outlined star at the right and three crosses", "b", "blue", "?"],
 ]
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-qwen3-vl"])
+def tiny_model(request, tokenizer):
+    torch.manual_seed(0)
+    return AGFFEmbedder(preset_config(request.param, tokenizer)).eval()
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model, tokenizer):
+    return item_encoder(tiny_model.config, tokenizer)
 
 
 def embed(model, inputs):
@@ -104,15 +119,19 @@ def test_batched_vision_tower_matches_stock_packed_tower(tiny_model, encoder):
     normalized = torch.from_numpy(encoder.preprocessor.normalize(np.stack(images)))
     cfg = tiny_model.config
     with torch.no_grad():
-        ours, _ = tiny_model.image_tokens(torch.from_numpy(batch.pixel_values), torch.from_numpy(batch.image_grid))
+        ours, deepstack = tiny_model.image_tokens(
+            torch.from_numpy(batch.pixel_values), torch.from_numpy(batch.image_grid)
+        )
         for b in range(2):
             packed = hf_pixel_values(normalized[b], cfg.patch_size, cfg.merge_size)
-            theirs = tiny_model.mllm.visual(packed["pixel_values"], grid_thw=packed["image_grid_thw"]).pooler_output
-            assert (ours[b] - theirs).abs().max().item() <= BAR
+            theirs = tiny_model.mllm.visual(packed["pixel_values"], grid_thw=packed["image_grid_thw"])
+            assert (ours[b] - theirs.pooler_output).abs().max().item() <= BAR
+            for tap, stock in enumerate(getattr(theirs, "deepstack_features", None) or []):
+                assert (deepstack[b, tap] - stock).abs().max().item() <= BAR
 
 
 def mixed_size_images(size: int) -> list[np.ndarray]:
-    """Three normalised scenes of different aspect ratios: wide, tall and square (sides multiples of 28)."""
+    """Three normalised scenes of different aspect ratios: wide, tall and square (sides multiples of patch * merge)."""
     shapes = [(size // 2, size), (size, size // 2), (size, size)]
     return [
         np.moveaxis(scene.astype(np.float32)[:h, :w] / 255.0, -1, 0)
@@ -125,11 +144,16 @@ def test_batched_vision_tower_on_mixed_sizes_matches_stock_tower_per_image(tiny_
     batch = encoder.patches(images)
     cfg = tiny_model.config
     with torch.no_grad():
-        ours, _ = tiny_model.image_tokens(torch.from_numpy(batch.pixel_values), torch.from_numpy(batch.image_grid))
+        ours, deepstack = tiny_model.image_tokens(
+            torch.from_numpy(batch.pixel_values), torch.from_numpy(batch.image_grid)
+        )
         for b, image in enumerate(images):
             packed = hf_pixel_values(torch.from_numpy(image), cfg.patch_size, cfg.merge_size)
-            theirs = tiny_model.mllm.visual(packed["pixel_values"], grid_thw=packed["image_grid_thw"]).pooler_output
-            assert (ours[b, : len(theirs)] - theirs).abs().max().item() <= BAR
+            theirs = tiny_model.mllm.visual(packed["pixel_values"], grid_thw=packed["image_grid_thw"])
+            count = len(theirs.pooler_output)
+            assert (ours[b, :count] - theirs.pooler_output).abs().max().item() <= BAR
+            for tap, stock in enumerate(getattr(theirs, "deepstack_features", None) or []):
+                assert (deepstack[b, tap, :count] - stock).abs().max().item() <= BAR
 
 
 @pytest.mark.parametrize("instructions", INSTRUCTION_SETS[:1])

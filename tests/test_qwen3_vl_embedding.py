@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from skimage import data
-from transformers import PreTrainedTokenizerFast, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers import PreTrainedTokenizerFast, Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
@@ -29,13 +29,12 @@ from transformers.processing_utils import ProcessorMixin
 
 from agff_deploy.checkpoint import item_encoder
 from agff_deploy.families.qwen3_vl import QWEN3_VL
-from agff_deploy.preprocessing import NativePreprocessor
-from agff_deploy.presets import PRESETS, base_config, local_tokenizer
+from agff_deploy.manifest import read_manifest
 from agff_deploy.single_vector import single_vector_embedder
-from agff_deploy.tokenization import write_tokenizer_files
 from export import to_onnx
 from export.bundle import BundleBuilder, ExportOptions
 from export.targets import get_target
+from export.trt_profiles import profile_shapes
 from runtime.embedder import Embedder
 
 BAR = 1e-4
@@ -44,22 +43,9 @@ TEXTS = ["a cup of coffee on a saucer", "a cat", "an astronaut in a white suit b
 INSTRUCTION = "Retrieve images that match the given text"  # no final stop: the convention adds one
 
 
-def write_published(folder, config: Qwen3VLConfig) -> None:
-    """A Qwen3-VL-Embedding folder as published: the backbone's weights (no separate output layer), the tokenizer
-    with Qwen3-VL's chat template, the processor config of Qwen3-VL."""
-    torch.manual_seed(0)
-    Qwen3VLForConditionalGeneration(config).save_pretrained(folder)
-    write_tokenizer_files(local_tokenizer(), folder, QWEN3_VL.chat_template)
-    NativePreprocessor(QWEN3_VL.image_defaults).save(folder, 16, 2)
-
-
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("published") / "qwen3-vl-embedding"
-    config = Qwen3VLConfig.from_dict({**base_config(PRESETS["tiny-qwen3-vl"], local_tokenizer())})
-    config.tie_word_embeddings = True
-    write_published(folder, config)
-    return folder
+def published(tiny_qwen3_base):
+    return tiny_qwen3_base
 
 
 def exported(folder, out, **embedder_options):
@@ -207,3 +193,22 @@ def test_at_2b_width_texts_images_and_both_equal_transformers_pipeline(
     for embeddings, texts, images in cases:
         reference = transformers_pipeline(reduced_qwen3_base, texts, images)
         assert np.abs(embeddings[:, 0] - reference).max() <= BAR
+
+
+def test_max_pixels_narrows_the_bundles_pixel_range_and_its_tensorrt_profiles(published, tmp_path):
+    out = tmp_path / "bundle"
+    flags = ["--pooling", "last-token", "--max-pixels", str(64 * 32 * 32), "--precision", "fp32"]
+    assert (
+        to_onnx.main([str(published), *flags, "--agreement-pairs", "0", "--batch", "1", "2", "4", "-o", str(out)]) == 0
+    )
+    manifest = read_manifest(out)
+    assert (manifest.image.min_pixels, manifest.image.max_pixels, manifest.image.num_image_tokens) == (4096, 65536, 64)
+    assert profile_shapes(manifest, "vision_encoder", (1, 2, 4))["pixel_values"][2] == (4, 256, 768)
+
+
+def test_pixel_bounds_on_a_fixed_size_checkpoint_are_refused_naming_the_flag_that_applies(tiny_checkpoint, capsys):
+    assert to_onnx.main([str(tiny_checkpoint), "--max-pixels", "9999", "-o", "unused"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --min-pixels / --max-pixels size native-resolution images; this model squashes every image to "
+        "56x56: use --image-size\n"
+    )

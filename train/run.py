@@ -26,7 +26,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--preset", default=defaults.preset, choices=sorted(PRESETS), help="model size (default: %(default)s)"
     )
-    p.add_argument("--base", help="local Qwen2-VL folder (save_pretrained layout) to start from instead of random init")
+    p.add_argument(
+        "--base",
+        help="local Qwen2-VL or Qwen3-VL folder (save_pretrained layout) to start from instead of random init",
+    )
     p.add_argument(
         "--steps", type=int, help=f"training steps (default: {defaults.steps}; with --resume: the run's own)"
     )
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if reports:
         model = trainer.model
         what = "pretraining the backbone of" if trainer.settings.objective == "lm" else "training"
-        print(f"{what} {model.config.preset} model ({_millions(model)}M parameters) on {_where(trainer)}")
+        print(f"{what} {_described(model.config)} ({_millions(model)}M parameters) on {_where(trainer)}")
     try:
         trainer.run()
     finally:
@@ -195,6 +198,13 @@ def _positive(text: str) -> int:
 def _where(trainer: Trainer) -> str:
     world = trainer.replica.world_size
     return f"{trainer.device.type} x {world} processes" if world > 1 else str(trainer.device)
+
+
+def _described(config) -> str:
+    """The model being trained: a preset's, or the preset's prompts on a base folder of its family."""
+    if config.base_path:
+        return f"a {config.preset} AGFF model on the {config.family.label} base {config.base_path}"
+    return f"{config.preset} model"
 
 
 def _millions(model) -> str:
