@@ -42,8 +42,9 @@ class AGFFConfig:
     `base` holds the base model's transformers config as a plain dict
     (`to_dict()` output; its `model_type` picks the family,
     `agff_deploy.families`), so a checkpoint is self-contained and a real
-    Qwen2-VL or Qwen3-VL folder's config drops in unchanged. `extra` is free-form metadata a user wants carried with the
-    checkpoint (data source, notes); nothing in agff-deploy reads it.
+    Qwen2-VL or Qwen3-VL folder's config drops in unchanged. `extra` is
+    free-form metadata a user wants carried with the checkpoint (data source,
+    notes); nothing in agff-deploy reads it.
 
     Images are sized one of two ways (`image_resize`): "fixed" squashes every
     image to `image_size`; "native" keeps each image's aspect ratio and

@@ -192,8 +192,6 @@ VISION_ENCODER = GraphSpec("vision_encoder", (PIXEL_VALUES, IMAGE_GRID), (IMAGE_
 LANGUAGE_ENCODER = GraphSpec(
     "language_encoder", (INPUT_IDS, ATTENTION_MASK, IMAGE_FEATURES, IMAGE_GRID, DEEPSTACK_FEATURES), (EMBEDDINGS,), {}
 )
-# What the vision encoder hands the language encoder.
-VISION_OUTPUTS = VISION_ENCODER.output_names
 # The scorer is exported once, in fp32, and shared by every precision.
 SCORER = GraphSpec("scorer", (QUERIES, CANDIDATES), (SCORES,), {"fp32": Bar(0.99999, 1e-4)})
 

@@ -74,12 +74,17 @@ def base_config(spec: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
 
 
 def preset_config(
-    preset: str, tokenizer: Tokenizer, presets: Mapping[str, dict[str, Any]] = PRESETS, **overrides: Any
+    preset: str,
+    tokenizer: Tokenizer,
+    presets: Mapping[str, dict[str, Any]] = PRESETS,
+    base: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> AGFFConfig:
-    """The config of `preset` from `presets` (the built-in ones unless a caller, such as bench/, brings its own)."""
+    """The config of `preset` from `presets` (the built-in ones unless a caller, such as bench/, brings its own): its
+    AGFF settings on its own base architecture, or on `base` (a base folder's config) when given."""
     if preset not in presets:
         raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
     spec = presets[preset]
     fields = dict(spec["agff"], preset=preset)
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    return AGFFConfig(base=base_config(spec, tokenizer), **fields)
+    return AGFFConfig(base=base or base_config(spec, tokenizer), **fields)

@@ -34,6 +34,7 @@ RUNS = {
     "text->image, alpha 1": {"data": "t2i.jsonl", "ega_alpha": 1.0},
     "same answers on both ranks": {"tasks": "cls", "ega_alpha": 1.0},  # class labels repeat across the shards
     "single embedding (K = 0)": {"tasks": "i2t", "ega_alpha": 1.0, "num_fine": 0},  # the fusion goes unused
+    "Qwen3-VL, DeepStack": {"tasks": "i2t", "ega_alpha": 1.0, "preset": "tiny-qwen3-vl"},
 }
 # One direction of the loss on its own: embeddings and fusion in float64, so the ranks' sums and one process's
 # differ only in summation order, which varies with the CPU's kernels: by a few rounding steps of each value's size

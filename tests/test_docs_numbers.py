@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agff_deploy.config import AGFFConfig
-from bench import native_report, results_report
+from bench import families_report, native_report, results_report
 from bench.scale_report import render
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -21,6 +21,10 @@ def test_the_2b_scale_page_is_what_its_json_files_render():
     files = [DOCS / name for name in SCALE_SOURCES]
     page = render(*(json.loads(f.read_text()) for f in files), tuple(f"docs/{f.name}" for f in files))
     assert (DOCS / "scale-2b.md").read_text() == page
+
+
+def test_the_families_page_is_what_its_json_files_render():
+    assert (DOCS / "families-2b.md").read_text() == families_report.render(families_report.load())
 
 
 def test_the_native_resolution_page_is_what_its_json_files_render():
@@ -40,6 +44,7 @@ def test_every_file_the_results_page_is_rendered_from_is_there():
 
 def test_every_json_file_in_docs_is_rendered_into_a_page():
     rendered = {source.name for source in results_report.SOURCES} | set(SCALE_SOURCES) | set(NATIVE_SOURCES)
+    rendered |= {name for files in families_report.SOURCES.values() for name in files}
     assert {path.name for path in DOCS.glob("*.json")} == rendered
 
 

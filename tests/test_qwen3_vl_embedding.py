@@ -13,6 +13,7 @@ on the image and text path is touched. Images are resized by the processor withi
 """
 
 import json
+import shutil
 import unicodedata
 
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file
 from skimage import data
 from transformers import PreTrainedTokenizerFast, Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -212,3 +214,16 @@ def test_pixel_bounds_on_a_fixed_size_checkpoint_are_refused_naming_the_flag_tha
         "error: --min-pixels / --max-pixels size native-resolution images; this model squashes every image to "
         "56x56: use --image-size\n"
     )
+
+
+def test_a_folder_that_ships_no_output_layer_though_untied_loads_its_backbone(tmp_path, tiny_qwen3_base):
+    """Qwen3-VL-Embedding-8B's shards hold no `lm_head` though its config says untied: only the backbone is read."""
+    folder = tmp_path / "untied"
+    shutil.copytree(tiny_qwen3_base, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    model, _, _ = single_vector_embedder(folder)
+    stored = load_file(folder / "model.safetensors")
+    assert "lm_head.weight" not in stored and not any("lm_head" in n for n, _ in model.named_parameters())
+    table = model.mllm.language_model.embed_tokens.weight
+    assert torch.equal(table, stored["model.language_model.embed_tokens.weight"])

@@ -207,14 +207,13 @@ class Trainer:
             config = preset_config(
                 settings.preset,
                 tokenizer,
+                base=base_model.config.to_dict(),
                 **overrides,
                 **_image_sizing(settings),
                 chat_head=chat.head,
                 chat_tail=chat.tail,
+                base_path=str(settings.base),
             )
-            config.base = base_model.config.to_dict()
-            config.base_path = str(settings.base)
-            config.validate()
             model = AGFFEmbedder(config, base_model)
         else:
             tokenizer = local_tokenizer()
@@ -396,9 +395,8 @@ def _load_backbone(folder: Path, settings: TrainSettings) -> tuple[AGFFEmbedder,
     """A pretraining run's own base folder, inside the embedder whose forward pass it trains."""
     tokenizer = _base_tokenizer(folder)
     image_size = (settings.image_size,) * 2 if settings.image_size else None
-    config = preset_config(settings.preset, tokenizer, image_size=image_size)
     backbone = load_base_folder(folder)
-    config.base = backbone.config.to_dict()
+    config = preset_config(settings.preset, tokenizer, base=backbone.config.to_dict(), image_size=image_size)
     return AGFFEmbedder(config, backbone), tokenizer
 
 

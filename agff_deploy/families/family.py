@@ -76,11 +76,15 @@ class ModelFamily(ABC):
         return self.backbone_class._from_config(self.config_class.from_dict(dict(base)), attn_implementation=ATTENTION)
 
     def load(self, folder: Path) -> nn.Module:
-        """The backbone of a local `save_pretrained` folder, in fp32; no hub access."""
-        full = self.generation_class.from_pretrained(
+        """The backbone of a local `save_pretrained` folder, in fp32; no hub access.
+
+        The backbone class, not the generation one: an embedder needs no output layer, and published embedders
+        may ship none (Qwen3-VL-Embedding-8B's config says untied, its shards hold no `lm_head`), which the
+        generation class would fill with random values in memory the size of the embedding table.
+        """
+        return self.backbone_class.from_pretrained(
             folder, attn_implementation=ATTENTION, local_files_only=True, dtype=torch.float32
         )
-        return full.model
 
     def config(self, text: Mapping[str, Any], vision: Mapping[str, Any], tokens: Mapping[str, int], tie: bool):
         """The transformers config of a model with these text and vision settings (the family's own keys) and
