@@ -124,12 +124,19 @@ class ChatFormatter:
         self._vision_end = tokenizer.token_to_id(VISION_END)
 
     @classmethod
-    def from_file(cls, path: str | Path, *args, **kwargs) -> ChatFormatter:
-        """The formatter of a tokenizer.json file (the other arguments as the constructor's)."""
+    def from_file(
+        cls,
+        path: str | Path,
+        num_image_tokens: int,
+        max_text_tokens: int,
+        head: str = USER_HEAD,
+        tail: str = USER_TAIL,
+        empty_text: str = "",
+    ) -> ChatFormatter:
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"tokenizer file {path} not found")
-        return cls(Tokenizer.from_file(str(path)), *args, **kwargs)
+        return cls(Tokenizer.from_file(str(path)), num_image_tokens, max_text_tokens, head, tail, empty_text)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids

@@ -70,6 +70,7 @@ class ModelFamily(ABC):
     chat_template: ClassVar[str]  # the published chat template's behaviour, for a folder without one
     single_vector: ClassVar[SingleVectorConvention]
     architectures: ClassVar[Mapping[str, PublishedArchitecture]]
+    merger_width_key: ClassVar[str]  # the vision config key of the merger's output width
 
     def build(self, base: Mapping[str, Any]) -> nn.Module:
         """A randomly initialised backbone of the config dict `base` (the caller seeds torch)."""
@@ -99,9 +100,12 @@ class ModelFamily(ABC):
         config.architectures = [self.generation_class.__name__]
         return config
 
-    @abstractmethod
     def vision_config(self, vision: Mapping[str, Any], text_width: int) -> dict[str, Any]:
-        """`vision` completed with what the family fixes: patch 14 or 16, merge 2, the merger's output width."""
+        """`vision` completed with what the family fixes: its patch size, merge 2, one still frame repeated over two
+        temporal slots, and the merger's output width (the language model's)."""
+        patch = self.image_defaults.patch_size
+        fixed = {"patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
+        return {**fixed, **vision, self.merger_width_key: text_width}
 
     def reduced(self, name: str, layers: int | None, vision_depth: int | None) -> tuple[dict, dict]:
         """Published architecture `name` with fewer blocks (every width kept): its text and vision settings."""

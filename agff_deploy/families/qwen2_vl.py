@@ -7,9 +7,6 @@ Its published single-vector embedders follow GME: the default system turn,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import nn
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLModel
@@ -49,6 +46,7 @@ class Qwen2VL(ModelFamily):
         punctuate=False,
     )
     # Qwen2-VL-2B-Instruct's published config.json (text and vision dimensions).
+    merger_width_key = "hidden_size"
     architectures = {
         "qwen2-vl-2b": PublishedArchitecture(
             text={
@@ -68,10 +66,6 @@ class Qwen2VL(ModelFamily):
             tie_word_embeddings=True,
         )
     }
-
-    def vision_config(self, vision: Mapping[str, Any], text_width: int) -> dict[str, Any]:
-        fixed = {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
-        return {**fixed, **vision, "hidden_size": text_width}
 
     def reduced(self, name: str, layers: int | None, vision_depth: int | None) -> tuple[dict, dict]:
         text, vision = super().reduced(name, layers, vision_depth)

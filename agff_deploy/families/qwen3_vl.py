@@ -62,6 +62,7 @@ class Qwen3VL(ModelFamily):
         punctuate=True,
     )
     # Qwen3-VL-2B-Instruct's published config.json (text and vision dimensions).
+    merger_width_key = "out_hidden_size"
     architectures = {
         "qwen3-vl-2b": PublishedArchitecture(
             text={
@@ -97,10 +98,6 @@ class Qwen3VL(ModelFamily):
             tie_word_embeddings=True,
         )
     }
-
-    def vision_config(self, vision: Mapping[str, Any], text_width: int) -> dict[str, Any]:
-        fixed = {"patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
-        return {**fixed, **vision, "out_hidden_size": text_width}
 
     def reduced(self, name: str, layers: int | None, vision_depth: int | None) -> tuple[dict, dict]:
         """Fewer blocks, with the DeepStack taps moved to the same relative depths of the shorter tower."""
