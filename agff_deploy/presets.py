@@ -10,7 +10,7 @@ A preset's vision settings are in its family's own config keys.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
@@ -18,6 +18,9 @@ from .config import AGFFConfig
 from .errors import InputError
 from .scenes import vocabulary_corpus
 from .tokenization import special_token_ids, train_bpe_tokenizer
+
+if TYPE_CHECKING:
+    from .families import ModelFamily
 
 LOCAL_VOCAB_SIZE = 512
 
@@ -50,11 +53,16 @@ def local_tokenizer() -> Tokenizer:
     return train_bpe_tokenizer(vocabulary_corpus(), LOCAL_VOCAB_SIZE)
 
 
-def base_config(spec: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
-    """The base config dict of a preset's `spec` in its family, with this tokenizer's vocabulary and token ids."""
+def preset_family(spec: Mapping[str, Any]) -> ModelFamily:
+    """The family a preset's architecture belongs to (Qwen2-VL unless it names another)."""
     from .families import FAMILIES  # the model code: imported only when a preset is built
 
-    family = FAMILIES[spec.get("family", "qwen2_vl")]
+    return FAMILIES[spec.get("family", "qwen2_vl")]
+
+
+def base_config(spec: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
+    """The base config dict of a preset's `spec` in its family, with this tokenizer's vocabulary and token ids."""
+    family = preset_family(spec)
     text = dict(spec["text"])
     mrope_section = text.pop("mrope_section")
     ids = special_token_ids(tokenizer)

@@ -41,7 +41,7 @@ from agff_deploy.errors import ArtifactError, InputError, MissingFileError
 from agff_deploy.families import folder_family
 from agff_deploy.model import MIN_TEMPERATURE, AGFFEmbedder, load_base_folder
 from agff_deploy.preprocessing import NativeImageSettings
-from agff_deploy.presets import local_tokenizer, preset_config
+from agff_deploy.presets import PRESETS, local_tokenizer, preset_config, preset_family
 from agff_deploy.prompts import ASPECT_TEXTS
 from agff_deploy.tokenization import TOKENIZER_FILE
 from agff_deploy.weights import weights_metadata
@@ -415,8 +415,8 @@ def init_prompts_from_aspects(model: AGFFEmbedder, tokenizer: Tokenizer) -> None
 def _image_sizing(settings: TrainSettings) -> dict[str, Any]:
     """How the run sizes images. From a base folder: at native resolution with the base's own processor settings
     (as its processor config holds them; its family's published ones, said once, where it has none), unless a fixed
-    size is asked for. From scratch: the preset's fixed size unless native resolution is asked for.
-    --min-pixels / --max-pixels override the range."""
+    size is asked for. From scratch: the preset's fixed size unless native resolution is asked for, then with its
+    family's published settings. --min-pixels / --max-pixels override the range."""
     if not settings.base and settings.image_resize != "native":
         return {}
     resize = settings.image_resize or ("fixed" if settings.image_size else "native")
@@ -424,7 +424,7 @@ def _image_sizing(settings: TrainSettings) -> dict[str, Any]:
         family = folder_family(settings.base)
         found, notes = NativeImageSettings.from_preprocessor_config(settings.base, family.image_defaults, family.label)
     else:
-        found, notes = NativeImageSettings(), []
+        found, notes = preset_family(PRESETS[settings.preset]).image_defaults, []
     for note in notes:
         print(note)
     chosen = {
