@@ -140,5 +140,6 @@ def item_encoder(config: AGFFConfig, tokenizer: Tokenizer) -> ItemEncoder:
         config.chat_head,
         config.chat_tail,
         config.empty_text,
+        config.task_slot,
     )
     return ItemEncoder.for_images(formatter, config.image_format())

@@ -17,7 +17,7 @@ from .contract import model_sizes
 from .errors import ArtifactError, InputError, MissingFileError
 from .manifest import ImageFormat
 from .preprocessing import NativeImageSettings
-from .tokenization import USER_HEAD, USER_TAIL
+from .tokenization import USER_HEAD, USER_TAIL, TaskSlot
 
 if TYPE_CHECKING:
     from .families import ModelFamily
@@ -60,7 +60,8 @@ class AGFFConfig:
     embedders do (K = 0, no prompts: the last token's state);
     `embedding_dim` keeps its leading dimensions, renormalised (Matryoshka).
     `empty_text` is what a text-only item with no text becomes (Qwen3-VL-
-    Embedding's "NULL").
+    Embedding's "NULL"). `task` is a single-vector embedder's `TaskSlot` (as
+    a dict): where each call's task instruction goes in `chat_head`.
     """
 
     base: dict[str, Any]
@@ -80,6 +81,7 @@ class AGFFConfig:
     pooling: str = "prompts"
     embedding_dim: int | None = None
     empty_text: str = ""
+    task: dict[str, Any] | None = None
     preset: str = "custom"
     base_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +94,10 @@ class AGFFConfig:
     @property
     def num_prompts(self) -> int:
         return self.num_fine + 1
+
+    @property
+    def task_slot(self) -> TaskSlot | None:
+        return None if self.task is None else TaskSlot(**self.task)
 
     @property
     def family(self) -> ModelFamily:

@@ -73,10 +73,17 @@ class FeedEncoder:
         """Normalised `[3, H, W]` images -> the vision encoder's padded patch rows and grids."""
         return patch_batch(normalized, self.patch_size, self.merge_size)
 
-    def image_feed(self, pixels: PatchBatch, instructions: Sequence[str], names: Sequence[str] | None = None) -> Feed:
-        """Preprocessed images and one instruction each; `names` label instructions in truncation warnings."""
+    def image_feed(
+        self,
+        pixels: PatchBatch,
+        instructions: Sequence[str],
+        names: Sequence[str] | None = None,
+        tasks: Sequence[str | None] | None = None,
+    ) -> Feed:
+        """Preprocessed images and one instruction each (and, for a single-vector embedder, a task instruction
+        each: None for the default); `names` label instructions in truncation warnings."""
         tokens = self.formatter.encode(
-            instructions, with_image=True, names=names, image_tokens=pixels.image_tokens(self.merge_size)
+            instructions, with_image=True, names=names, image_tokens=pixels.image_tokens(self.merge_size), tasks=tasks
         )
         return {
             PIXEL_VALUES.name: np.ascontiguousarray(pixels.pixel_values, dtype=np.float32),
@@ -85,8 +92,10 @@ class FeedEncoder:
             ATTENTION_MASK.name: tokens.attention_mask,
         }
 
-    def text_feed(self, texts: Sequence[str], names: Sequence[str] | None = None) -> Feed:
-        tokens = self.formatter.encode(texts, with_image=False, names=names)
+    def text_feed(
+        self, texts: Sequence[str], names: Sequence[str] | None = None, tasks: Sequence[str | None] | None = None
+    ) -> Feed:
+        tokens = self.formatter.encode(texts, with_image=False, names=names, tasks=tasks)
         return {INPUT_IDS.name: tokens.input_ids, ATTENTION_MASK.name: tokens.attention_mask}
 
     def feeds(self, texts: Sequence[str], images: Sequence[ImageLike] | None = None) -> Feed:

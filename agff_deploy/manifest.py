@@ -13,7 +13,8 @@ stored a vision and a language encoder per precision that took square images
 as pixels, version 3 takes images of any size as rows of patches with their
 grids (agff_deploy.contract), version 4 names the model family and carries
 what Qwen3-VL adds (DeepStack taps, the Matryoshka width, the empty-item
-text). A version 3 bundle is read as the Qwen2-VL bundle it is.
+text) and where a single-vector embedder's task instruction goes. A version 3
+bundle is read as the Qwen2-VL bundle it is.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from . import __version__
 from .contract import PRECISIONS, TensorSpec, model_sizes
 from .errors import ArtifactError, MissingFileError, NotInBundleError
 from .preprocessing import ImagePreprocessor, NativeImageSettings, NativePreprocessor
+from .tokenization import TaskSlot
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "agff-bundle"
@@ -105,6 +107,7 @@ class TokenizerFile:
     chat_head: str
     chat_tail: str
     empty_text: str = ""  # what a text-only item with no text becomes
+    task: TaskSlot | None = None  # where a call's task instruction goes in `chat_head` (single-vector embedders)
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,7 @@ class Manifest:
             created_by=data.get("created_by", "an unknown agff-deploy"),
             model=_model_dims(data["model"]),
             image=_image(data["image"]),
-            tokenizer=TokenizerFile(**_pick(data["tokenizer"], TokenizerFile)),
+            tokenizer=_tokenizer(data["tokenizer"]),
             fusion=_fusion(data["fusion"]),
             dims=_dims(data["dims"]),
             graphs={p: {n: _graph_entry(e) for n, e in graphs.items()} for p, graphs in data["graphs"].items()},
@@ -363,6 +366,11 @@ def _pick(data: Mapping[str, Any], kind: type) -> dict[str, Any]:
     """The keys of `data` that `kind` has fields for (version 1 files hold more)."""
     names = {f.name for f in dataclasses.fields(kind)}
     return {k: v for k, v in data.items() if k in names}
+
+
+def _tokenizer(data: Mapping[str, Any]) -> TokenizerFile:
+    task = data.get("task")
+    return TokenizerFile(**{**_pick(data, TokenizerFile), "task": TaskSlot(**task) if task else None})
 
 
 def _model_dims(data: Mapping[str, Any]) -> ModelDims:

@@ -36,7 +36,8 @@ def single_vector_embedder(
 ) -> tuple[AGFFEmbedder, Tokenizer, list[str]]:
     """The folder's model as a last-token embedder, its tokenizer, and notes on settings it lacked (defaults used).
 
-    `system_prompt` and `max_text_tokens` default to the family's convention; `dim` keeps the leading dimensions.
+    `system_prompt` (the default task instruction, which each call may replace) and `max_text_tokens` default to
+    the family's convention; `dim` keeps the leading dimensions.
     The config is built and checked before the weights load, so a bad flag costs no load of a 2B model.
     """
     folder = Path(folder)
@@ -46,8 +47,8 @@ def single_vector_embedder(
     if convention.pixels is not None:
         settings = dataclasses.replace(settings, min_pixels=convention.pixels[0], max_pixels=convention.pixels[1])
     template, template_notes = read_chat_template(folder, family)
-    instruction = convention.instruction(convention.system_prompt if system_prompt is None else system_prompt)
-    chat = render_chat_format(template, folder, system=instruction, end=convention.end)
+    task = convention.system_prompt if system_prompt is None else system_prompt
+    chat = render_chat_format(template, folder, system=task, end=convention.end, punctuate=convention.punctuate)
     config = AGFFConfig(
         base=family.config_class.from_pretrained(folder).to_dict(),
         num_fine=0,
@@ -56,6 +57,7 @@ def single_vector_embedder(
         image_settings={k: v for k, v in settings.to_dict().items() if k not in _BASE_OWNED},
         chat_head=chat.head,
         chat_tail=chat.tail,
+        task=chat.task.to_json() if chat.task else None,
         pooling="last-token",
         embedding_dim=dim,
         empty_text=convention.empty_text,

@@ -6,16 +6,19 @@ lives here once and is shared by training, export checks and the runtime.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import unicodedata
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .errors import ArtifactError, MissingFileError
+from .errors import ArtifactError, InputError, MissingFileError
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -84,6 +87,39 @@ def special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
     return ids
 
 
+def punctuated(text: str) -> str:
+    """`text` stripped, with a full stop added unless it ends in punctuation (Qwen3-VL-Embedding's instructions)."""
+    text = text.strip()
+    return text if not text or unicodedata.category(text[-1]).startswith("P") else text + "."
+
+
+@dataclass(frozen=True)
+class TaskSlot:
+    """Where a single-vector embedder's task instruction sits in its chat turn: the head is `prefix` + task +
+    `suffix` (the system turn, then the user turn's opening), `default` when a call gives none. Retrieval embeds
+    queries with a task ("Retrieve images that match the given text.") and documents with the default; `punctuate`
+    adds a full stop to a task that ends without punctuation, as Qwen3-VL-Embedding's script does."""
+
+    prefix: str
+    suffix: str
+    default: str
+    punctuate: bool = False
+
+    def head(self, task: str | None = None) -> str:
+        text = self.default if task is None else task
+        return self.prefix + (punctuated(text) if self.punctuate else text) + self.suffix
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+NO_TASK = (
+    "this model takes no task instruction: only a single-vector export (GME, Qwen3-VL-Embedding) has one, in its "
+    "system turn; an AGFF model's instruction is text in the user turn, given with each image (`instructions=`, "
+    "agff-run --instruction)"
+)
+
+
 @dataclass
 class EncodedBatch:
     """Right-padded token ids and their mask, as numpy int64 `[B, L]`."""
@@ -111,11 +147,14 @@ class ChatFormatter:
         head: str = USER_HEAD,
         tail: str = USER_TAIL,
         empty_text: str = "",
+        task: TaskSlot | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.num_image_tokens = num_image_tokens
         self.max_text_tokens = max_text_tokens
         self.empty_text = empty_text
+        self.task = task
+        self._task_heads: dict[str, list[int]] = {}
         self.pad_id = tokenizer.token_to_id("<|endoftext|>")
         self.image_id = tokenizer.token_to_id(IMAGE_PAD)
         self._head = self._ids(head)
@@ -132,11 +171,12 @@ class ChatFormatter:
         head: str = USER_HEAD,
         tail: str = USER_TAIL,
         empty_text: str = "",
+        task: TaskSlot | None = None,
     ) -> ChatFormatter:
         path = Path(path)
         if not path.is_file():
             raise MissingFileError(f"tokenizer file {path} not found")
-        return cls(Tokenizer.from_file(str(path)), num_image_tokens, max_text_tokens, head, tail, empty_text)
+        return cls(Tokenizer.from_file(str(path)), num_image_tokens, max_text_tokens, head, tail, empty_text, task)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -149,8 +189,29 @@ class ChatFormatter:
         """An image's block: `<|vision_start|>`, one `<|image_pad|>` per image token, `<|vision_end|>`."""
         return [self._vision_start, *[self.image_id] * image_tokens, self._vision_end]
 
-    def item_ids(self, text: str, image_tokens: int | None) -> tuple[list[int], bool]:
-        """Token ids of one item (with an image of `image_tokens` tokens, or none) and whether its text was cut.
+    def head_ids(self, task: str | None = None) -> list[int]:
+        """The ids of the chat turn's head with `task` as its task instruction (None: the model's default).
+
+        A task longer than `max_text_tokens` is cut to that many tokens, with one warning per task.
+        """
+        if task is None:
+            return self._head
+        if self.task is None:
+            raise InputError(NO_TASK)
+        if task not in self._task_heads:
+            self._task_heads[task] = self._ids(self.task.head(self._within_budget(task)))
+        return self._task_heads[task]
+
+    def _within_budget(self, task: str) -> str:
+        ids = self._ids(task.strip())
+        if len(ids) <= self.max_text_tokens:
+            return task
+        warnings.warn(f"task {task[:40]!r}: longer than {self.max_text_tokens} tokens, truncated", stacklevel=4)
+        return self.tokenizer.decode(ids[: self.max_text_tokens])
+
+    def item_ids(self, text: str, image_tokens: int | None, task: str | None = None) -> tuple[list[int], bool]:
+        """Token ids of one item (with an image of `image_tokens` tokens, or none; under `task`, see `head_ids`) and
+        whether its text was cut.
 
         A text that places its image (`IMAGE_PLACEHOLDER`) is kept as written around it; the budget counts the
         text on both sides, and a cut keeps the start.
@@ -166,12 +227,14 @@ class ChatFormatter:
         before_ids = before_ids[: self.max_text_tokens]
         after_ids = after_ids[: self.max_text_tokens - len(before_ids)]
         image_ids = [] if image_tokens is None else self.image_ids(image_tokens)
-        return self._head + before_ids + image_ids + after_ids + self._tail, truncated
+        return self.head_ids(task) + before_ids + image_ids + after_ids + self._tail, truncated
 
     def length_range(self, with_image: bool) -> tuple[int, int]:
-        """Shortest (empty text) and longest (full text budget) item, in tokens; an image counts at its most tokens."""
+        """Shortest (empty text) and longest (full text budget, and a task of the full budget where the model takes
+        one) item, in tokens; an image counts at its most tokens."""
         fixed = len(self._head) + len(self._tail) + (len(self.image_ids(self.num_image_tokens)) if with_image else 0)
-        return fixed, fixed + self.max_text_tokens
+        task = self.max_text_tokens if self.task else 0
+        return fixed, fixed + self.max_text_tokens + task
 
     def encode(
         self,
@@ -179,16 +242,18 @@ class ChatFormatter:
         with_image: bool,
         names: Sequence[str] | None = None,
         image_tokens: Sequence[int] | None = None,
+        tasks: Sequence[str | None] | None = None,
     ) -> EncodedBatch:
         """Tokenize a batch; a text over the budget is truncated with a warning naming it (`names[i]`).
 
         With images, `image_tokens[i]` is item i's image size in tokens (the model's fixed count by default).
+        `tasks[i]` is item i's task instruction (None: the default).
         """
         if with_image and image_tokens is None:
             image_tokens = [self.num_image_tokens] * len(texts)
         rows, truncated = [], []
         for i, text in enumerate(texts):
-            ids, cut = self.item_ids(text, image_tokens[i] if with_image else None)
+            ids, cut = self.item_ids(text, image_tokens[i] if with_image else None, tasks[i] if tasks else None)
             rows.append(ids)
             if cut:
                 truncated.append(i)

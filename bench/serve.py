@@ -50,7 +50,7 @@ def in_process(service: EmbeddingService, images: list[bytes], batch: int, reque
     for first in range(0, requests, batch):
         column = np.array([[images[(first + i) % len(images)]] for i in range(batch)], dtype=object)
         call = time.perf_counter()
-        (result,) = service.images([(column, None)])
+        (result,) = service.images([(column, None, None)])
         assert isinstance(result, np.ndarray), result
         latencies.append(time.perf_counter() - call)
     wall = time.perf_counter() - started

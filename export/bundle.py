@@ -291,6 +291,7 @@ class BundleBuilder:
                 cfg.chat_head,
                 cfg.chat_tail,
                 cfg.empty_text,
+                cfg.task_slot,
             ),
             fusion=self.fusion,
             dims=Dims(

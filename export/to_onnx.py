@@ -52,8 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--system-prompt",
-        help="last-token: the system turn's instruction (default: the convention's, 'You are a helpful assistant.' "
-        'for GME, "Represent the user\'s input." for Qwen3-VL-Embedding)',
+        help="last-token: the system turn's default task instruction, which each call may replace (default: the "
+        "convention's, 'You are a helpful assistant.' for GME, \"Represent the user's input.\" for "
+        "Qwen3-VL-Embedding)",
     )
     p.add_argument(
         "--max-text-tokens",

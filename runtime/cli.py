@@ -86,7 +86,9 @@ def _report_inputs(found: Inputs, verbose: bool) -> None:
         say(f"skipped: {path}: not an image file name ({path.suffix or 'no suffix'})")
 
 
-def embed_files(embedder: Embedder, paths: list[Path], instruction: str, max_pixels: int, progress: bool) -> Outcome:
+def embed_files(
+    embedder: Embedder, paths: list[Path], instruction: str, max_pixels: int, progress: bool, task: str | None = None
+) -> Outcome:
     """The pipeline over `paths`, each error and notice a line on stderr as its batch comes up, with a progress bar."""
     with tqdm(total=len(paths), unit="img", desc="embed", disable=not progress, file=sys.stderr) as bar:
         return embedder.try_embed_images(
@@ -96,6 +98,7 @@ def embed_files(embedder: Embedder, paths: list[Path], instruction: str, max_pix
             on_error=lambda line: say(f"error: {line}"),
             on_note=lambda line: say(f"warning: {line}"),
             on_done=bar.update,
+            task=task,
         )
 
 
@@ -110,8 +113,8 @@ def write_output(out: Path, names: list[str], embeddings: np.ndarray, key: str) 
         raise InputError(f"--out {out}: use a .npy or .jsonl file")
 
 
-def _embed_texts(embedder: Embedder, texts: list[str]) -> np.ndarray:
-    return embedder.embed_texts(texts, names=[f"text {t[:40]!r}" for t in texts])
+def _embed_texts(embedder: Embedder, texts: list[str], task: str | None) -> np.ndarray:
+    return embedder.embed_texts(texts, names=[f"text {t[:40]!r}" for t in texts], task=task)
 
 
 def _summary_items(names: list[str], embeddings: np.ndarray, key: str, limit: int = 20) -> list[dict]:
@@ -136,7 +139,9 @@ def run_embed(args: argparse.Namespace) -> int:
             embedder.batch_size = args.batch_size
         outcome = Outcome()
         if found.paths:
-            outcome = embed_files(embedder, found.paths, args.instruction, args.max_pixels, not args.quiet)
+            outcome = embed_files(
+                embedder, found.paths, args.instruction, args.max_pixels, not args.quiet, args.image_task
+            )
         outcome.errors[:0] = found.errors
         summary = _embed_summary(embedder, args, found, outcome)
     report(summary, args.json, lambda: _embed_lines(summary, outcome.errors, args))
@@ -146,7 +151,7 @@ def run_embed(args: argparse.Namespace) -> int:
 def _embed_summary(embedder: Embedder, args: argparse.Namespace, found: Inputs, outcome: Outcome) -> dict:
     """The JSON summary, with rankings and scores as asked for; writes --out (it needs the same arrays)."""
     images = outcome.stacked()
-    texts = _embed_texts(embedder, args.text) if args.text else None
+    texts = _embed_texts(embedder, args.text, args.task) if args.text else None
     summary: dict = {
         "backend": embedder.backend,
         "engine": str(args.engine),
@@ -184,7 +189,7 @@ def _image_rankings(
             for p, r in zip(paths, results, strict=True)
         ]
     if args.query:
-        scores = embedder.rank(_embed_texts(embedder, [args.query])[0], images)
+        scores = embedder.rank(_embed_texts(embedder, [args.query], args.task)[0], images)
         found["ranking"] = [{"path": paths[i], "score": round(float(scores[i]), 5)} for i in np.argsort(-scores)]
     if texts is not None:
         found["scores"] = np.round(embedder.score(images, texts), 5).tolist()
@@ -245,7 +250,7 @@ def run_index(args: argparse.Namespace) -> int:
         index = EmbeddingIndex.open_or_create(args.index, embedder.model_id)
         existing = [p for p in found.paths if p.is_file()]
         todo = index.stale(existing) + [p for p in found.paths if not p.is_file()]
-        done = embed_files(embedder, todo, "", args.max_pixels, progress=not args.quiet)
+        done = embed_files(embedder, todo, "", args.max_pixels, not args.quiet, args.task)
         if done.names:
             index.add([Path(p) for p in done.names], done.stacked())
         if done.names or index.embeddings_file is None:  # nothing new: no rewrite of a large index
@@ -277,9 +282,9 @@ def run_search(args: argparse.Namespace) -> int:
     with Embedder.load(args.engine, args.backend, args.precision, args.threads) as embedder:
         index.require_model(embedder.model_id)
         if args.image:
-            query, is_text = embedder.embed_images([args.image], args.instruction)[0], False
+            query, is_text = embedder.embed_images([args.image], args.instruction, args.task)[0], False
         else:
-            query, is_text = _embed_texts(embedder, [args.query])[0], True
+            query, is_text = _embed_texts(embedder, [args.query], args.task)[0], True
         started = time.perf_counter()
         hits = index.search(query, embedder.score, is_text, args.top_k, args.shortlist)
         elapsed = time.perf_counter() - started
@@ -296,6 +301,12 @@ def run_search(args: argparse.Namespace) -> int:
 def _search_lines(summary: dict) -> list[str]:
     title = f"{summary['items']} items searched in {summary['search_ms']} ms; {SCORE_SCALE} for {summary['query']!r}:"
     return [title, *(f"  {i:>3}  {r['score']:7.4f}  {r['path']}" for i, r in enumerate(summary["results"], 1))]
+
+
+TASK_HELP = (
+    "a single-vector embedder's task instruction (GME's and Qwen3-VL-Embedding's, in the system turn; an AGFF "
+    "model takes none) for "
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -321,6 +332,7 @@ def parser_for(command: str) -> argparse.ArgumentParser:
         )
         p.add_argument("inputs", nargs="+")
         p.add_argument("--index", required=True, type=Path)
+        p.add_argument("--task", help=TASK_HELP + "the documents (default: the model's)")
         _input_options(p)
     elif command == "search":
         p = argparse.ArgumentParser(
@@ -329,6 +341,7 @@ def parser_for(command: str) -> argparse.ArgumentParser:
         p.add_argument("query", nargs="?", default="")
         p.add_argument("--image", help="an image query instead of text")
         p.add_argument("--instruction", default="", help="instruction for an image query")
+        p.add_argument("--task", help=TASK_HELP + "the query, e.g. 'Retrieve images that match the given text.'")
         p.add_argument("--index", required=True, type=Path)
         p.add_argument("--top-k", type=int, default=10)
         p.add_argument("--shortlist", type=int, default=100, help="candidates re-ranked with the fused score")
@@ -344,6 +357,8 @@ def parser_for(command: str) -> argparse.ArgumentParser:
             "--label-template", default="a photo of a {}", help="how a label becomes a text (default: %(default)r)"
         )
         p.add_argument("--query", help="rank the images by fused score against this text")
+        p.add_argument("--task", help=TASK_HELP + "the --text items and the --query (default: the model's)")
+        p.add_argument("--image-task", help=TASK_HELP + "the images (default: the model's)")
         p.add_argument("--out", help="write embeddings to a .npy (plus .paths.txt) or .jsonl file")
         p.add_argument("--batch-size", type=int, help="default: the bundle's optimal batch")
         _input_options(p)

@@ -33,6 +33,17 @@ from .runner import Runner
 from .scoring import fused_similarity
 from .spec import ModelSpec
 
+# A task instruction for every item, one per item, or None (the model's default).
+Task = str | Sequence[str | None] | None
+
+
+def _per_item(value: str | Sequence | None, count: int, what: str) -> list:
+    """One value for every item, or one per item (checked to be as many as the items)."""
+    values = [value] * count if value is None or isinstance(value, str) else list(value)
+    if len(values) != count:
+        raise InputError(f"{len(values)} {what} for {count} items: give one for all or one per item")
+    return values
+
 
 class Embedder:
     def __init__(self, spec: ModelSpec, runners: dict[str, Runner], backend: str, source: Path, model_id: str) -> None:
@@ -90,22 +101,31 @@ class Embedder:
         pre = self.preprocessor
         return [pre.normalize(pre.resize(decode(image, DEFAULT_MAX_PIXELS)[0])) for image in images]
 
-    def embed_pixels(self, pixels: Sequence[np.ndarray], instructions: str | Sequence[str] = "") -> np.ndarray:
-        """Preprocessed images (+ an instruction per image, or one for all) -> `[N, K+1, D]`, in input order.
+    def embed_pixels(
+        self, pixels: Sequence[np.ndarray], instructions: str | Sequence[str] = "", task: Task = None
+    ) -> np.ndarray:
+        """Preprocessed images (+ an instruction per image, or one for all; and a task, see `embed_texts`) ->
+        `[N, K+1, D]`, in input order.
 
         The images are batched by size (`runtime.bucketing`): they are all in memory already, so all of them are
         sorted together.
         """
-        prompts = self._instructions(instructions, len(pixels))
+        prompts = _per_item(instructions, len(pixels), "instructions")
+        tasks = _per_item(task, len(pixels), "tasks")
         batches = buckets(pixels, self.batch_size)
-        parts = [self.embed_batch([pixels[i] for i in batch], [prompts[i] for i in batch]) for batch in batches]
+        parts = [
+            self.embed_batch([pixels[i] for i in b], [prompts[i] for i in b], [tasks[i] for i in b]) for b in batches
+        ]
         return in_input_order(parts, batches) if parts else self._empty()
 
-    def embed_batch(self, pixels: Sequence[np.ndarray], instructions: Sequence[str]) -> np.ndarray:
-        """One batch of preprocessed images and their instructions -> `[n, K+1, D]`, as given: no batching by size
-        (for callers that batch already, such as `runtime.pipeline`)."""
+    def embed_batch(
+        self, pixels: Sequence[np.ndarray], instructions: Sequence[str], tasks: Sequence[str | None] | None = None
+    ) -> np.ndarray:
+        """One batch of preprocessed images and their instructions (and tasks) -> `[n, K+1, D]`, as given: no
+        batching by size (for callers that batch already, such as `runtime.pipeline`)."""
         patches = self.encoder.patches(list(pixels))
-        feed = self.encoder.image_feed(patches, list(instructions), names=["instruction"] * len(pixels))
+        names = ["instruction"] * len(pixels)
+        feed = self.encoder.image_feed(patches, list(instructions), names=names, tasks=tasks)
         return self._run(IMAGE_ENCODER.name, feed)
 
     def try_embed_images(
@@ -116,15 +136,20 @@ class Embedder:
         on_error: Callable[[str], None] | None = None,
         on_note: Callable[[str], None] | None = None,
         on_done: Callable[[int], None] | None = None,
+        task: Task = None,
     ) -> Outcome:
         """Every image that can be read, embedded in batches of similar sizes with decoding overlapped
         (`runtime.pipeline`); the outcome names the embedded items in input order and holds one error line for each
         image that could not be."""
-        prompts = self._instructions(instructions, len(images))
+        prompts = list(
+            zip(
+                _per_item(instructions, len(images), "instructions"), _per_item(task, len(images), "tasks"), strict=True
+            )
+        )
         return embed_in_batches(
             images,
             prompts,
-            self.embed_batch,
+            lambda pixels, pairs: self.embed_batch(pixels, *zip(*pairs, strict=True)),
             self.preprocessor,
             self.batch_size,
             max_pixels,
@@ -134,28 +159,31 @@ class Embedder:
             self.window_batches,
         )
 
-    def embed_images(self, images: Sequence[ImageInput], instructions: str | Sequence[str] = "") -> np.ndarray:
+    def embed_images(
+        self, images: Sequence[ImageInput], instructions: str | Sequence[str] = "", task: Task = None
+    ) -> np.ndarray:
         """`[N, K+1, D]`, or an ImageLoadError naming every image that could not be read (and why)."""
-        outcome = self.try_embed_images(images, instructions)
+        outcome = self.try_embed_images(images, instructions, task=task)
         if outcome.errors:
             raise ImageLoadError("; ".join(outcome.errors))
         return outcome.stacked()
 
-    def embed_texts(self, texts: Sequence[str], names: Sequence[str] | None = None) -> np.ndarray:
-        """`[N, K+1, D]`; `names` label the texts in truncation warnings (default: `text <index>`)."""
+    def embed_texts(self, texts: Sequence[str], names: Sequence[str] | None = None, task: Task = None) -> np.ndarray:
+        """`[N, K+1, D]`; `names` label the texts in truncation warnings (default: `text <index>`).
+
+        `task` is a single-vector embedder's task instruction (GME's and Qwen3-VL-Embedding's "instruction", in the
+        system turn), for every item or one per item; None: the model's default. Retrieval embeds its queries with a
+        task ("Retrieve images that match the given text.") and its documents with the default. An AGFF model takes
+        none: its instruction is an image item's text.
+        """
         names = list(names) if names else [f"text {i}" for i in range(len(texts))]
+        tasks = _per_item(task, len(texts), "tasks")
         parts = []
         for i in range(0, len(texts), self.batch_size):
-            feed = self.encoder.text_feed(texts[i : i + self.batch_size], names[i : i + self.batch_size])
+            window = slice(i, i + self.batch_size)
+            feed = self.encoder.text_feed(texts[window], names[window], tasks[window])
             parts.append(self._run(TEXT_ENCODER.name, feed))
         return np.concatenate(parts) if parts else self._empty()
-
-    @staticmethod
-    def _instructions(instructions: str | Sequence[str], count: int) -> list[str]:
-        prompts = [instructions] * count if isinstance(instructions, str) else list(instructions)
-        if len(prompts) != count:
-            raise InputError(f"{len(prompts)} instructions for {count} images")
-        return prompts
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, 0, 0), np.float32)

@@ -29,8 +29,10 @@ from agff_deploy.preprocessing import ImagePreprocessor, NativePreprocessor
 from .bucketing import WINDOW_BATCHES, buckets, in_input_order
 
 ImageInput = str | Path | Image.Image | np.ndarray
-# Normalised `[3, H, W]` images (of one size, or each its own at native resolution) and their instructions.
-EmbedPixels = Callable[[list[np.ndarray], list[str]], np.ndarray]
+# What an image is embedded with besides its pixels (its instruction, or whatever the caller pairs with it).
+Prompt = TypeVar("Prompt")
+# Normalised `[3, H, W]` images (of one size, or each its own at native resolution) and their prompts.
+EmbedPixels = Callable[[list[np.ndarray], list[Prompt]], np.ndarray]
 DECODE_AHEAD = 2  # decode tasks (of one batch of images each) in flight at least, one per worker thread
 
 
@@ -53,7 +55,7 @@ class _Decoded:
     """One batch ready for the model: the items that decoded, and what happened to the others."""
 
     names: list[str]
-    instructions: list[str]
+    prompts: list  # each item's, as the caller gave them
     pixels: list[np.ndarray]
     errors: list[str]
     notes: list[str]
@@ -61,7 +63,7 @@ class _Decoded:
     def extend(self, other: _Decoded) -> None:
         """Append the items of the decode batch after this one."""
         self.names += other.names
-        self.instructions += other.instructions
+        self.prompts += other.prompts
         self.pixels += other.pixels
         self.errors += other.errors
         self.notes += other.notes
@@ -78,7 +80,7 @@ def decode(item: ImageInput, max_pixels: int) -> tuple[Image.Image, list[str]]:
 
 def embed_in_batches(
     items: Sequence[ImageInput],
-    instructions: Sequence[str],
+    prompts: Sequence[Prompt],
     embed: EmbedPixels,
     preprocessor: ImagePreprocessor | NativePreprocessor,
     batch_size: int,
@@ -88,7 +90,7 @@ def embed_in_batches(
     on_done: Callable[[int], None] | None = None,
     window_batches: int = WINDOW_BATCHES,
 ) -> Outcome:
-    """Batches of `items` through `embed(pixels, instructions)`, decoding the next window while one runs.
+    """Batches of `items` through `embed(pixels, prompts)`, decoding the next window while one runs.
 
     The items are read in windows of `window_batches * batch_size`; the images of a window that decode are batched by
     patch count (`runtime.bucketing`), and the outcome holds them in input order. While a window is embedded the next
@@ -104,7 +106,7 @@ def embed_in_batches(
     chunks = [range(i, min(i + batch_size, len(items))) for i in range(0, len(items), batch_size)]
 
     def prepare(indices: range) -> _Decoded:
-        return _decode_batch(items, instructions, indices, preprocessor, max_pixels)
+        return _decode_batch(items, prompts, indices, preprocessor, max_pixels)
 
     def embed_window(window: _Decoded) -> None:
         if not window.pixels:
@@ -113,7 +115,7 @@ def embed_in_batches(
         parts = []
         for batch in batches:
             t0 = time.perf_counter()
-            parts.append(embed([window.pixels[i] for i in batch], [window.instructions[i] for i in batch]))
+            parts.append(embed([window.pixels[i] for i in batch], [window.prompts[i] for i in batch]))
             outcome.inference_s += time.perf_counter() - t0
             if on_done:
                 on_done(len(batch))
@@ -143,7 +145,7 @@ def embed_in_batches(
 
 def _decode_batch(
     items: Sequence[ImageInput],
-    instructions: Sequence[str],
+    prompts: Sequence[Prompt],
     indices: range,
     preprocessor: ImagePreprocessor | NativePreprocessor,
     max_pixels: int,
@@ -164,7 +166,7 @@ def _decode_batch(
             decoded.errors.append(f"{name}: {err}")
             continue
         decoded.names.append(name)
-        decoded.instructions.append(instructions[i])
+        decoded.prompts.append(prompts[i])
         decoded.pixels.append(pixels)
         decoded.notes += notes
     return decoded

@@ -16,7 +16,7 @@ import numpy as np
 from agff_deploy.config import AGFFConfig
 from agff_deploy.feeds import FeedEncoder
 from agff_deploy.manifest import ImageFormat, Manifest
-from agff_deploy.tokenization import ChatFormatter
+from agff_deploy.tokenization import ChatFormatter, TaskSlot
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class ModelSpec:
     chat_head: str
     chat_tail: str
     empty_text: str
+    task: TaskSlot | None
     tokenizer_file: Path
     t_in: float
     t_f: float
@@ -42,6 +43,7 @@ class ModelSpec:
             chat_head=manifest.tokenizer.chat_head,
             chat_tail=manifest.tokenizer.chat_tail,
             empty_text=manifest.tokenizer.empty_text,
+            task=manifest.tokenizer.task,
             tokenizer_file=folder / manifest.tokenizer.file,
             t_in=fusion.t_in,
             t_f=fusion.t_f,
@@ -64,6 +66,7 @@ class ModelSpec:
             chat_head=config.chat_head,
             chat_tail=config.chat_tail,
             empty_text=config.empty_text,
+            task=config.task_slot,
             tokenizer_file=folder / "tokenizer.json",
             batch_size=8,
             **fusion,
@@ -77,6 +80,7 @@ class ModelSpec:
             self.chat_head,
             self.chat_tail,
             self.empty_text,
+            self.task,
         )
 
     def feed_encoder(self) -> FeedEncoder:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .request_items import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TEXT
+from .request_items import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TASK, TEXT
 
 PROTOCOLS = ("http", "grpc")
 
@@ -67,15 +67,31 @@ class EmbeddingClient:
         tensors = [self._input(name, array) for name, array in inputs.items()]
         return self.client.infer(model, tensors, **self.per_call).as_numpy(output)
 
-    def embed_images(self, images: Sequence[bytes], instructions: Sequence[str] | None = None) -> np.ndarray:
-        """Encoded image files (JPEG, PNG, ...) -> `[N, K+1, D]`; one instruction per image if any."""
+    def embed_images(
+        self,
+        images: Sequence[bytes],
+        instructions: Sequence[str] | None = None,
+        task: str | Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Encoded image files (JPEG, PNG, ...) -> `[N, K+1, D]`; one instruction per image if any; a single-vector
+        embedder's task instruction for all of them or one per image."""
         inputs = {IMAGE: _bytes_column(images)}
         if instructions is not None:
             inputs[INSTRUCTION] = _bytes_column(instructions)
-        return self._infer("image", inputs, EMBEDDINGS)
+        return self._infer("image", self._with_task(inputs, task, len(images)), EMBEDDINGS)
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._infer("text", {TEXT: _bytes_column(texts)}, EMBEDDINGS)
+    def embed_texts(self, texts: Sequence[str], task: str | Sequence[str] | None = None) -> np.ndarray:
+        """Texts -> `[N, K+1, D]`; a single-vector embedder's task instruction for all of them or one per text."""
+        return self._infer("text", self._with_task({TEXT: _bytes_column(texts)}, task, len(texts)), EMBEDDINGS)
+
+    @staticmethod
+    def _with_task(
+        inputs: dict[str, np.ndarray], task: str | Sequence[str] | None, count: int
+    ) -> dict[str, np.ndarray]:
+        """The task column, one per item: every input of a request batches along the same first axis."""
+        if task is None:
+            return inputs
+        return {**inputs, TASK: _bytes_column([task] * count if isinstance(task, str) else task)}
 
     def score(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Fused scores `[Nq, Nc]`; put the image side first, as the model was trained."""

@@ -24,7 +24,18 @@ from agff_deploy.contract import IMAGE_ENCODER, TEXT_ENCODER
 from agff_deploy.images import DEFAULT_MAX_PIXELS
 from runtime.embedder import Embedder
 
-from .request_items import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TEXT, RequestError, RequestItems
+from .request_items import (
+    CANDIDATES,
+    EMBEDDINGS,
+    IMAGE,
+    INSTRUCTION,
+    QUERIES,
+    SCORES,
+    TASK,
+    TEXT,
+    RequestError,
+    RequestItems,
+)
 
 Result = np.ndarray | RequestError
 Request = TypeVar("Request")
@@ -38,13 +49,14 @@ class EmbeddingService:
         self.embedder = embedder
         self.items = RequestItems(embedder.formatter, embedder.preprocessor, max_pixels)
 
-    def images(self, requests: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[Result]:
-        """Each request: encoded image files `[n, 1]` (bytes) and optionally one instruction per image."""
+    def images(self, requests: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]) -> list[Result]:
+        """Each request: encoded image files `[n, 1]` (bytes), optionally one instruction per image, and optionally
+        task instructions (one for all or one per image)."""
         return self._batched(requests, self._image_items, self._embed_images)
 
-    def texts(self, requests: Sequence[np.ndarray]) -> list[Result]:
-        """Each request: texts `[n, 1]` (UTF-8 bytes)."""
-        return self._batched(requests, self.items.texts, self.embedder.embed_texts)
+    def texts(self, requests: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[Result]:
+        """Each request: texts `[n, 1]` (UTF-8 bytes), and optionally task instructions (one for all or per text)."""
+        return self._batched(requests, self._text_items, self._embed_texts)
 
     def scores(self, queries: np.ndarray, candidates: np.ndarray) -> Result:
         """Fused scores `[Nq, Nc]` of query embeddings against candidate embeddings, image side first as trained."""
@@ -52,14 +64,24 @@ class EmbeddingService:
             return RequestError(f"{QUERIES} and {CANDIDATES} each need at least one embedding")
         return self.embedder.score(queries, candidates)
 
-    def _image_items(self, request: tuple[np.ndarray, np.ndarray | None]) -> list[tuple[np.ndarray, str]]:
-        pixels, prompts = self.items.images(*request)
-        return list(zip(pixels, prompts, strict=True))
+    def _image_items(self, request: tuple[np.ndarray, np.ndarray | None, np.ndarray | None]) -> list[tuple]:
+        images, instructions, tasks = request
+        pixels, prompts = self.items.images(images, instructions)
+        return list(zip(pixels, prompts, self.items.tasks(tasks, len(pixels)), strict=True))
 
-    def _embed_images(self, items: list[tuple[np.ndarray, str]]) -> np.ndarray:
-        pixels, prompts = zip(*items, strict=True)
+    def _embed_images(self, items: list[tuple[np.ndarray, str, str | None]]) -> np.ndarray:
+        pixels, prompts, tasks = zip(*items, strict=True)
         normalize = self.embedder.preprocessor.normalize
-        return self.embedder.embed_pixels([normalize(p) for p in pixels], list(prompts))
+        return self.embedder.embed_pixels([normalize(p) for p in pixels], list(prompts), list(tasks))
+
+    def _text_items(self, request: tuple[np.ndarray, np.ndarray | None]) -> list[tuple[str, str | None]]:
+        texts, tasks = request
+        found = self.items.texts(texts)
+        return list(zip(found, self.items.tasks(tasks, len(found)), strict=True))
+
+    def _embed_texts(self, items: list[tuple[str, str | None]]) -> np.ndarray:
+        texts, tasks = zip(*items, strict=True)
+        return self.embedder.embed_texts(list(texts), task=list(tasks))
 
     @staticmethod
     def _batched(
@@ -107,10 +129,12 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         if self.task == "image":
-            results = self.service.images([(self._input(r, IMAGE), self._input(r, INSTRUCTION)) for r in requests])
+            results = self.service.images(
+                [(self._input(r, IMAGE), self._input(r, INSTRUCTION), self._input(r, TASK)) for r in requests]
+            )
             return [self._response(result, EMBEDDINGS) for result in results]
         if self.task == "text":
-            results = self.service.texts([self._input(r, TEXT) for r in requests])
+            results = self.service.texts([(self._input(r, TEXT), self._input(r, TASK)) for r in requests])
             return [self._response(result, EMBEDDINGS) for result in results]
         return [
             self._response(self.service.scores(self._input(r, QUERIES), self._input(r, CANDIDATES)), SCORES)

@@ -14,9 +14,9 @@ import numpy as np
 from agff_deploy.errors import ImageSizeError, InputError
 from agff_deploy.images import ImageLoadError, decode_image_bytes
 from agff_deploy.preprocessing import ImagePreprocessor, NativePreprocessor
-from agff_deploy.tokenization import ChatFormatter
+from agff_deploy.tokenization import NO_TASK, ChatFormatter
 
-IMAGE, INSTRUCTION, TEXT, EMBEDDINGS = "image", "instruction", "text", "embeddings"
+IMAGE, INSTRUCTION, TEXT, TASK, EMBEDDINGS = "image", "instruction", "text", "task", "embeddings"
 QUERIES, CANDIDATES, SCORES = "queries", "candidates", "scores"
 
 
@@ -41,6 +41,20 @@ class RequestItems:
         if not rows:
             raise RequestError("the request holds no items")
         return rows, texts
+
+    def tasks(self, raw: np.ndarray | None, count: int) -> list[str | None]:
+        """A request's task instructions `[n, 1]` (UTF-8; one per item, or one for all) -> one per item; absent or
+        empty: the model's default."""
+        if raw is None:
+            return [None] * count
+        if self.formatter.task is None:
+            raise RequestError(f"{TASK}: {NO_TASK}")
+        tasks = [task or None for task in self.texts(raw, TASK, allow_empty=True)]
+        if len(tasks) == 1:
+            return tasks * count
+        if len(tasks) != count:
+            raise RequestError(f"{len(tasks)} tasks for {count} items: send one for all or one per item")
+        return tasks
 
     def texts(self, raw: np.ndarray, what: str = TEXT, allow_empty: bool = False) -> list[str]:
         """UTF-8 items `[n, 1]` -> texts, each within the model's token budget."""

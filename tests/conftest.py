@@ -96,6 +96,27 @@ def tiny_qwen3_base(tmp_path_factory, tokenizer):
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3_embedding(tiny_qwen3_base):
+    """`tiny_qwen3_base` exported as a Qwen3-VL-Embedding folder is: last-token pooling, fp32, gated."""
+    return export_single_vector(tiny_qwen3_base, tiny_qwen3_base.parent / "bundle")
+
+
+def export_single_vector(folder, out, **embedder_options):
+    """A published single-vector folder exported at fp32 (`single_vector_embedder` takes `embedder_options`)."""
+    from agff_deploy.checkpoint import item_encoder
+    from agff_deploy.single_vector import single_vector_embedder
+    from export.bundle import BundleBuilder, ExportOptions
+    from export.targets import get_target
+
+    model, tokenizer, _ = single_vector_embedder(folder, **embedder_options)
+    options = ExportOptions(precisions=("fp32",), batch=(1, 4, 8), agreement_pairs=0, gate_images=(1, 2))
+    builder = BundleBuilder(model, item_encoder(model.config, tokenizer), folder, options, log=lambda _: None)
+    report = builder.build(out, get_target("generic"))
+    assert report.passed, report.table()
+    return out
+
+
 def export_bundle(ckpt, out, **options):
     """A gated bundle of `ckpt` at `out` (the model is consumed by the build)."""
     from agff_deploy.checkpoint import item_encoder, load_checkpoint

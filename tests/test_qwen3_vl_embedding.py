@@ -29,15 +29,13 @@ from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from agff_deploy.checkpoint import item_encoder
 from agff_deploy.families.qwen3_vl import QWEN3_VL
 from agff_deploy.manifest import read_manifest
 from agff_deploy.single_vector import single_vector_embedder
 from export import to_onnx
-from export.bundle import BundleBuilder, ExportOptions
-from export.targets import get_target
 from export.trt_profiles import profile_shapes
 from runtime.embedder import Embedder
+from tests.conftest import export_single_vector
 
 BAR = 1e-4
 CONVENTION = QWEN3_VL.single_vector
@@ -50,18 +48,9 @@ def published(tiny_qwen3_base):
     return tiny_qwen3_base
 
 
-def exported(folder, out, **embedder_options):
-    model, tokenizer, _ = single_vector_embedder(folder, **embedder_options)
-    options = ExportOptions(precisions=("fp32",), batch=(1, 4, 8), agreement_pairs=0, gate_images=(1, 2))
-    builder = BundleBuilder(model, item_encoder(model.config, tokenizer), folder, options, log=lambda _: None)
-    report = builder.build(out, get_target("generic"))
-    assert report.passed, report.table()
-    return out
-
-
 @pytest.fixture(scope="module")
-def bundle(published):
-    return exported(published, published.parent / "bundle")
+def bundle(tiny_qwen3_embedding):
+    return tiny_qwen3_embedding
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +144,7 @@ def test_an_empty_item_is_embedded_as_null_as_the_convention_does(bundle, publis
 def test_a_non_default_instruction_gets_its_full_stop_and_equals_transformers_pipeline(
     published, photos, tmp_path, processor_check_off
 ):
-    out = exported(published, tmp_path / "bundle", system_prompt=INSTRUCTION)
+    out = export_single_vector(published, tmp_path / "bundle", system_prompt=INSTRUCTION)
     with Embedder.load(out) as model:
         texts, images = model.embed_texts(TEXTS), model.embed_images(photos)
     assert np.abs(texts[:, 0] - transformers_pipeline(published, TEXTS, instruction=INSTRUCTION)).max() <= BAR
@@ -164,7 +153,7 @@ def test_a_non_default_instruction_gets_its_full_stop_and_equals_transformers_pi
 
 
 def test_dim_keeps_the_leading_dimensions_renormalised(bundle, published, photos, tmp_path):
-    out = exported(published, tmp_path / "bundle", dim=8)
+    out = export_single_vector(published, tmp_path / "bundle", dim=8)
     with Embedder.load(out) as short, Embedder.load(bundle) as full:
         cut, whole = short.embed_images(photos, TEXTS), full.embed_images(photos, TEXTS)
     assert cut.shape == (3, 1, 8)
@@ -184,7 +173,7 @@ def test_at_2b_width_texts_images_and_both_equal_transformers_pipeline(
 ):
     """Qwen3-VL-2B's widths with three blocks a side and its three DeepStack taps moved inside the shorter tower
     (the fast suite's reduced base): the same equality at the width real checkpoints have."""
-    out = exported(reduced_qwen3_base, tmp_path / "bundle")
+    out = export_single_vector(reduced_qwen3_base, tmp_path / "bundle")
     with Embedder.load(out) as ours:
         cases = [
             (ours.embed_texts(TEXTS), TEXTS, None),

@@ -213,7 +213,7 @@ def test_a_malformed_request_gets_an_error_and_the_server_goes_on(server, embedd
 def test_a_bad_image_fails_only_its_own_request_in_a_batch(embedder):
     service = EmbeddingService(embedder)
     good = column(png(PHOTOS["astronaut"]))
-    results = service.images([(good, None), (column(b"junk"), None), (good, None)])
+    results = service.images([(good, None, None), (column(b"junk"), None, None), (good, None, None)])
     assert isinstance(results[1], RequestError)
     np.testing.assert_allclose(results[0], embedder.embed_images([PHOTOS["astronaut"]]), atol=1e-6)
     np.testing.assert_allclose(results[2], results[0], atol=0)
@@ -221,7 +221,7 @@ def test_a_bad_image_fails_only_its_own_request_in_a_batch(embedder):
 
 def test_an_instruction_per_image_is_required_when_instructions_are_sent(embedder):
     service = EmbeddingService(embedder)
-    (result,) = service.images([(column(png(PHOTOS["coffee"]), png(PHOTOS["coffee"])), column(b"only one"))])
+    (result,) = service.images([(column(png(PHOTOS["coffee"]), png(PHOTOS["coffee"])), column(b"only one"), None)])
     assert isinstance(result, RequestError) and "1 instructions for 2 images" in str(result)
 
 
@@ -263,7 +263,7 @@ def test_the_served_configs_batch_with_the_flags_given(server, embedder):
     score = read_config(server.repository / "score" / "config.pbtxt")
     assert image.max_batch_size == 16
     assert image.dynamic_batching.max_queue_delay_microseconds == 20000
-    assert [i.name for i in image.input] == ["image", "instruction"]
+    assert [i.name for i in image.input] == ["image", "instruction", "task"]
     assert list(image.output[0].dims) == list(embedder.embed_texts(["a"]).shape[1:])
     assert score.max_batch_size == 0
 

@@ -66,9 +66,9 @@ def test_the_serving_repository_holds_three_models_with_the_tensors_clients_send
     settings = ServeSettings(tmp_path / "bundle", max_batch=32, max_queue_delay_ms=5, instances=2, threads=1)
     write_serving_repository(tmp_path / "models", settings, num_prompts=9, hidden_size=64)
     image, text, score = (read_config(tmp_path / "models" / m / "config.pbtxt") for m in ("image", "text", "score"))
-    assert [(t.name, t.optional) for t in image.input] == [("image", False), ("instruction", True)]
+    assert [(t.name, t.optional) for t in image.input] == [("image", False), ("instruction", True), ("task", True)]
     assert [list(t.dims) for t in image.output] == [[9, 64]]
-    assert [t.name for t in text.input] == ["text"]
+    assert [(t.name, t.optional) for t in text.input] == [("text", False), ("task", True)]
     assert (image.max_batch_size, text.max_batch_size, score.max_batch_size) == (32, 32, 0)
     assert image.dynamic_batching.max_queue_delay_microseconds == 5000
     assert image.instance_group[0].count == 2

@@ -41,8 +41,11 @@ def gme_turn(item: str) -> str:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
+    return write_published(tmp_path_factory.mktemp("published") / "qwen2-vl")
+
+
+def write_published(folder):
     """A Qwen2-VL folder as save_pretrained writes one (small, random weights), with the published chat template."""
-    folder = tmp_path_factory.mktemp("published") / "qwen2-vl"
     tokenizer = local_tokenizer()
     torch.manual_seed(0)
     Qwen2VLForConditionalGeneration(Qwen2VLConfig.from_dict(preset_config("tiny", tokenizer).base)).save_pretrained(

@@ -10,7 +10,6 @@ AGFF prompts, the fused similarity, export, gate, runtime) is shared.
 
 from __future__ import annotations
 
-import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,19 +35,12 @@ class SingleVectorConvention:
     L2-normalised last hidden state of the last token, after the assistant's opening and `end`."""
 
     name: str
-    system_prompt: str  # the instruction when none is given
+    system_prompt: str  # the task instruction when none is given
     end: str  # appended after the assistant's opening; the token read out
     empty_text: str  # what a text-only item with no text becomes
     max_text_tokens: int
     pixels: tuple[int, int] | None  # the (min, max) pixels images are resized within; None: the folder's processor's
-    punctuate: bool  # an instruction that does not end in punctuation gets a full stop
-
-    def instruction(self, text: str) -> str:
-        """The instruction as this convention writes it into the system turn."""
-        text = text.strip()
-        if self.punctuate and text and not unicodedata.category(text[-1]).startswith("P"):
-            return text + "."
-        return text
+    punctuate: bool  # a task instruction that does not end in punctuation gets a full stop
 
 
 @dataclass(frozen=True)
