@@ -133,8 +133,7 @@ def language_feed(feed: Feed, language: GraphSpec, vision: Mapping[str, np.ndarr
 
 
 def _placeholder(tensor: TensorSpec, batch: int) -> np.ndarray:
-    sizes = {"batch": batch, "image_tokens": 1}
-    return np.zeros([sizes[d] if isinstance(d, str) else d for d in tensor.shape], np.float32)
+    return np.zeros(tensor.resolve({"batch": batch, "image_tokens": 1}).shape, np.float32)
 
 
 # The placeholder patch grid of a text item, two patches a side (a whole merge block at Qwen2-VL's merge of 2): the

@@ -276,12 +276,13 @@ class BundleBuilder:
 
     def manifest(self, folder: Path, files: dict[str, dict[str, Path]]) -> Manifest:
         cfg = self.model.config
+        sizes = cfg.sizes()
         lo, opt, hi = self.options.batch
         image_length, text_length = (self.encoder.formatter.length_range(with_image=w) for w in (True, False))
         return Manifest(
             created_by=f"agff-deploy {__version__}",
             model=ModelDims(
-                cfg.num_prompts, cfg.output_size, cfg.hidden_size, cfg.sizes()["deepstack"], cfg.family.model_type
+                sizes["prompts"], sizes["hidden"], sizes["width"], sizes["deepstack"], cfg.family.model_type
             ),
             image=cfg.image_format(),
             tokenizer=TokenizerFile(
@@ -388,8 +389,7 @@ class BundleBuilder:
 
 def _random(tensor: TensorSpec, sizes: dict[str, int]) -> np.ndarray:
     """A float32 array of the tensor's shape, its dynamic dims at `sizes`: an example to trace with."""
-    shape = [sizes[d] if isinstance(d, str) else d for d in tensor.shape]
-    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return np.random.default_rng(0).standard_normal(tensor.resolve(sizes).shape).astype(np.float32)
 
 
 def _require_calibration_memory(weight_bytes: int, streamed: bool) -> None:

@@ -20,23 +20,19 @@ __all__ = [
     "PublishedArchitecture",
     "SingleVectorConvention",
     "VisionOutputs",
-    "family_named",
     "family_of",
     "folder_family",
 ]
 
 
-def family_named(model_type: Any, where: str) -> ModelFamily:
-    """The family of `model_type`, or one line naming the type found and the types supported."""
+def family_of(base: Mapping[str, Any], where: str = "the checkpoint's base config") -> ModelFamily:
+    """The family of a base config dict (a config.json, or an AGFF checkpoint's `base`), or one line naming the type
+    found and the types supported."""
+    model_type = base.get("model_type")
     if model_type not in FAMILIES:
         supported = ", ".join(f"{f.model_type} ({f.label})" for f in FAMILIES.values())
         raise ArtifactError(f"{where}: model_type {model_type!r} is not supported; agff-deploy builds on {supported}")
     return FAMILIES[model_type]
-
-
-def family_of(base: Mapping[str, Any], where: str = "the checkpoint's base config") -> ModelFamily:
-    """The family of a base config dict (a config.json, or an AGFF checkpoint's `base`)."""
-    return family_named(base.get("model_type"), where)
 
 
 def folder_family(folder: str | Path) -> ModelFamily:

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from ..attention import ATTENTION
-from ..errors import InputError
 from ..image_positions import ImagePositions
 from ..preprocessing import NativeImageSettings
 
@@ -34,7 +33,6 @@ class SingleVectorConvention:
     the system turn holds the instruction, the user turn the image then the text, and the embedding is the
     L2-normalised last hidden state of the last token, after the assistant's opening and `end`."""
 
-    name: str
     system_prompt: str  # the task instruction when none is given
     end: str  # appended after the assistant's opening; the token read out
     empty_text: str  # what a text-only item with no text becomes
@@ -138,12 +136,3 @@ class ModelFamily(ABC):
         """The language model's last hidden states `[B, L, D]` for input embeddings under an additive float mask
         `[B, 1, L, L]` and M-RoPE positions `[3, B, L]`; `deepstack [B, S, T, D]` (None for text) goes to the
         image positions after the first S layers."""
-
-
-def check_taps(name: str, indexes: list[int], depth: int) -> None:
-    """DeepStack taps must be distinct blocks of the tower."""
-    if len(set(indexes)) != len(indexes) or any(not 0 <= i < depth for i in indexes):
-        raise InputError(
-            f"{name}: DeepStack taps {indexes} must be distinct blocks of the {depth}-block vision tower; "
-            f"give --vision-depth of at least {len(indexes)}"
-        )

@@ -37,7 +37,6 @@ class Qwen2VL(ModelFamily):
         + "<|im_end|>\n{% endif %}"
     ) + CHAT_TEMPLATE
     single_vector = SingleVectorConvention(
-        name="GME",
         system_prompt=DEFAULT_SYSTEM_PROMPT,
         end="<|endoftext|>",
         empty_text="",

@@ -31,11 +31,12 @@ import torch
 from torch import nn
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLModel
 
+from ..errors import InputError
 from ..image_positions import ImagePositions
 from ..preprocessing import NativeImageSettings
 from ..tokenization import CHAT_TEMPLATE
 from ..vision import PatchLayout, layer_norm_fp32, patch_embedding, run_blocks
-from .family import ModelFamily, PublishedArchitecture, SingleVectorConvention, VisionOutputs, check_taps
+from .family import ModelFamily, PublishedArchitecture, SingleVectorConvention, VisionOutputs
 
 FACTOR = 32  # patch 16 x merge 2: image sides are multiples of this
 
@@ -53,7 +54,6 @@ class Qwen3VL(ModelFamily):
     # The published template adds no system turn of its own.
     chat_template = CHAT_TEMPLATE
     single_vector = SingleVectorConvention(
-        name="Qwen3-VL-Embedding",
         system_prompt="Represent the user's input.",
         end="",
         empty_text="NULL",
@@ -104,7 +104,11 @@ class Qwen3VL(ModelFamily):
         text, vision = super().reduced(name, layers, vision_depth)
         published = self.architectures[name].vision["depth"]
         taps = [index * vision["depth"] // published for index in vision["deepstack_visual_indexes"]]
-        check_taps(name, taps, vision["depth"])
+        if len(set(taps)) != len(taps):
+            raise InputError(
+                f"{name}: DeepStack taps {taps} must be distinct blocks of the {vision['depth']}-block vision tower; "
+                f"give --vision-depth of at least {len(taps)}"
+            )
         vision["deepstack_visual_indexes"] = taps
         return text, vision
 
