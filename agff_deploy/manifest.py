@@ -217,6 +217,7 @@ class GateRecord:
     file: str
     sha256: str
     bytes: int
+    agreement: str = ""  # how many held-out pairs the top-1 check ran, and why that many
 
 
 @dataclass(frozen=True)

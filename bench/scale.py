@@ -68,6 +68,8 @@ def _stage_of(line: str) -> str | None:
     text = line.strip()
     if text.startswith("exporting "):
         return "load checkpoint"
+    if text.startswith("parity gate: ") and "held-out pairs" in text:
+        return "PyTorch gate sets A and B"
     if text.startswith("scorer.onnx"):
         return "PyTorch gate reference + scorer"
     for precision in PRECISIONS:

@@ -107,7 +107,7 @@ class ExportOptions:
     opset: int = 18
     calib_dir: str | None = None
     calib_samples: int = 128
-    agreement_pairs: int = 256
+    agreement_pairs: int | None = None  # None: as many as fit the gate's time budget
     gate_images: tuple[int, int] = GATE_IMAGES
     external_data_bytes: int = EXTERNAL_DATA_BYTES
     keep_fp32: bool = True  # False: a device bundle (fp32 gated, then left out)
@@ -347,7 +347,12 @@ class BundleBuilder:
             shutil.copyfile(self.source / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
             self.log("PyTorch reference for the parity gate ...")
             reference, input_sets = pytorch_reference(
-                self.model, self.encoder, self.fusion, self.options.gate_images, self.options.agreement_pairs
+                self.model,
+                self.encoder,
+                self.fusion,
+                self.options.gate_images,
+                self.options.agreement_pairs,
+                self.options.precisions,
             )
             gate = save_gate_reference(tmp, reference, input_sets)
             files = self.write_graphs(tmp)

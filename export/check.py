@@ -15,7 +15,9 @@ torch is imported by `main` and `pytorch_reference` only: a Jetson has none.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ import numpy as np
 
 from agff_deploy.config import source_config_file
 from agff_deploy.contract import (
+    ATTENTION_MASK,
     ENCODERS,
     GRAPH_NAMES,
     GRAPHS,
@@ -51,6 +54,11 @@ from .trt_lint import lint_file
 AGREEMENT_SEED = 700_000_000
 INSTRUCTIONS = ("", "what colour is the star?", "how many circles are there in this picture?", "", "where is it?")
 GATE_IMAGES = (2, 5)
+# The held-out pairs' default: as many as fit AGREEMENT_BUDGET_S, in whole chunks, between the two counts. A pair
+# runs through PyTorch and every precision with a top-1 bar: at the demo size 256 take seconds, at 2B minutes.
+AGREEMENT_CHUNK = 32
+AGREEMENT_PAIRS = (32, 256)
+AGREEMENT_BUDGET_S = 300.0
 CPU = ("CPUExecutionProvider",)  # the gate's ONNX Runtime sessions: exact fp32, whatever the host has
 
 
@@ -66,11 +74,56 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--agreement-pairs",
-        type=int,
-        default=256,
-        help="held-out pairs for the int8 top-1 agreement check, each run through the fp32 encoders on the CPU "
-        "(0 skips it; default: %(default)s)",
+        type=agreement_pairs_argument,
+        default=None,
+        help="held-out pairs for the top-1 retrieval check of int8 and int4, each run through PyTorch and every such "
+        f"precision on the CPU (0 skips it; default: auto, as many as fit {AGREEMENT_BUDGET_S / 60:.0f} minutes by the "
+        f"speed measured on sets A and B, {AGREEMENT_PAIRS[0]} to {AGREEMENT_PAIRS[1]})",
     )
+
+
+def agreement_pairs_argument(text: str) -> int | None:
+    """`auto` (None) or a count of held-out pairs."""
+    if text == "auto":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count of pairs (0 skips the check) or auto")
+    return int(text)
+
+
+def top1_precisions(precisions: Iterable[str]) -> list[str]:
+    """The precisions among `precisions` whose bar has a top-1 part: only they run the held-out pairs."""
+    return [p for p in precisions if p in PRECISIONS and GRAPHS[IMAGE_ENCODER.name].bars[p].top1 is not None]
+
+
+@dataclass(frozen=True)
+class AgreementPlan:
+    """How many held-out pairs the gate runs, and why: printed at export and kept in the bundle's gate record."""
+
+    pairs: int
+    reason: str
+
+
+def plan_agreement(requested: int | None, seconds_per_pair: float, precisions: Iterable[str]) -> AgreementPlan:
+    """`requested` pairs, or (None) the most that fit the budget when each costs `seconds_per_pair` in PyTorch and
+    about as much again in each precision with a top-1 bar; at least the minimum, so a top-1 check always runs."""
+    if requested is not None:
+        return AgreementPlan(requested, f"--agreement-pairs {requested}")
+    checked = top1_precisions(precisions)
+    if not checked:
+        return AgreementPlan(0, "auto: no precision asked for has a top-1 bar (int8, int8-dynamic and int4 have)")
+    runs = 1 + len(checked)
+    lo, hi = AGREEMENT_PAIRS
+    fit = math.floor(AGREEMENT_BUDGET_S / (seconds_per_pair * runs) / AGREEMENT_CHUNK) * AGREEMENT_CHUNK
+    pairs = min(hi, max(lo, fit))
+    why = (
+        f"auto: a pair took {seconds_per_pair:.3g} s in PyTorch and runs {runs} times (PyTorch, {', '.join(checked)}), "
+        f"so {hi} would take about {hi * seconds_per_pair * runs / 60:.1f} min against a {AGREEMENT_BUDGET_S / 60:.0f}-"
+        f"minute budget"
+    )
+    if fit < lo:
+        why += f"; {lo} is the least that still gives a top-1 check"
+    return AgreementPlan(pairs, why + "; --agreement-pairs N sets the count")
 
 
 @dataclass
@@ -149,18 +202,6 @@ def check_gate_images(images: tuple[int, int]) -> tuple[int, int]:
     return a, b
 
 
-def parity_input_sets(
-    encoder: FeedEncoder,
-    sizes: Mapping[str, int],
-    fusion: Fusion,
-    images: tuple[int, int] = GATE_IMAGES,
-    agreement_pairs: int = 256,
-) -> InputSets:
-    """Sets A and B (`parity_sets`) and `agreement_pairs` held-out pairs ranked under `fusion` (0: none)."""
-    held_out = _held_out_pairs(encoder, fusion, agreement_pairs) if agreement_pairs > 0 else None
-    return InputSets(parity_sets(encoder, sizes, images), held_out)
-
-
 def parity_sets(
     encoder: FeedEncoder, sizes: Mapping[str, int], images: tuple[int, int] = GATE_IMAGES
 ) -> dict[str, dict[str, Feed]]:
@@ -197,11 +238,12 @@ def _scorer_feed(rng: np.random.Generator, sizes: Mapping[str, int], queries: in
     return {query.name: unit(queries), candidate.name: unit(candidates)}
 
 
-def _held_out_pairs(encoder: FeedEncoder, fusion: Fusion, pairs: int, chunk: int = 32) -> HeldOutPairs:
+def held_out_pairs(encoder: FeedEncoder, fusion: Fusion, pairs: int) -> HeldOutPairs:
+    """`pairs` held-out scenes and their captions, in chunks, ranked under `fusion`."""
     scenes = [make_scene(AGREEMENT_SEED + i, held_out=True) for i in range(pairs)]
     pictures = encoder.render(scenes)
     captions = [s.caption() for s in scenes]
-    chunks = [slice(i, i + chunk) for i in range(0, pairs, chunk)]
+    chunks = [slice(i, i + AGREEMENT_CHUNK) for i in range(0, pairs, AGREEMENT_CHUNK)]
     feeds = {
         IMAGE_ENCODER.name: [encoder.feeds([""] * len(pictures[c]), pictures[c]) for c in chunks],
         TEXT_ENCODER.name: [encoder.feeds(captions[c]) for c in chunks],
@@ -306,20 +348,31 @@ def pytorch_reference(
     encoder: FeedEncoder,
     fusion: Fusion,
     images: tuple[int, int] = GATE_IMAGES,
-    agreement_pairs: int = 256,
+    agreement_pairs: int | None = None,
+    precisions: Iterable[str] = (),
 ) -> tuple[dict[str, Runner], InputSets]:
     """The gate's input sets for `model` (whose fusion parameters are `fusion`) and its outputs on them, recorded
-    on the CPU so the model can be freed."""
+    on the CPU so the model can be freed. Sets A and B run first; their speed sizes the held-out pairs when
+    `agreement_pairs` is None (auto) for the `precisions` to be gated."""
     from runtime.torch_runner import TorchRunner
 
-    config = model.config
-    sizes = config.sizes()
-    input_sets = parity_input_sets(encoder, sizes, fusion, images, agreement_pairs)
-    reference: dict[str, Runner] = {
-        name: RecordedRunner.record(TorchRunner(model, spec, device="cpu"), input_sets.feeds(name))
-        for name, spec in resolved_graphs(sizes).items()
-    }
-    return reference, input_sets
+    sizes = model.config.sizes()
+    sets = parity_sets(encoder, sizes, images)
+    runners = {name: TorchRunner(model, spec, device="cpu") for name, spec in resolved_graphs(sizes).items()}
+    reference, seconds = {}, {}
+    for name, runner in runners.items():
+        started = time.perf_counter()
+        reference[name] = RecordedRunner.record(runner, [feeds[name] for feeds in sets.values()])
+        seconds[name] = time.perf_counter() - started
+    items = {name: sum(len(feeds[name][ATTENTION_MASK.name]) for feeds in sets.values()) for name in ENCODERS}
+    per_pair = sum(seconds[name] / items[name] for name in ENCODERS)  # one image and one caption
+    plan = plan_agreement(agreement_pairs, per_pair, precisions)
+    print(f"parity gate: {plan.pairs} held-out pairs for the top-1 check ({plan.reason})", flush=True)
+    held_out = held_out_pairs(encoder, fusion, plan.pairs) if plan.pairs else None
+    if held_out is not None:
+        for name, chunks in held_out.feeds.items():
+            reference[name].record_more(runners[name], chunks)
+    return reference, InputSets(sets, held_out, plan.reason)
 
 
 def _source_checkpoint(bundle: Path, manifest: Manifest, override: str | None) -> Path:
@@ -370,7 +423,8 @@ def _checkpoint_reference(args: argparse.Namespace, manifest: Manifest) -> tuple
     ckpt = _source_checkpoint(args.bundle, manifest, None if args.ckpt == "auto" else args.ckpt)
     model, tokenizer = load_checkpoint(ckpt, image_size=manifest.fixed_size())
     encoder = item_encoder(model.config, tokenizer)
-    return pytorch_reference(model, encoder, manifest.fusion, tuple(args.gate_images), args.agreement_pairs)
+    gate_images = tuple(args.gate_images)
+    return pytorch_reference(model, encoder, manifest.fusion, gate_images, args.agreement_pairs, manifest.graphs)
 
 
 if __name__ == "__main__":

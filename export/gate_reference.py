@@ -52,6 +52,7 @@ class InputSets:
 
     sets: Mapping[str, Mapping[str, Feed]]  # set name -> graph name -> feed
     held_out: HeldOutPairs | None
+    agreement: str = ""  # why the held-out pairs are as many as they are
 
     def feeds(self, graph: str) -> list[Feed]:
         held_out = self.held_out.feeds.get(graph, []) if self.held_out else []
@@ -75,9 +76,14 @@ class RecordedRunner(Runner):
 
     @classmethod
     def record(cls, source: Runner, feeds: Iterable[Feed]) -> RecordedRunner:
+        recorded = cls(source.spec, {}, source.name)
+        recorded.record_more(source, feeds)
+        return recorded
+
+    def record_more(self, source: Runner, feeds: Iterable[Feed]) -> None:
+        """Add `source`'s outputs on `feeds` (its spec is this runner's)."""
         with source:
-            outputs = {feed_key(feed): source.infer(feed) for feed in feeds}
-        return cls(source.spec, outputs, source.name)
+            self.outputs.update({feed_key(feed): source.infer(feed) for feed in feeds})
 
     def recorded(self, feed: Feed) -> np.ndarray:
         """The recorded output on `feed`, without activating anything."""
@@ -112,7 +118,7 @@ def save_gate_reference(folder: Path, reference: Mapping[str, RecordedRunner], i
     with open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
     tmp.replace(path)
-    return GateRecord(GATE_FILE, sha256_file(path), path.stat().st_size)
+    return GateRecord(GATE_FILE, sha256_file(path), path.stat().st_size, input_sets.agreement)
 
 
 def load_gate_reference(
@@ -131,7 +137,7 @@ def load_gate_reference(
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise ArtifactError(f"{path} cannot be read ({err}): copy it again or re-export the bundle") from err
-    return _runners(arrays, specs), _input_sets(arrays, fusion)
+    return _runners(arrays, specs), _input_sets(arrays, fusion, record.agreement)
 
 
 def _feeds(arrays: Mapping[str, np.ndarray], graph: str) -> list[dict[str, np.ndarray]]:
@@ -159,9 +165,9 @@ def _runners(arrays: Mapping[str, np.ndarray], specs: Mapping[str, GraphSpec]) -
     return runners
 
 
-def _input_sets(arrays: Mapping[str, np.ndarray], fusion: Fusion) -> InputSets:
+def _input_sets(arrays: Mapping[str, np.ndarray], fusion: Fusion, agreement: str) -> InputSets:
     names = [str(name) for name in arrays["sets"]]
     feeds = {graph: _feeds(arrays, graph) for graph in _graphs(arrays)}
     sets = {name: {graph: feeds[graph][i] for graph in feeds} for i, name in enumerate(names)}
     held_out = {graph: feeds[graph][len(names) :] for graph in ENCODERS if len(feeds.get(graph, [])) > len(names)}
-    return InputSets(sets, HeldOutPairs(held_out, fusion) if held_out else None)
+    return InputSets(sets, HeldOutPairs(held_out, fusion) if held_out else None, agreement)

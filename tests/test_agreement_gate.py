@@ -5,6 +5,7 @@ int8 agreement is noisy, between 87% and 100% depending on the number of pairs);
 and the bar is set at what int8 reached, and one pair above.
 """
 
+import argparse
 import dataclasses
 import shutil
 
@@ -16,7 +17,9 @@ from onnx import numpy_helper
 from agff_deploy.checkpoint import item_encoder, load_checkpoint
 from agff_deploy.contract import ENCODERS
 from agff_deploy.manifest import read_manifest
+from export import check
 from export.check import GateReport, bars_at, compare, pytorch_reference
+from export.gate_reference import save_gate_reference
 from runtime.loading import ort_runners
 
 PAIRS = 64
@@ -73,3 +76,46 @@ def test_an_int8_text_encoder_with_shuffled_weights_fails_the_agreement_bar(tmp_
     onnx.save(graph, str(path))
     row = retrieval_row(int8_gate(broken, reference, bars_at("int8", ENCODERS)))
     assert not row.passed and row.top1 < 0.5
+
+
+def test_auto_takes_as_many_pairs_as_fit_the_budget_in_whole_chunks():
+    per_pair = check.AGREEMENT_BUDGET_S / (3 * 100)  # PyTorch, int8 and int4: 100 pairs fit, 96 in whole chunks
+    plan = check.plan_agreement(None, per_pair, ["fp32", "int8", "int4"])
+    assert plan.pairs == 96 and plan.reason.startswith("auto: ") and "(PyTorch, int8, int4)" in plan.reason
+
+
+def test_auto_keeps_the_least_count_that_still_checks_top1_on_a_slow_model():
+    plan = check.plan_agreement(None, 60.0, ["fp32", "int8"])
+    assert plan.pairs == check.AGREEMENT_PAIRS[0] and "the least that still gives a top-1 check" in plan.reason
+
+
+def test_auto_takes_no_more_than_the_most_pairs_on_a_fast_model():
+    assert check.plan_agreement(None, 1e-4, ["int8"]).pairs == check.AGREEMENT_PAIRS[1]
+
+
+def test_auto_runs_no_pairs_when_no_precision_has_a_top1_bar():
+    plan = check.plan_agreement(None, 1e-4, ["fp32", "fp16"])
+    assert plan.pairs == 0 and "no precision asked for has a top-1 bar" in plan.reason
+
+
+def test_a_count_given_is_taken_as_it_is():
+    assert check.plan_agreement(7, 60.0, ["int8"]) == check.AgreementPlan(7, "--agreement-pairs 7")
+
+
+def test_the_reference_sizes_the_pairs_by_its_own_speed_and_says_why_in_its_record(
+    tiny_checkpoint, tiny_bundle, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(check, "AGREEMENT_BUDGET_S", 1e-9)
+    model, tokenizer = load_checkpoint(tiny_checkpoint)
+    encoder = item_encoder(model.config, tokenizer)
+    runners, sets = pytorch_reference(model, encoder, read_manifest(tiny_bundle).fusion, precisions=["int8"])
+    assert sum(len(chunk["attention_mask"]) for chunk in sets.held_out.feeds["text_encoder"]) == 32
+    assert "the least that still gives a top-1 check" in sets.agreement
+    assert all(runners[name].recorded(feed) is not None for name in ENCODERS for feed in sets.feeds(name))
+    assert save_gate_reference(tmp_path, runners, sets).agreement == sets.agreement
+
+
+def test_the_pairs_argument_takes_auto_or_a_count():
+    assert check.agreement_pairs_argument("auto") is None and check.agreement_pairs_argument("64") == 64
+    with pytest.raises(argparse.ArgumentTypeError, match="'-3': give a count of pairs"):
+        check.agreement_pairs_argument("-3")
