@@ -90,7 +90,15 @@ from .graphs import (
     export_graph,
     external_data_entries,
 )
-from .precision import INT4_BLOCK_SIZES, int4_counts, quantize_dynamic_int8, quantize_int4, quantize_qdq
+from .int4_sensitivity import int4_kept_in_float
+from .precision import (
+    INT4_BLOCK_SIZES,
+    int4_counts,
+    quantize_dynamic_int8,
+    quantize_int4,
+    quantize_qdq,
+    sample_items,
+)
 from .targets import Target
 
 QUANTIZED = ("int8", "int8-dynamic", "int4")  # made from the fp32 graphs after the model is released
@@ -113,6 +121,7 @@ class ExportOptions:
     keep_fp32: bool = True  # False: a device bundle (fp32 gated, then left out)
     fp16_guard_samples: int = 16  # calibration images and texts whose activation ranges the fp16 guard measures
     int4_block_size: int = 128  # weight rows per int4 scale (TensorRT documents 64 and 128)
+    int4_float_budget: float = 0.0  # share of the int4 MatMul weights kept in float, by sensitivity
 
     def validate(self) -> None:
         lo, opt, hi = self.batch
@@ -125,6 +134,8 @@ class ExportOptions:
         check_gate_images(self.gate_images)
         if self.int4_block_size not in INT4_BLOCK_SIZES:
             raise InputError(f"--int4-block-size {self.int4_block_size}: choose one of {INT4_BLOCK_SIZES}")
+        if not 0 <= self.int4_float_budget < 1:
+            raise InputError(f"--int4-float-budget {self.int4_float_budget:g}: give a share from 0 up to (not) 1")
         if not self.keep_fp32 and self.precisions == ("fp32",):
             raise InputError("--without-fp32 needs another precision to keep: add --precision fp16, int8, ...")
 
@@ -222,7 +233,7 @@ class BundleBuilder:
         for precision in self.options.precisions:
             if precision in QUANTIZED:
                 (folder / precision).mkdir()
-                files[precision] = self._quantized(precision, files["fp32"])
+                files[precision] = self.quantized(precision, files["fp32"])
         for graphs in files.values():
             graphs[SCORER.name] = scorer
         return {p: files[p] for p in self.options.precisions}
@@ -246,7 +257,7 @@ class BundleBuilder:
             )
         }
 
-    def _quantized(self, precision: str, fp32: dict[str, Path]) -> dict[str, Path]:
+    def quantized(self, precision: str, fp32: dict[str, Path]) -> dict[str, Path]:
         """Both encoders at an int8 or int4 precision, made from the fp32 files; Q/DQ calibrates the language
         encoder on text items and on image items whose features the fp32 vision graph computes."""
         out = {}
@@ -254,18 +265,15 @@ class BundleBuilder:
             path = fp32[name].parent.parent / precision / f"{name}.onnx"
             started = time.perf_counter()
             if precision == "int8":
-                feeds = calibration_feeds(
-                    self.encoder,
-                    self.specs[name],
-                    self.options.calib_dir,
-                    self.options.calib_samples,
-                    fp32[VISION_ENCODER.name],
-                )
-                kept = [f"{name}/{node}" for node in quantize_qdq(fp32[name], path, feeds)]
-                self.kept_in_float["int8"] = (*self.kept_in_float.get("int8", ()), *kept)
+                kept = quantize_qdq(fp32[name], path, self._calibration(name, fp32))
+                self._keep_in_float("int8", name, kept)
                 self.log(f"  {self._label(path)}: {len(kept)} weight MatMuls kept in float by sensitivity")
             elif precision == "int4":
-                quantize_int4(fp32[name], path, self.options.int4_block_size)
+                block, budget = self.options.int4_block_size, self.options.int4_float_budget
+                items = sample_items(self._calibration(name, fp32)) if budget else []
+                kept = int4_kept_in_float(fp32[name], items, block, budget)
+                quantize_int4(fp32[name], path, block, kept)
+                self._keep_in_float("int4", name, kept)
                 counts = int4_counts(path)
                 self.log(f"  {self._label(path)}: {counts.quantized} weight MatMuls int4, {counts.kept} kept in float")
             else:
@@ -273,6 +281,16 @@ class BundleBuilder:
             self.log(f"  {self._label(path)}: {time.perf_counter() - started:.1f} s")
             out[name] = path
         return out
+
+    def _calibration(self, name: str, fp32: dict[str, Path]) -> list[dict[str, np.ndarray]]:
+        """Calibration feeds of encoder `name`; the language encoder's image items take the fp32 vision graph's."""
+        options = self.options
+        vision = fp32[VISION_ENCODER.name]
+        return calibration_feeds(self.encoder, self.specs[name], options.calib_dir, options.calib_samples, vision)
+
+    def _keep_in_float(self, precision: str, graph: str, nodes: list[str]) -> None:
+        """Record the MatMuls of `graph` that `precision` left in float by sensitivity (the manifest's record)."""
+        self.kept_in_float[precision] = (*self.kept_in_float.get(precision, ()), *(f"{graph}/{n}" for n in nodes))
 
     def manifest(self, folder: Path, files: dict[str, dict[str, Path]]) -> Manifest:
         cfg = self.model.config

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -387,7 +387,8 @@ def _int8_weight(name: str, weight: np.ndarray, writer: _ExternalWriter) -> list
 
 
 def _rewriteweight_matmuls(src: Path, dst: Path, rewrite: MatMulRewrite) -> Path:
-    """Replace every weight-bearing MatMul of `src` by `rewrite`'s nodes, one weight in memory at a time."""
+    """Replace every weight-bearing MatMul of `src` by `rewrite`'s nodes, one weight in memory at a time; the
+    embedding tables go to fp16 (`_half_tables`)."""
     model = onnx.load(str(src), load_external_data=False)
     graph = model.graph
     targets = weight_matmuls(graph)
@@ -406,8 +407,15 @@ def _rewriteweight_matmuls(src: Path, dst: Path, rewrite: MatMulRewrite) -> Path
             added += tensors
             del weights[weight.name]
         kept = [t for t in graph.initializer if t.name in weights]
+        tables = _half_tables(nodes, {t.name: t for t in kept})
         for tensor in kept:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            external = tensor.data_location == onnx.TensorProto.EXTERNAL
+            if tensor.name in tables:
+                array = external_array(tensor, src.parent) if external else numpy_helper.to_array(tensor)
+                tensor.data_type = onnx.TensorProto.FLOAT16
+                tensor.ClearField("float_data")
+                writer.add(tensor, array.astype(np.float16))
+            elif external:
                 writer.add(tensor, external_array(tensor, src.parent))
     finally:
         writer.file.close()
@@ -417,6 +425,35 @@ def _rewriteweight_matmuls(src: Path, dst: Path, rewrite: MatMulRewrite) -> Path
     graph.node.extend(nodes)
     onnx.save(model, str(dst))
     return dst
+
+
+def _half_tables(nodes: list[onnx.NodeProto], initializers: dict[str, onnx.TensorProto]) -> set[str]:
+    """The fp32 embedding tables that `nodes` Gather from (the token table; Qwen3-VL's position table), each made
+    fp16 by the caller, its Gathers followed by a Cast back to fp32 (rewritten in `nodes`). Returns their names.
+
+    A quantised graph keeps its tables in float: no MatMul reads them. The token table is the largest weight of a
+    language encoder after its MatMuls (151,936 x 2,048 for Qwen3-VL-2B: 1.16 GiB in fp32, a third of the int8
+    graph), and what it holds goes to the fp32 stream one row at a time, where fp16's rounding (2^-11 relative)
+    is far below what int8 or int4 already change.
+    """
+    tables = {
+        node.input[0]
+        for node in nodes
+        if node.op_type == "Gather"
+        and node.input[0] in initializers
+        and initializers[node.input[0]].data_type == onnx.TensorProto.FLOAT
+        and len(initializers[node.input[0]].dims) == 2
+    }
+    rewritten = []
+    for node in nodes:
+        rewritten.append(node)
+        if node.op_type == "Gather" and node.input[0] in tables:
+            output = node.output[0]
+            node.output[0] = f"{output}_fp16"
+            to_fp32 = onnx.TensorProto.FLOAT
+            rewritten.append(helper.make_node("Cast", [node.output[0]], [output], to=to_fp32, name=f"{output}_cast"))
+    nodes[:] = rewritten
+    return tables
 
 
 def _integer_matmul(
@@ -454,7 +491,7 @@ class Int4Counts:
     activation: int  # two activations (attention): never quantized
 
 
-def quantize_int4(src: Path, dst: Path, block_size: int = 128) -> Path:
+def quantize_int4(src: Path, dst: Path, block_size: int = 128, keep: Collection[str] = ()) -> Path:
     """Weight-only int4 of every MatMul by a 2-D weight: DequantizeLinear(int4, block_size) -> MatMul.
 
     The form TensorRT 10 parses as INT4 weight-only block quantization (and
@@ -465,7 +502,8 @@ def quantize_int4(src: Path, dst: Path, block_size: int = 128) -> Path:
     float, as do MatMuls of two activations, tied weights and weights whose K
     is not a multiple of `block_size` (a ragged last block is valid ONNX, but
     TensorRT documents whole blocks of 64 or 128 only, and padding K would put
-    a Pad on the activation between the DequantizeLinear and its MatMul).
+    a Pad on the activation between the DequantizeLinear and its MatMul), and
+    the MatMuls named in `keep` (`export.int4_sensitivity`'s float budget).
     The graph goes to opset 21 (ONNX's version converter, on the graph
     without its weights), the first with INT4 and block_size.
 
@@ -483,7 +521,7 @@ def quantize_int4(src: Path, dst: Path, block_size: int = 128) -> Path:
         raise ValueError(f"int4 block size {block_size}: choose one of {INT4_BLOCK_SIZES}")
     originals = onnx.load(str(src), load_external_data=False)
     external = _has_external(originals)
-    rewrite = _int4_rewrite({t.name: t for t in originals.graph.initializer}, src.parent, block_size)
+    rewrite = _int4_rewrite({t.name: t for t in originals.graph.initializer}, src.parent, block_size, set(keep))
     with _at_opset(src, INT4_OPSET) as converted:
         _rewriteweight_matmuls(converted, dst, rewrite)
     if not external:
@@ -540,13 +578,15 @@ def _at_opset(src: Path, opset: int) -> Iterator[Path]:
         converted.unlink(missing_ok=True)
 
 
-def _int4_rewrite(originals: dict[str, onnx.TensorProto], folder: Path, block_size: int) -> MatMulRewrite:
+def _int4_rewrite(
+    originals: dict[str, onnx.TensorProto], folder: Path, block_size: int, keep: set[str]
+) -> MatMulRewrite:
     """The MatMulRewrite of `quantize_int4`; `originals` are the source's initializers (in `folder`)."""
 
     def rewrite(node, name, weight, writer):
         original = originals[name]
         dtype = _INT4_SCALE_DTYPES.get(original.data_type)
-        if dtype is None or weight.shape[0] % block_size:
+        if dtype is None or weight.shape[0] % block_size or node.name in keep:
             return _kept_weight(node, original, folder, writer)
         packed, scale = _int4_blocks(weight, block_size, dtype)
         int4 = onnx.TensorProto(name=f"{name}_int4", data_type=onnx.TensorProto.INT4, dims=weight.shape)
@@ -598,6 +638,13 @@ def _int4_codes(band: np.ndarray, block_size: int, dtype: type) -> tuple[np.ndar
     scale[~(scale > 0)] = 1
     codes = np.rint(blocks / scale.astype(np.float32)[:, None, :])
     return np.clip(codes, -8, 7).astype(np.int8).reshape(-1), scale
+
+
+def int4_dequantized(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """What a float32 [K, N] weight becomes through `quantize_int4` and back: its blocks' codes times their scales."""
+    codes, scale = _int4_codes(weight, block_size, np.float32)
+    blocks = codes.reshape(-1, block_size, weight.shape[1]).astype(np.float32) * scale[:, None, :]
+    return blocks.reshape(weight.shape)
 
 
 def _pack_int4(codes: np.ndarray) -> np.ndarray:

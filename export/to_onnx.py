@@ -107,6 +107,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="weight rows per int4 scale (default: %(default)s; TensorRT documents 64 and 128)",
     )
     p.add_argument(
+        "--int4-float-budget",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the int4 MatMul weights left in float, those int4 disturbs most on calibration items "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--fp16-guard-samples",
         type=int,
         default=16,
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             keep_fp32=not args.without_fp32,
             fp16_guard_samples=args.fp16_guard_samples,
             int4_block_size=args.int4_block_size,
+            int4_float_budget=args.int4_float_budget,
         )
         options.validate()
         target = get_target(args.target)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,10 +160,11 @@ def ort_runners(
     providers: Sequence[str] | None = None,
     graphs: Sequence[str] = GRAPH_NAMES,
     check_hashes: bool = True,
+    session_config: Mapping[str, str] | None = None,
 ) -> dict[str, Runner]:
     """ONNX Runtime runners of the pipelines `graphs` at `precision` (not yet active: each stored graph opens its
     session when a pipeline that runs it activates); without `check_hashes` a graph is not compared with its
-    manifest's sha256 when it loads.
+    manifest's sha256 when it loads; `session_config` goes to every session's config entries.
 
     On the CPU the vision encoder takes one image per call: at 448 px an image is already 1,024 patches, large
     enough for its GEMMs to run at the machine's peak, while a batch of 8 keeps 8 images' attention and MLP
@@ -178,7 +179,8 @@ def ort_runners(
             warnings.warn(
                 f"{bundle / entry.file} was added without the parity gate: its accuracy is not checked", stacklevel=2
             )
-        loader = OnnxSessionLoader(bundle / entry.file, entry.sha256 if check_hashes else None, providers, threads)
+        expected = entry.sha256 if check_hashes else None
+        loader = OnnxSessionLoader(bundle / entry.file, expected, providers, threads, session_config)
         stored[name] = OrtRunner(loader, specs[name])
         if name == VISION_ENCODER.name and loader.providers()[0] == "CPUExecutionProvider":
             stored[name].limits["batch"] = 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,13 @@ class OnnxSessionLoader:
         expected_sha256: str | None = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        session_config: Mapping[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.expected_sha256 = expected_sha256
         self.requested_providers = providers
         self.threads = threads
+        self.session_config = dict(session_config or {})
 
     def providers(self) -> list[str]:
         available = import_onnxruntime().get_available_providers()
@@ -47,6 +49,8 @@ class OnnxSessionLoader:
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+        for key, value in self.session_config.items():
+            options.add_session_config_entry(key, value)
         return ort.InferenceSession(str(self.path), options, providers=self.providers())
 
 

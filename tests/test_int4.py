@@ -9,7 +9,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.precision import INT4_OPSET, Int4Counts, int4_counts, quantize_int4
+from agff_deploy.errors import InputError
+from export.int4_sensitivity import int4_errors, int4_kept_in_float
+from export.int8_sensitivity import sample_activations
+from export.precision import INT4_OPSET, Int4Counts, int4_counts, int4_dequantized, quantize_int4
 
 DIM, HIDDEN, OUT, HEAD = 256, 128, 96, 32
 # Weight MatMuls: name -> (weight, K, N). "head"'s K (96) is not a whole number of 128-row blocks: it stays float.
@@ -263,5 +266,84 @@ def test_an_int4_bundle_is_gated_under_its_own_bar_and_runs_in_onnx_runtime(tiny
     assert len(rows) == 4 and all(r.bar == BARS["int4"].describe() for r in rows)
     assert manifest.graphs["int4"]["language_encoder"].backends == ("onnxruntime",)
     assert int4_counts(out / "int4" / "language_encoder.onnx").quantized > 0
+    assert manifest.kept_in_float.get("int4", ()) == ()
     with Embedder.load(out, precision="int4") as model:
         assert model.embed_images(scene_images(2, 56)).shape == (2, manifest.model.num_prompts, 32)
+
+
+def test_int4_dequantized_is_the_numpy_reference_of_block_rounding():
+    weight = np.random.default_rng(3).normal(size=(256, 40)).astype(np.float32)
+    np.testing.assert_array_equal(int4_dequantized(weight, 64), _reference_int4(weight, 64))
+
+
+def test_int4_errors_rank_highest_the_matmul_whose_blocks_are_set_by_outliers(tmp_path):
+    model = _graph()
+    (w_k,) = [t for t in model.graph.initializer if t.name == "w_k"]
+    outlier = numpy_helper.to_array(w_k).copy()
+    outlier[5] = 50 * np.abs(outlier).max()  # row 5 sets every column's first block: the rest of it rounds to 0
+    w_k.CopyFrom(numpy_helper.from_array(outlier, "w_k"))
+    src = tmp_path / "model.onnx"
+    onnx.save(model, str(src))
+    feeds = [_feed(1), _feed(2)]
+    for feed in feeds:
+        feed["x"][:, 5] = 0  # what the blocks lose, not the outlier's own product, makes the error
+    errors = {e.node: e.error for e in int4_errors(src, sample_activations(src, feeds), 128)}
+    assert set(errors) == {"q_proj", "k_proj", "out_proj"}  # the head's K is not whole blocks: float anyway
+    assert max(errors, key=errors.get) == "k_proj" and errors["k_proj"] > 3 * errors["q_proj"]
+
+
+def test_a_float_budget_keeps_the_most_disturbed_matmul_float_and_quantizes_the_rest(tmp_path, source):
+    kept = int4_kept_in_float(source, [_feed(1)], 128, budget=DIM * HIDDEN / (2 * DIM * HIDDEN + HIDDEN * OUT))
+    assert len(kept) == 1
+    dst = quantize_int4(source, tmp_path / "int4.onnx", keep=kept)
+    assert int4_counts(dst) == Int4Counts(quantized=2, kept=2, activation=2)
+    assert int4_kept_in_float(source, [_feed(1)], 128, budget=0.0) == []
+
+
+def test_an_int4_float_budget_outside_0_to_1_is_refused():
+    from export.bundle import ExportOptions
+
+    with pytest.raises(InputError, match="--int4-float-budget 1: give a share from 0 up to"):
+        ExportOptions(precisions=("fp32", "int4"), int4_float_budget=1.0).validate()
+
+
+def test_an_int4_float_budget_is_recorded_and_its_matmuls_stay_float(tiny_checkpoint, tmp_path):
+    from agff_deploy.manifest import read_manifest
+    from tests.conftest import export_bundle
+
+    out = tmp_path / "bundle"
+    report = export_bundle(
+        tiny_checkpoint, out, precisions=("fp32", "int4"), batch=(1, 4, 16), agreement_pairs=0, int4_block_size=32,
+        int4_float_budget=0.3, calib_samples=4,
+    )  # fmt: skip
+    assert report.passed, report.table()
+    kept = read_manifest(out).kept_in_float["int4"]
+    graphs = {name.split("/")[0] for name in kept}
+    assert kept and graphs <= {"vision_encoder", "language_encoder"}
+    for graph in graphs:
+        floats = int4_counts(quantize_int4(out / "fp32" / f"{graph}.onnx", tmp_path / f"{graph}.onnx", 32)).kept
+        assert int4_counts(out / "int4" / f"{graph}.onnx").kept == floats + sum(n.startswith(graph) for n in kept)
+
+
+def test_int4_stores_an_embedding_table_in_fp16_and_casts_what_it_gathers_back_to_fp32(tmp_path):
+    rng = np.random.default_rng(4)
+    table = rng.normal(size=(50, DIM)).astype(np.float32)
+    weight = (rng.normal(size=(DIM, HIDDEN)) / np.sqrt(DIM)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["embedded"], name="embedding"),
+            helper.make_node("MatMul", ["embedded", "w"], ["y"], name="proj"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", HIDDEN])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(weight, "w")],
+    )
+    src = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    dst = quantize_int4(src, tmp_path / "int4.onnx")
+    assert _initializers(dst)["table"].data_type == TensorProto.FLOAT16
+    assert [n.op_type for n in onnx.load(str(dst)).graph.node] == ["Gather", "Cast", "DequantizeLinear", "MatMul"]
+    ids = np.array([3, 0, 49], np.int64)
+    expected = table.astype(np.float16).astype(np.float32)[ids] @ _reference_int4(weight, 128)
+    np.testing.assert_allclose(_run(dst, {"ids": ids}, accuracy_level=1)[0], expected, rtol=1e-4, atol=1e-4)
