@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agff_deploy.config import AGFFConfig
-from bench import families_report, native_report, results_report
+from bench import families_report, native_report, real_size_report, results_report
 from bench.scale_report import render
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -25,6 +25,10 @@ def test_the_2b_scale_page_is_what_its_json_files_render():
 
 def test_the_families_page_is_what_its_json_files_render():
     assert (DOCS / "families-2b.md").read_text() == families_report.render(families_report.load())
+
+
+def test_the_real_size_details_page_is_what_its_json_files_render():
+    assert (DOCS / "real-size-2b.md").read_text() == real_size_report.render(real_size_report.load())
 
 
 def test_the_native_resolution_page_is_what_its_json_files_render():
@@ -45,6 +49,7 @@ def test_every_file_the_results_page_is_rendered_from_is_there():
 def test_every_json_file_in_docs_is_rendered_into_a_page():
     rendered = {source.name for source in results_report.SOURCES} | set(SCALE_SOURCES) | set(NATIVE_SOURCES)
     rendered |= {name for files in families_report.SOURCES.values() for name in files}
+    rendered |= set(real_size_report.SOURCES)
     assert {path.name for path in DOCS.glob("*.json")} == rendered
 
 
