@@ -81,6 +81,7 @@ class AGFFConfig:
     pooling: str = "prompts"
     embedding_dim: int | None = None
     empty_text: str = ""
+    matryoshka: bool = False  # the embeddings' leading dimensions are embeddings too (a served `dimensions` may cut)
     task: dict[str, Any] | None = None
     preset: str = "custom"
     base_path: str | None = None

@@ -60,6 +60,7 @@ class ModelDims:
     width: int
     deepstack: int = 0
     family: str = "qwen2_vl"
+    matryoshka: bool = False  # trained so that the leading dimensions are an embedding: a server may cut them
 
 
 @dataclass(frozen=True)

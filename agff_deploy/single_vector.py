@@ -61,6 +61,7 @@ def single_vector_embedder(
         pooling="last-token",
         embedding_dim=dim,
         empty_text=convention.empty_text,
+        matryoshka=convention.matryoshka,
         preset="last-token",
         base_path=str(folder),
     )

@@ -300,7 +300,12 @@ class BundleBuilder:
         return Manifest(
             created_by=f"agff-deploy {__version__}",
             model=ModelDims(
-                sizes["prompts"], sizes["hidden"], sizes["width"], sizes["deepstack"], cfg.family.model_type
+                sizes["prompts"],
+                sizes["hidden"],
+                sizes["width"],
+                sizes["deepstack"],
+                cfg.family.model_type,
+                cfg.matryoshka,
             ),
             image=cfg.image_format(),
             tokenizer=TokenizerFile(

@@ -49,6 +49,7 @@ class LoadedModel:
     backend: str
     source: Path
     model_id: str  # sha256 of the checkpoint weights every artifact of this model comes from
+    precision: str  # the bundle precision (TensorRT: the engines'); "fp32" for a checkpoint in PyTorch
 
 
 def load_model(
@@ -76,9 +77,11 @@ def load_model(
     verify_sha256(spec.tokenizer_file, manifest.tokenizer.sha256, REEXPORT)
     model_id = manifest.source.weights_sha256
     if chosen == "tensorrt":
-        return LoadedModel(spec, _trt_runners(bundle, manifest, precision), "tensorrt", bundle, model_id)
-    runners = ort_runners(bundle, manifest, precision or default_precision(manifest), threads)
-    return LoadedModel(spec, runners, "onnxruntime", bundle, model_id)
+        engines = manifest.engines.precision if manifest.engines else ""
+        return LoadedModel(spec, _trt_runners(bundle, manifest, precision), "tensorrt", bundle, model_id, engines)
+    chosen_precision = precision or default_precision(manifest)
+    runners = ort_runners(bundle, manifest, chosen_precision, threads)
+    return LoadedModel(spec, runners, "onnxruntime", bundle, model_id, chosen_precision)
 
 
 def bundle_folder_of(path: Path) -> Path | None:
@@ -233,4 +236,4 @@ def _torch_model(checkpoint: Path, image_size: tuple[int, int] | None) -> Loaded
     specs = resolved_graphs(config.sizes())
     runners: dict[str, Runner] = {name: TorchRunner(model, spec) for name, spec in specs.items()}
     spec = ModelSpec.from_checkpoint(checkpoint, fusion, image_size)
-    return LoadedModel(spec, runners, "pytorch", checkpoint, weights_sha256(checkpoint))
+    return LoadedModel(spec, runners, "pytorch", checkpoint, weights_sha256(checkpoint), "fp32")

@@ -33,6 +33,7 @@ class ModelSpec:
     pattern_bias: tuple[float, ...]
     temperature: float
     batch_size: int
+    matryoshka: bool = False  # the leading dimensions of an embedding are an embedding (a server may cut them)
 
     @classmethod
     def from_manifest(cls, folder: Path, manifest: Manifest) -> ModelSpec:
@@ -50,6 +51,7 @@ class ModelSpec:
             pattern_bias=fusion.pattern_bias,
             temperature=fusion.temperature,
             batch_size=manifest.dims.batch.opt,
+            matryoshka=manifest.model.matryoshka,
         )
 
     @classmethod
@@ -69,6 +71,7 @@ class ModelSpec:
             task=config.task_slot,
             tokenizer_file=folder / "tokenizer.json",
             batch_size=8,
+            matryoshka=config.matryoshka,
             **fusion,
         )
 

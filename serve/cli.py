@@ -1,7 +1,9 @@
-"""`agff-serve`: a bundle or engine behind Triton Inference Server (HTTP and gRPC, KServe v2; Prometheus metrics).
+"""`agff-serve`: a bundle or engine behind Triton Inference Server (HTTP and gRPC, KServe v2; Prometheus metrics),
+and an OpenAI-style API (/v1/embeddings, /v1/rerank, /v1/models) in front of the same models.
 
-    agff-serve --engine bundle/                       image, text and score on ports 8000 / 8001 / 8002
-    agff-serve --engine model.plan --instances 2 --max-batch 32 --max-queue-delay-ms 5
+    agff-serve --engine bundle/                       image, text and score on ports 8000 / 8001 / 8002; the
+                                                      OpenAI-style API on 8080
+    agff-serve --engine model.plan --instances 2 --max-batch 32 --max-queue-delay-ms 5 --api-key "$KEY"
 
 The models and their inputs are in `serve/repository.py`; any Triton client
 in any language calls them (docs/serving.md; the README has a Python client snippet). The server
@@ -11,6 +13,7 @@ runs until Ctrl-C or SIGTERM, which drain in-flight requests first.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
@@ -19,10 +22,14 @@ from pathlib import Path
 
 from agff_deploy.contract import TEXT_ENCODER
 from agff_deploy.errors import AgffError, InputError, print_error
-from runtime.loading import BACKENDS, load_model
+from runtime.loading import BACKENDS, LoadedModel, load_model
 
+from .openai_protocol import Limits
+from .openai_server import FrontEnd, ModelCard, TokenCounter, TritonModels, run_front_end
 from .repository import ServeSettings, write_serving_repository
 from .tritonserver import Ports, TritonServer, pytriton_dist, shared_libpython, stub_for_this_python
+
+API_KEY_VARIABLE = "AGFF_SERVE_API_KEY"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +40,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--openai-port", type=int, default=8080, help="the OpenAI-style API's port (0: none)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE),
+        help=f"the OpenAI-style API answers only 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}; unset: "
+        "no key; Triton's own ports take none, so keep them on 127.0.0.1 where the key matters)",
+    )
+    p.add_argument("--served-model-name", help="the model's id in the OpenAI-style API (default: the engine's name)")
+    p.add_argument("--max-body-mb", type=float, default=64, help="largest request body (413 above; default: 64)")
+    p.add_argument("--max-items", type=int, default=256, help="items (inputs, documents) a request may hold")
+    p.add_argument("--max-image-mb", type=float, default=16, help="largest encoded image an item may send")
     p.add_argument("--address", default="0.0.0.0", help="interface to listen on (127.0.0.1: this machine only)")
     p.add_argument("--max-batch", type=int, default=64, help="largest batch Triton's dynamic batcher forms")
     p.add_argument(
@@ -50,16 +68,23 @@ def check_args(args: argparse.Namespace) -> None:
         port = getattr(args, flag)
         if not 0 < port < 65536:
             raise InputError(f"--{flag.replace('_', '-')} {port}: a port is 1 to 65535")
-    ports = [args.http_port, args.grpc_port, args.metrics_port]
-    if len(set(ports)) != 3:
-        raise InputError(f"--http-port, --grpc-port and --metrics-port must differ (got {ports})")
-    for flag in ("max_batch", "instances"):
+    if args.openai_port and not 0 < args.openai_port < 65536:
+        raise InputError(f"--openai-port {args.openai_port}: a port is 1 to 65535, or 0 for none")
+    ports = [args.http_port, args.grpc_port, args.metrics_port, *([args.openai_port] if args.openai_port else [])]
+    if len(set(ports)) != len(ports):
+        raise InputError(f"--http-port, --grpc-port, --metrics-port and --openai-port must differ (got {ports})")
+    for flag in ("max_batch", "instances", "max_items"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
     if args.max_queue_delay_ms < 0:
         raise InputError(f"--max-queue-delay-ms {args.max_queue_delay_ms}: must be 0 or more")
     if args.threads < 0:
         raise InputError(f"--threads {args.threads}: must be 0 (automatic) or more")
+    for flag in ("max_body_mb", "max_image_mb"):
+        if getattr(args, flag) <= 0:
+            raise InputError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be more than 0")
+    if args.api_key is not None and not args.api_key.strip():
+        raise InputError(f"--api-key is empty: give a key, or unset ${API_KEY_VARIABLE} to serve without one")
 
 
 def settings_of(args: argparse.Namespace) -> ServeSettings:
@@ -88,12 +113,48 @@ def serve(args: argparse.Namespace, workspace: Path) -> None:
     print(f"agff-serve: starting Triton on {args.engine} ({model.backend}); log: {server.log_path}", file=sys.stderr)
     with server:
         host = server.host
+        openai = f"; OpenAI-style API http://{host}:{args.openai_port}/v1" if args.openai_port else ""
         print(
             f"agff-serve: models image, text, score ready; HTTP {host}:{ports.http}, gRPC {host}:{ports.grpc}, "
-            f"metrics http://{host}:{ports.metrics}/metrics; Ctrl-C stops",
+            f"metrics http://{host}:{ports.metrics}/metrics{openai}; Ctrl-C stops",
             file=sys.stderr,
         )
+        if args.openai_port:
+            if args.api_key is None and args.address not in ("127.0.0.1", "localhost", "::1"):
+                print(
+                    f"agff-serve: no --api-key: whoever reaches {args.address}:{args.openai_port} can use the "
+                    "OpenAI-style API",
+                    file=sys.stderr,
+                )
+            asyncio.run(serve_openai(args, model, f"{host}:{ports.http}", server))
         wait_for_stop(server)
+
+
+async def serve_openai(args: argparse.Namespace, model: LoadedModel, triton_url: str, server: TritonServer) -> None:
+    """The OpenAI-style front end, until Triton exits (then `wait_for_stop` reports why) or Ctrl-C."""
+    _, vectors, dimensions = model.runners[TEXT_ENCODER.name].spec.outputs[0].shape
+    limits = Limits(args.max_items, int(args.max_image_mb * 2**20))
+    card = ModelCard(
+        id=args.served_model_name or args.engine.resolve().name,
+        dimensions=int(dimensions),
+        vectors=int(vectors),
+        precision=model.precision,
+        backend=model.backend,
+        matryoshka=model.spec.matryoshka,
+        takes_task=model.spec.task is not None,
+        max_text_tokens=model.spec.max_text_tokens,
+        limits=limits,
+    )
+    tokens = TokenCounter(model.spec.formatter(), model.spec.image)
+    front_end = FrontEnd(TritonModels(triton_url), card, tokens, args.api_key)
+    await run_front_end(front_end, args.address, args.openai_port, int(args.max_body_mb * 2**20), _exited(server))
+
+
+async def _exited(server: TritonServer, period_s: float = 0.5) -> None:
+    """Polled, not waited on in a thread: a thread blocked on the process would hold up Ctrl-C's shutdown."""
+    assert server.process is not None
+    while server.process.poll() is None:
+        await asyncio.sleep(period_s)
 
 
 def wait_for_stop(server: TritonServer) -> None:

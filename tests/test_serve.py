@@ -41,25 +41,30 @@ def png(array: np.ndarray) -> bytes:
 class Served:
     def __init__(self, process: subprocess.Popen, ports: list[int], repository: Path) -> None:
         self.process, self.repository = process, repository
-        self.http, self.grpc, self.metrics = ports
+        self.http, self.grpc, self.metrics, self.openai = ports
 
     def client(self, protocol: str = "http") -> EmbeddingClient:
         port = self.http if protocol == "http" else self.grpc
         return EmbeddingClient(f"127.0.0.1:{port}", protocol)
 
     def is_ready(self) -> bool:
+        """Triton's models and the OpenAI-style front end both answer."""
+        urls = [f"http://127.0.0.1:{self.http}/v2/health/ready", f"http://127.0.0.1:{self.openai}/health"]
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/health/ready", timeout=2) as response:
-                return response.status == 200
+            for url in urls:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status != 200:
+                        return False
         except OSError:
             return False
+        return True
 
 
 def start_agff_serve(engine: Path, repository: Path, *extra: str) -> Served:
-    ports = free_ports(3)
+    ports = free_ports(4)
     command = [sys.executable, "-m", "serve.cli", "--engine", str(engine), "--address", "127.0.0.1"]
     command += ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
-    command += ["--repository", str(repository), *extra]
+    command += ["--openai-port", str(ports[3]), "--repository", str(repository), *extra]
     served = Served(subprocess.Popen(command, stderr=subprocess.PIPE, text=True), ports, repository)
     deadline = time.monotonic() + 120
     while not served.is_ready():

@@ -39,6 +39,7 @@ class SingleVectorConvention:
     max_text_tokens: int
     pixels: tuple[int, int] | None  # the (min, max) pixels images are resized within; None: the folder's processor's
     punctuate: bool  # a task instruction that does not end in punctuation gets a full stop
+    matryoshka: bool  # trained so that the leading dimensions of an embedding are an embedding (MRL)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class Qwen2VL(ModelFamily):
         max_text_tokens=512,
         pixels=None,
         punctuate=False,
+        matryoshka=False,
     )
     # Qwen2-VL-2B-Instruct's published config.json (text and vision dimensions).
     merger_width_key = "hidden_size"

@@ -60,6 +60,7 @@ class Qwen3VL(ModelFamily):
         max_text_tokens=8192,
         pixels=(4 * FACTOR * FACTOR, 1800 * FACTOR * FACTOR),
         punctuate=True,
+        matryoshka=True,  # Qwen3-VL-Embedding is trained with Matryoshka representation learning
     )
     # Qwen3-VL-2B-Instruct's published config.json (text and vision dimensions).
     merger_width_key = "out_hidden_size"
