@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.test_serve import PHOTOS, png, start_agff_serve, stop
 
@@ -18,6 +19,8 @@ langchain_openai = pytest.importorskip("langchain_openai")
 KEY = "test-key-0123"
 MODEL = "tiny-agff"
 TEXTS = ["an astronaut", "a cup of coffee", "two blue squares"]
+# The photos at 160 px: several fit the 1 MiB body limit the server is started with (a larger body tests 413).
+PHOTOS = {name: np.asarray(Image.fromarray(photo).resize((160, 160))) for name, photo in PHOTOS.items()}
 
 
 def data_uri(image: np.ndarray) -> str:
