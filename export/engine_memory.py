@@ -6,12 +6,15 @@ is one byte), sized from their dims so external data is never read.
 Activations: the graph inputs fixed at the optimisation profile's MAX shapes
 (`export.trt_profiles.profile_shapes`), every tensor's shape inferred from them, and
 the peak sum of live tensors over the nodes in their stored order (ONNX
-requires it to be topological). Workspace: the builder's pool, on top.
+requires it to be topological). A weight's DequantizeLinear output counts
+nothing: TensorRT folds it into the kernel that reads the weight (its Q/DQ
+fusion), so a float copy of the weight never exists (counted, one dequantised
+MLP weight of a 2B model outweighs the activations of a one-item batch).
+Workspace: the builder's pool, on top.
 
 This is an upper bound more than a prediction: TensorRT fuses layers (their
-intermediate tensors never exist), folds weight DequantizeLinear into int8
-kernels and reuses memory across layers; a liveness walk over unfused nodes
-sees none of that. It leaves out tensors whose shape could not be inferred
+intermediate tensors never exist) and reuses memory across layers; a liveness
+walk over unfused nodes sees none of that. It leaves out tensors whose shape could not be inferred
 (counted as 0 bytes, reported as coverage) and a few MiB of per-engine state.
 
 Why shapes are propagated here, node by node: on our dynamo-exported graphs
@@ -78,7 +81,7 @@ def graph_memory(model: onnx.ModelProto, input_shapes: Mapping[str, Shape]) -> G
     """Weights and peak live activation bytes with the graph inputs fixed at `input_shapes`.
 
     Graph inputs are live from the start and outputs to the end (they are the runner's device buffers); every other
-    tensor from the node that writes it until its last reader has run.
+    tensor from the node that writes it until its last reader has run; a dequantised weight never (folded).
     """
     types = _infer_types(model, input_shapes)
     nodes = model.graph.node
@@ -86,6 +89,8 @@ def graph_memory(model: onnx.ModelProto, input_shapes: Mapping[str, Shape]) -> G
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
     produced = [name for node in nodes for name in node.output if name]
     sizes = {name: _nbytes(types.get(name)) for name in [*inputs, *produced]}
+    folded = [n.output[0] for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    sizes.update(dict.fromkeys(folded, 0))
     last_read = {name: step for step, node in enumerate(nodes) for name in node.input}
     last_read.update({output.name: len(nodes) for output in model.graph.output})
     live = {name: sizes[name] or 0 for name in inputs}

@@ -96,16 +96,16 @@ def test_preflight_refuses_a_board_too_small_and_names_what_would_fit(tiny_bundl
     manifest = read_manifest(tiny_bundle)
     memory = BundleMemory(tiny_bundle, manifest, 0)
     needed = memory.budget("fp32", (1, 4, 16)).total
-    usable = memory.budget("fp16", (1, 4, 16)).total  # fp16 fits, int8 (bigger activations here) does not
-    assert memory.budget("int8", (1, 4, 16)).total > usable >= memory.budget("fp32", (1, 4, 8)).total
+    usable = memory.budget("int8", (1, 4, 16)).total  # int8 fits, fp16 (more weight bytes) does not
+    assert memory.budget("fp16", (1, 4, 16)).total > usable >= memory.budget("fp32", (1, 4, 8)).total
     board = Target("tiny-board", "a tiny test board", "10.3", 9, 20, TRT_PRECISIONS, usable / GiB, 0.0)
     request = BuildRequest(tiny_bundle, "fp32", (1, 4, 16), 0.0, None, board)
     with pytest.raises(ValueError, match="too large") as refused:
         preflight(request, manifest)
     message = str(refused.value)
     assert f"{gib(needed)} GiB (weights" in message and f"{gib(usable)} GiB usable on a tiny test board" in message
-    assert "--precision fp16" in message and "--batch 1 4 8 at fp32" in message
-    assert "--precision int8" not in message
+    assert "--precision int8" in message and "--batch 1 4 8 at fp32" in message
+    assert "--precision fp16" not in message
 
 
 def test_the_cli_prints_one_row_per_precision_and_board(tiny_bundle, capsys):
@@ -115,3 +115,23 @@ def test_the_cli_prints_one_row_per_precision_and_board(tiny_bundle, capsys):
     rows = [line.split() for line in lines[2:]]
     assert [(row[0], row[6]) for row in rows] == list(itertools.product(TRT_PRECISIONS, [b.name for b in ORIN_BOARDS]))
     assert all(row[3] == "0.500" and row[8] == "yes" and row[9] == "16" for row in rows)
+
+
+def test_a_dequantized_weight_counts_no_activation_memory_as_trt_folds_it_into_its_matmul():
+    import numpy as np
+
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w8", "scale"], ["w"]),  # [64, 64] f32, 16 KiB if it existed
+        helper.make_node("MatMul", ["x", "w"], ["y"]),  # [2, 64], 512 B
+    ]
+    weights = [numpy_helper.from_array(np.ones((64, 64), np.int8), "w8")]
+    weights.append(numpy_helper.from_array(np.float32(1), "scale"))
+    graph = helper.make_graph(
+        nodes,
+        "folded",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        weights,
+    )
+    memory = graph_memory(helper.make_model(graph), {"x": (2, 64)})
+    assert (memory.activations, memory.tensors, memory.unknown) == (512 + 512, 2, 0)
