@@ -118,3 +118,52 @@ def test_matryoshka_keeps_the_leading_dimensions_renormalised():
     vectors = np.array([[3.0, 4.0, 12.0], [1.0, 0.0, 5.0]], np.float32)
     np.testing.assert_allclose(matryoshka(vectors, 2), [[0.6, 0.8], [1.0, 0.0]])
     assert matryoshka(vectors, None) is vectors
+
+
+class FixedModels:
+    """Triton's models stood in by fixed vectors: what the front end does with them is under test."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    async def embed(self, items, task):
+        return [self.vectors[i] for i in range(len(items))]
+
+    async def close(self) -> None:
+        pass
+
+
+def front_end_post(card_fields: dict, body: dict, vectors: np.ndarray) -> tuple[int, dict]:
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from serve.openai_server import FrontEnd, ModelCard
+
+    card = ModelCard(**{"id": "m", "dimensions": 3, "vectors": 1, "precision": "fp32", "backend": "onnxruntime",
+                        "matryoshka": False, "takes_task": False, "max_text_tokens": 16, **card_fields})  # fmt: skip
+
+    async def run() -> tuple[int, dict]:
+        front_end = FrontEnd(FixedModels(vectors), card, lambda item, task: len(item.text), None)
+        async with TestClient(TestServer(front_end.app(1 << 20))) as client:
+            response = await client.post("/v1/embeddings", json=body)
+            return response.status, await response.json()
+
+    return asyncio.run(run())
+
+
+def test_a_matryoshka_bundle_cuts_the_vectors_to_the_dimensions_asked_for_renormalised():
+    vectors = np.array([[[3.0, 4.0, 12.0]], [[1.0, 0.0, 5.0]]], np.float32)
+    status, body = front_end_post({"matryoshka": True}, {"input": ["ab", "cde"], "dimensions": 2}, vectors)
+    assert status == 200 and body["usage"]["prompt_tokens"] == 5
+    np.testing.assert_allclose([d["embedding"] for d in body["data"]], [[0.6, 0.8], [1.0, 0.0]], rtol=1e-6)
+
+
+def test_dimensions_over_the_vectors_length_are_refused_even_where_cutting_is_allowed():
+    status, body = front_end_post({"matryoshka": True}, {"input": ["ab"], "dimensions": 4}, np.ones((1, 1, 3)))
+    assert status == 400 and body["error"]["param"] == "dimensions" and "at most 3" in body["error"]["message"]
+
+
+def test_a_task_for_a_bundle_that_takes_none_is_refused_naming_where_the_instruction_goes():
+    status, body = front_end_post({}, {"input": ["ab"], "task": "Retrieve images."}, np.ones((1, 1, 3)))
+    assert status == 400 and body["error"]["param"] == "task" and "an item's text" in body["error"]["message"]
