@@ -81,7 +81,7 @@ def triton_path(server: Server) -> Callable[[list[bytes]], np.ndarray]:
     return send
 
 
-def openai_path(server: Server, encoding: str, sizes: list[int]) -> Callable[[list[bytes]], np.ndarray]:
+def openai_path(server: Server, encoding: str, sizes: list[float]) -> Callable[[list[bytes]], np.ndarray]:
     import httpx
 
     local = threading.local()
@@ -93,7 +93,7 @@ def openai_path(server: Server, encoding: str, sizes: list[int]) -> Callable[[li
         uris = ["data:image/jpeg;base64," + base64.b64encode(image).decode() for image in images]
         response = local.client.post(url, json={"input": uris, "modality": "image", "encoding_format": encoding})
         response.raise_for_status()
-        sizes.append(len(response.content))
+        sizes.append(len(response.content) / len(images))
         data = response.json()["data"]
         if encoding == "base64":
             return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in data])
@@ -132,8 +132,8 @@ def drive(send: Callable[[list[bytes]], np.ndarray], images: list[bytes], client
     return {"images_per_s": round(requests * batch / wall, 1), **percentiles(latencies)}
 
 
-def measure(server: Server, images: list[bytes], args: argparse.Namespace) -> tuple[list[dict], dict[str, list]]:
-    sizes: dict[str, list[int]] = {"openai float": [], "openai base64": []}
+def measure(server: Server, images: list[bytes], args: argparse.Namespace) -> tuple[list[dict], dict[str, list[float]]]:
+    sizes: dict[str, list[float]] = {"openai float": [], "openai base64": []}  # response bytes per image
     paths = {
         "triton": triton_path(server),
         "openai float": openai_path(server, "float", sizes["openai float"]),
@@ -151,7 +151,7 @@ def measure(server: Server, images: list[bytes], args: argparse.Namespace) -> tu
     return rows, sizes
 
 
-def summarize(rows: list[dict], sizes: dict[str, list[int]], args: argparse.Namespace) -> dict:
+def summarize(rows: list[dict], sizes: dict[str, list[float]], args: argparse.Namespace) -> dict:
     levels = []
     for batch in args.batch:
         for clients in args.clients:
@@ -165,7 +165,7 @@ def summarize(rows: list[dict], sizes: dict[str, list[int]], args: argparse.Name
                     "max": round(max(ratios), 3),
                 }  # fmt: skip
             levels.append(level)
-    per_image = {name: round(statistics.mean(s) / statistics.mean(args.batch), 1) for name, s in sizes.items()}
+    per_image = {name: round(statistics.mean(s), 1) for name, s in sizes.items()}
     return {"bench": "openai_serve", "bundle": str(args.bundle), "levels": levels, "rows": rows,
             "response_bytes_per_image": per_image}  # fmt: skip
 

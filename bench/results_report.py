@@ -109,7 +109,12 @@ SERVING = (
         ),
     ),
 )
-SOURCES = (*(s for *_, s in ABLATIONS), DIAGNOSIS, *(s for _, s in SERVING))
+OPENAI = Source(
+    "openai-serve.json",
+    "python -m bench.openai_serve bundle/ --clients 1 16 --batch 1 8 --requests 96 --rounds 3 "
+    "--out docs/openai-serve.json",
+)
+SOURCES = (*(s for *_, s in ABLATIONS), DIAGNOSIS, *(s for _, s in SERVING), OPENAI)
 
 
 def load(docs: Path = DOCS) -> dict[str, Any]:
@@ -148,6 +153,7 @@ def render(reports: dict[str, Any]) -> str:
         lines += ["", f"### {title}", "", f"`{source.command}` ({_settings_line(report)}; {origin(source, report)})"]
         lines += ["", serving_table(report)]
     lines += _serving_reading(reports)
+    lines += _openai(reports[OPENAI.name])
     return "\n".join(lines) + "\n"
 
 
@@ -394,6 +400,34 @@ def _serving_reading(reports: dict[str, Any]) -> list[str]:
         f"client's served p50 goes from {single['served']['p50_ms']:.1f} to {single0['served']['p50_ms']:.1f} ms).",
         f"Two instances overlap one batch's decoding with the other's inference and at {two[-1]['concurrency']}",
         f"clients serve {two[-1]['ratio_mean']:.2f}x the one-thread in-process throughput.",
+    ]
+
+
+def _openai(report: dict[str, Any]) -> list[str]:
+    from bench.openai_serve import table
+
+    sizes = report["response_bytes_per_image"]
+    top = [level for level in report["levels"] if level["clients"] == max(r["clients"] for r in report["levels"])]
+    kept = ", ".join(
+        f"{level['openai base64']['ratio_to_triton']['mean']:.2f} (base64) and "
+        f"{level['openai float']['ratio_to_triton']['mean']:.2f} (float) at batch {level['batch']}"
+        for level in top
+    )
+    return [
+        "",
+        "## The OpenAI-style API against Triton's own protocol",
+        "",
+        f"`{OPENAI.command}` ({origin(OPENAI, report)}; bundle `{report['bundle']}`, ONNX Runtime fp32). One",
+        "agff-serve; at each batch size and client count, the same JPEGs go through `EmbeddingClient` (Triton's",
+        "HTTP protocol, binary tensors) and through `/v1/embeddings` as data URIs with float and with base64",
+        "vectors, the paths' order rotating by round; '/ triton' is each path's throughput over Triton's in the same",
+        "round, mean [min..max] over rounds. The clients share the CPU with the server and its front end.",
+        "",
+        table(report),
+        "",
+        f"At {top[0]['clients']} clients the OpenAI-style path keeps {kept} of Triton's throughput. A response",
+        f"carries {sizes['openai float']:.0f} bytes an image as float JSON and {sizes['openai base64']:.0f} as",
+        "base64.",
     ]
 
 

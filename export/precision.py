@@ -431,10 +431,9 @@ def _half_tables(nodes: list[onnx.NodeProto], initializers: dict[str, onnx.Tenso
     """The fp32 embedding tables that `nodes` Gather from (the token table; Qwen3-VL's position table), each made
     fp16 by the caller, its Gathers followed by a Cast back to fp32 (rewritten in `nodes`). Returns their names.
 
-    A quantised graph keeps its tables in float: no MatMul reads them. The token table is the largest weight of a
-    language encoder after its MatMuls (151,936 x 2,048 for Qwen3-VL-2B: 1.16 GiB in fp32, a third of the int8
-    graph), and what it holds goes to the fp32 stream one row at a time, where fp16's rounding (2^-11 relative)
-    is far below what int8 or int4 already change.
+    A quantised graph keeps its tables in float: no MatMul reads them. In fp32 the token table of Qwen3-VL-2B
+    (151,936 x 2,048, 1.16 GiB) is a third of its int8 weights; what it holds goes to the fp32 stream one row at a
+    time, where fp16's rounding (2^-11 relative) is far below what int8 or int4 already change.
     """
     tables = {
         node.input[0]

@@ -30,7 +30,10 @@ ADVICE = {
         "int8-dynamic for ONNX Runtime on CPU, or fp16 for TensorRT; a briefly trained model often misses int8's bars"
     ),
     "int8-dynamic": "left out; try fp16, or int8 with --calib-dir and a folder of your own images",
-    "int4": "left out; try --int4-block-size 64 (a scale per 64 weight rows), or int8 or fp16",
+    "int4": (
+        "left out; try --int4-float-budget 0.1 (the MatMuls int4 disturbs most stay float), --int4-block-size 64 "
+        "(a scale per 64 weight rows), or int8 or fp16"
+    ),
 }
 
 

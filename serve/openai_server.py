@@ -132,6 +132,8 @@ class TritonModels:
             embeddings = await self._infer(*self._request(items, task))
             return list(embeddings)
         except InferenceServerException as err:
+            if err.status() != "400":  # not the items: the model server itself failed
+                raise ProtocolError(f"the model server failed: {err.message()}", None, 502, "server_error") from err
             if len(items) == 1:
                 return [_named(err, items[0].param)]
         return [result for answer in await asyncio.gather(*(self._embed_group([i], task) for i in items))
