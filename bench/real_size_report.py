@@ -151,9 +151,11 @@ def _memory(records: dict[str, dict[str, Any]]) -> list[str]:
     return [
         "## TensorRT engines on the Orin boards, estimated",
         "",
-        f"`export.engine_memory` on the default exports' bundles ({batches}), sizes in GiB; 'fits' is at that",
-        "batch, 'largest max batch' the largest profile maximum that fits the board. What each term rests on is in",
-        "[real-size models](real-size.md#tensorrt-memory-on-a-jetson).",
+        "`export.engine_memory` on bundles of the same kind of checkpoint exported with `--precision fp32 int8",
+        "--agreement-pairs 0 --calib-samples 16` (the top-1 check leaves int8 out of these random-weight models,",
+        "and the estimate reads the graphs' shapes and types, not their values), at "
+        f"{batches}; sizes in GiB; 'fits' is at that batch, 'largest max batch' the largest profile maximum that",
+        "fits the board. What each term rests on is in [real-size models](real-size.md#tensorrt-memory-on-a-jetson).",
         "",
         *_table(header, rows),
         "",

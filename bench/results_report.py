@@ -425,9 +425,10 @@ def _openai(report: dict[str, Any]) -> list[str]:
         "",
         table(report),
         "",
-        f"At {top[0]['clients']} clients the OpenAI-style path keeps {kept} of Triton's throughput. A response",
-        f"carries {sizes['openai float']:.0f} bytes an image as float JSON and {sizes['openai base64']:.0f} as",
-        "base64.",
+        f"At {top[0]['clients']} clients the OpenAI-style path keeps {kept} of Triton's throughput: every request",
+        "takes one more HTTP hop and JSON in a Python process that shares the two cores with Triton, which costs",
+        "most where each request carries one image. A response carries "
+        f"{sizes['openai float']:.0f} bytes an image as float JSON and {sizes['openai base64']:.0f} as base64.",
     ]
 
 

@@ -4,7 +4,11 @@ its own error in OpenAI's shape while the server goes on answering everyone else
 
 import base64
 import json
+import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +21,7 @@ httpx = pytest.importorskip("httpx")
 langchain_openai = pytest.importorskip("langchain_openai")
 
 KEY = "test-key-0123"
-MODEL = "tiny-agff"
+MODEL = "agff"  # the name docs/serving.md's snippets call
 TEXTS = ["an astronaut", "a cup of coffee", "two blue squares"]
 # The photos at 160 px: several fit the 1 MiB body limit the server is started with (a larger body tests 413).
 PHOTOS = {name: np.asarray(Image.fromarray(photo).resize((160, 160))) for name, photo in PHOTOS.items()}
@@ -200,3 +204,23 @@ def test_an_error_in_one_item_of_several_names_that_item_alone(server):
     inputs = [data_uri(PHOTOS["coffee"]), "data:image/png;base64,AAAA", data_uri(PHOTOS["astronaut"])]
     error = post(server, "/v1/embeddings", {"input": inputs, "modality": "image"}).json()["error"]
     assert error["param"] == "input[1]" and error["message"].startswith("input[1]: ")
+
+
+def run_manual_snippet(server, tmp_path, marker: str, check: str) -> None:
+    """docs/serving.md's Python block holding `marker`, run as written against the test server (its port and key
+    put in, a photo.jpg beside it), with `check` appended."""
+    manual = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    (snippet,) = [s for s in re.findall(r"```python\n(.*?)```", manual, re.S) if marker in s]
+    Image.fromarray(PHOTOS["coffee"]).save(tmp_path / "photo.jpg")
+    code = f"KEY = {KEY!r}\n" + snippet.replace("localhost:8080", f"127.0.0.1:{server.openai}") + check
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_manuals_openai_client_snippet_runs_against_agff_serve(server, tmp_path):
+    check = "\nassert len(texts.data) == 2 and len(images.data) == len(with_instruction.data) == 1\n"
+    run_manual_snippet(server, tmp_path, "import openai", check)
+
+
+def test_the_manuals_langchain_snippet_runs_against_agff_serve(server, tmp_path):
+    run_manual_snippet(server, tmp_path, "OpenAIEmbeddings", "\nassert len(vectors) == 2\n")
