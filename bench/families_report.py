@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [_row(header), _row(["---"] * len(header)), *map(_row, rows)]
 
 
@@ -102,7 +103,7 @@ def _bundles(names: list[str], records: dict) -> list[str]:
     return [
         "## Bundle: the vision and language encoder graphs per precision, GiB",
         "",
-        *_table(["precision", *names], rows),
+        *markdown_table(["precision", *names], rows),
         "",
     ]
 
@@ -121,7 +122,7 @@ def _export(names: list[str], records: dict) -> list[str]:
     header = ["export stage", *(f"{name} {what}" for name in names for what in ("s", "peak RSS GiB"))]
     precisions = {name: " ".join(records[name][0]["config"]["precision"]) for name in names}
     asked = "; ".join(f"{name}: {p}" for name, p in precisions.items())
-    return ["## Export and gate", "", f"Precisions asked for: {asked}.", "", *_table(header, rows), ""]
+    return ["## Export and gate", "", f"Precisions asked for: {asked}.", "", *markdown_table(header, rows), ""]
 
 
 def _runtime(names: list[str], records: dict) -> list[str]:
@@ -155,7 +156,7 @@ def _runtime(names: list[str], records: dict) -> list[str]:
     return [
         "## Runtime (torch-free Embedder, each in a fresh process; latency per item)",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
         "",
         "Work per image and how much of the machine it used: " + "; ".join(flops) + ".",
         "",
@@ -178,7 +179,7 @@ def _gate(name: str, scale: dict[str, Any]) -> list[str]:
         for row in scale["parity"]
     ]
     lines = [f"## {name}: the gate, against PyTorch fp32", ""]
-    lines += _table(["precision", "pipeline", "inputs", "min cosine", "max abs", "bar", "result"], rows)
+    lines += markdown_table(["precision", "pipeline", "inputs", "min cosine", "max abs", "bar", "result"], rows)
     for precision, reasons in scale.get("left_out", {}).items():
         lines += ["", f"Left out of the bundle, {precision}: " + "; ".join(reasons) + "."]
     for precision, graphs in scale.get("kept_in_float", {}).items():
@@ -216,7 +217,7 @@ def _memory(names: list[str], records: dict) -> list[str]:
         "profile maximum that still fits the board. These int8 bundles kept the token table in fp32; since the",
         "int8 and int4 graphs store it in fp16, the current estimate is in [real-size-2b.md](real-size-2b.md).",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
         "",
         *(_fits(name, tables[name]) for name in names),
         "",
@@ -235,14 +236,19 @@ def _fits(name: str, table: dict[tuple[str, str], dict[str, str]]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.families_report", description=__doc__.split("\n\n")[0])
+def write_page(prog: str, description: str, page: Callable[[], str], argv: list[str] | None) -> int:
+    """A rendering command's main: `-o PAGE`, written atomically."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("-o", "--out", type=Path, required=True)
     args = p.parse_args(argv)
-    page = render(load())
-    write_atomically(args.out, lambda f: f.write(page.encode()))
+    text = page()
+    write_atomically(args.out, lambda f: f.write(text.encode()))
     print(f"wrote {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return write_page("python -m bench.families_report", __doc__.split("\n\n")[0], lambda: render(load()), argv)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,12 @@ and trained-like weights (`bench.int4_weights`). No number typed in.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from agff_deploy.atomic_files import write_atomically
-
+from .families_report import markdown_table, write_page
 from .scale_report import short_commit
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -58,14 +56,6 @@ def _source(name: str, record: dict[str, Any]) -> str:
     return f"- `docs/{name}`: `{command}`, commit `{short_commit(record['commit'])}`, {record['utc']}."
 
 
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [_row(header), _row(["---"] * len(header)), *map(_row, rows)]
-
-
 def _gate_cost(records: dict[str, dict[str, Any]]) -> list[str]:
     rows, checks, reasons = [], [], []
     for model, file in GATE_COST.items():
@@ -95,7 +85,7 @@ def _gate_cost(records: dict[str, dict[str, Any]]) -> list[str]:
         "check) and with the default (auto: as many held-out pairs as fit the gate's time budget); where the",
         "first was not run (`--skip-baseline`, to save its quarter hour), only the default's time is shown.",
         "",
-        *_table(["model", "precisions", "without pairs s", "default s", "ratio", "peak RSS GiB"], rows),
+        *markdown_table(["model", "precisions", "without pairs s", "default s", "ratio", "peak RSS GiB"], rows),
         "",
         *_stages(records),
         "How many pairs the default took, as each export printed it:",
@@ -121,7 +111,12 @@ def _stages(records: dict[str, dict[str, Any]]) -> list[str]:
         names = list(dict.fromkeys(s["name"] for run in runs.values() for s in run["stages"]))
         seconds = {run: {s["name"]: s["seconds"] for s in runs[run]["stages"]} for run in runs}
         rows = [[name, *(f"{seconds[run].get(name, 0):.0f}" for run in ("without pairs", "default"))] for name in names]
-        lines += [f"{model}, seconds per export stage:", "", *_table(["stage", "without pairs", "default"], rows), ""]
+        lines += [
+            f"{model}, seconds per export stage:",
+            "",
+            *markdown_table(["stage", "without pairs", "default"], rows),
+            "",
+        ]
     return lines
 
 
@@ -157,7 +152,7 @@ def _memory(records: dict[str, dict[str, Any]]) -> list[str]:
         f"{batches}; sizes in GiB; 'fits' is at that batch, 'largest max batch' the largest profile maximum that",
         "fits the board. What each term rests on is in [real-size models](real-size.md#tensorrt-memory-on-a-jetson).",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
         "",
     ]
 
@@ -195,19 +190,13 @@ def _int4(record: dict[str, Any]) -> list[str]:
         "standard deviation over the seeds; 'passed' counts the seeds whose whole int4 gate passed; the paired",
         "difference is trained-like minus random, seed by seed.",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
         "",
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.real_size_report", description=__doc__.split("\n\n")[0])
-    p.add_argument("-o", "--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    page = render(load())
-    write_atomically(args.out, lambda f: f.write(page.encode()))
-    print(f"wrote {args.out}")
-    return 0
+    return write_page("python -m bench.real_size_report", __doc__.split("\n\n")[0], lambda: render(load()), argv)
 
 
 if __name__ == "__main__":
