@@ -109,8 +109,9 @@ def fp32_bundle(args: argparse.Namespace, kind: str, seed: int, folder: Path) ->
     return folder / "bundle", builder
 
 
-def int4_rows(bundle: Path, builder: BundleBuilder, block: int, budget: float) -> dict[str, Any]:
-    """int4 at `block` and `budget` from the bundle's fp32 graphs, gated at each ONNX Runtime accuracy level."""
+def int4_rows(bundle: Path, builder: BundleBuilder, gate: tuple, block: int, budget: float) -> dict[str, Any]:
+    """int4 at `block` and `budget` from the bundle's fp32 graphs, gated against `gate` (the bundle's recorded
+    PyTorch reference and input sets) at each ONNX Runtime accuracy level."""
     manifest = read_manifest(bundle)
     (bundle / "int4").mkdir(exist_ok=True)
     builder.options = dataclasses.replace(builder.options, int4_block_size=block, int4_float_budget=budget)
@@ -122,8 +123,7 @@ def int4_rows(bundle: Path, builder: BundleBuilder, block: int, budget: float) -
         for name, path in files.items()
     }
     variant = dataclasses.replace(manifest, graphs={**manifest.graphs, "int4": entries})
-    specs = resolved_graphs(manifest.sizes())
-    reference, input_sets = load_gate_reference(bundle, manifest.gate, specs, manifest.fusion)
+    reference, input_sets = gate
     result: dict[str, Any] = {"kept_in_float": len(builder.kept_in_float.get("int4", ()))}
     for label, level in ACCURACY_LEVELS.items():
         candidates = ort_runners(
@@ -200,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.work / f"{kind}-{seed}"
         shutil.rmtree(folder, ignore_errors=True)
         bundle, builder = fp32_bundle(args, kind, seed, folder)
+        manifest = read_manifest(bundle)
+        specs = resolved_graphs(manifest.sizes())
+        gate = load_gate_reference(bundle, manifest.gate, specs, manifest.fusion)
         for block in BLOCK_SIZES:
             for budget in FLOAT_BUDGETS:
-                result = int4_rows(bundle, builder, block, budget)
+                result = int4_rows(bundle, builder, gate, block, budget)
                 runs.append({"kind": kind, "seed": seed, "block": block, "budget": budget, **result})
                 print(json.dumps(runs[-1]), flush=True)
         shutil.rmtree(folder)

@@ -93,6 +93,7 @@ from .graphs import (
 from .int4_sensitivity import int4_kept_in_float
 from .precision import (
     INT4_BLOCK_SIZES,
+    SENSITIVITY_ITEMS,
     int4_counts,
     quantize_dynamic_int8,
     quantize_int4,
@@ -265,12 +266,13 @@ class BundleBuilder:
             path = fp32[name].parent.parent / precision / f"{name}.onnx"
             started = time.perf_counter()
             if precision == "int8":
-                kept = quantize_qdq(fp32[name], path, self._calibration(name, fp32))
+                kept = quantize_qdq(fp32[name], path, self._calibration(name, fp32, self.options.calib_samples))
                 self._keep_in_float("int8", name, kept)
                 self.log(f"  {self._label(path)}: {len(kept)} weight MatMuls kept in float by sensitivity")
             elif precision == "int4":
                 block, budget = self.options.int4_block_size, self.options.int4_float_budget
-                items = sample_items(self._calibration(name, fp32)) if budget else []
+                # the sensitivity reads SENSITIVITY_ITEMS items: calibrating more would only be thrown away
+                items = sample_items(self._calibration(name, fp32, SENSITIVITY_ITEMS)) if budget else []
                 kept = int4_kept_in_float(fp32[name], items, block, budget)
                 quantize_int4(fp32[name], path, block, kept)
                 self._keep_in_float("int4", name, kept)
@@ -282,11 +284,11 @@ class BundleBuilder:
             out[name] = path
         return out
 
-    def _calibration(self, name: str, fp32: dict[str, Path]) -> list[dict[str, np.ndarray]]:
-        """Calibration feeds of encoder `name`; the language encoder's image items take the fp32 vision graph's."""
-        options = self.options
+    def _calibration(self, name: str, fp32: dict[str, Path], samples: int) -> list[dict[str, np.ndarray]]:
+        """`samples` calibration items of encoder `name`; the language encoder's image items take the fp32 vision
+        graph's features."""
         vision = fp32[VISION_ENCODER.name]
-        return calibration_feeds(self.encoder, self.specs[name], options.calib_dir, options.calib_samples, vision)
+        return calibration_feeds(self.encoder, self.specs[name], self.options.calib_dir, samples, vision)
 
     def _keep_in_float(self, precision: str, graph: str, nodes: list[str]) -> None:
         """Record the MatMuls of `graph` that `precision` left in float by sensitivity (the manifest's record)."""

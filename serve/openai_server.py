@@ -79,21 +79,21 @@ class TokenCounter:
 
     def __init__(self, formatter: ChatFormatter, image: ImageFormat) -> None:
         self.formatter, self.image = formatter, image
+        self.native = None if image.resize == "fixed" else image.preprocessor().settings
 
     def __call__(self, item: Item, task: str | None) -> int:
         image_tokens = None if item.image is None else self._image_tokens(item.image)
         return len(self.formatter.item_ids(item.text, image_tokens, task)[0])
 
     def _image_tokens(self, data: bytes) -> int:
-        if self.image.resize == "fixed":
+        if self.native is None:
             return self.image.num_image_tokens
         from PIL import Image
 
         with Image.open(io.BytesIO(data)) as opened:  # the header only: the Triton model decodes the pixels
             width, height = opened.size
-        settings = self.image.preprocessor().settings
-        h, w = settings.resized_size(height, width)
-        return (h // settings.factor) * (w // settings.factor)
+        h, w = self.native.resized_size(height, width)
+        return (h // self.native.factor) * (w // self.native.factor)
 
 
 class TritonModels:
