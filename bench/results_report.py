@@ -406,13 +406,18 @@ def _serving_reading(reports: dict[str, Any]) -> list[str]:
 def _openai(report: dict[str, Any]) -> list[str]:
     from bench.openai_serve import table
 
-    sizes = report["response_bytes_per_image"]
     top = [level for level in report["levels"] if level["clients"] == max(r["clients"] for r in report["levels"])]
     kept = ", ".join(
         f"{level['openai base64']['ratio_to_triton']['mean']:.2f} (base64) and "
         f"{level['openai float']['ratio_to_triton']['mean']:.2f} (float) at batch {level['batch']}"
         for level in top
     )
+    cpu = ", ".join(
+        f"{level['openai float']['server_cpu_ms_per_image'] / level['triton']['server_cpu_ms_per_image']:.2f}x "
+        f"at batch {level['batch']}"
+        for level in top
+    )
+    sizes = top[-1]
     return [
         "",
         "## The OpenAI-style API against Triton's own protocol",
@@ -421,14 +426,17 @@ def _openai(report: dict[str, Any]) -> list[str]:
         "agff-serve; at each batch size and client count, the same JPEGs go through `EmbeddingClient` (Triton's",
         "HTTP protocol, binary tensors) and through `/v1/embeddings` as data URIs with float and with base64",
         "vectors, the paths' order rotating by round; '/ triton' is each path's throughput over Triton's in the same",
-        "round, mean [min..max] over rounds. The clients share the CPU with the server and its front end.",
+        "round, mean [min..max] over rounds. Each client is its own process; the clients share the two cores with",
+        "the server, so throughput also pays for their work. 'server CPU' is what agff-serve's processes (front",
+        "end, tritonserver, models) spent per image.",
         "",
         table(report),
         "",
-        f"At {top[0]['clients']} clients the OpenAI-style path keeps {kept} of Triton's throughput: every request",
-        "takes one more HTTP hop and JSON in a Python process that shares the two cores with Triton, which costs",
-        "most where each request carries one image. A response carries "
-        f"{sizes['openai float']:.0f} bytes an image as float JSON and {sizes['openai base64']:.0f} as base64.",
+        f"At {top[0]['clients']} clients the OpenAI-style path keeps {kept} of Triton's throughput. Per image its",
+        f"server processes spend {cpu} Triton's CPU (float responses): the front end's hop and JSON. A response",
+        f"carries {sizes['openai float']['response_bytes_per_image']:.0f} bytes an image as float JSON (float32's",
+        f"shortest text) and {sizes['openai base64']['response_bytes_per_image']:.0f} as base64",
+        f"(batch {sizes['batch']}).",
     ]
 
 

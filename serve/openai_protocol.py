@@ -20,11 +20,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 ENCODING_FORMATS = ("float", "base64")
 VECTOR_CHOICES = ("global", "all")  # the default single vector, or every one of the item's K + 1 (AGFF)
@@ -123,12 +125,24 @@ def rerank_request(body: Any, limits: Limits) -> RerankRequest:
     )
 
 
-def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
-    """A float32 vector (or array) as OpenAI returns it: a list of floats, or base64 of its little-endian bytes."""
+def encode_vector(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
+    """A float32 vector (or array) as OpenAI returns it: floats (`response_json` writes each as float32's shortest
+    text, exact once read back into float32), or base64 of its little-endian bytes."""
     array = np.ascontiguousarray(vector, dtype="<f4")
     if encoding_format == "base64":
         return base64.b64encode(array.tobytes()).decode("ascii")
-    return array.tolist()
+    return array
+
+
+def response_json(body: Any) -> bytes:
+    """A response body as JSON, numpy arrays included. orjson writes a float32 in its shortest form (about 10
+    characters against the 18 of its float64 value), which nearly halves a float response and its parsing."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def request_json(body: bytes) -> Any:
+    """A request body parsed; a `ValueError` when it is not JSON."""
+    return orjson.loads(body)
 
 
 def matryoshka(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
@@ -217,9 +231,17 @@ def _image(value: Any, param: str, limits: Limits) -> bytes:
     if len(encoded) * 3 // 4 > limits.max_image_bytes:
         raise ProtocolError(f"{param}: over the {limits.max_image_bytes / 2**20:g} MiB an image may have", param)
     try:
-        return base64.b64decode(encoded, validate=True)
+        return _strict_base64(encoded)
     except (binascii.Error, ValueError):
         raise ProtocolError(f"{param}: not valid base64", param) from None
+
+
+def _strict_base64(encoded: str) -> bytes:
+    """Base64 that refuses stray characters. Python 3.11's strict decoder checks in C; 3.10's `validate` runs a
+    regular expression over the whole image first, which cost the front end more than the decoding."""
+    if sys.version_info >= (3, 11):
+        return binascii.a2b_base64(encoded, strict_mode=True)
+    return base64.b64decode(encoded, validate=True)
 
 
 def _choice(body: Mapping[str, Any], field: str, choices: Sequence[str], default: str) -> str:

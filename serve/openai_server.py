@@ -35,7 +35,9 @@ from .openai_protocol import (
     embedding_request,
     encode_vector,
     matryoshka,
+    request_json,
     rerank_request,
+    response_json,
 )
 from .request_items import CANDIDATES, EMBEDDINGS, IMAGE, INSTRUCTION, QUERIES, SCORES, TASK, TEXT
 
@@ -194,16 +196,16 @@ class FrontEnd:
         try:
             return await handler(request)
         except ProtocolError as err:
-            return web.json_response(err.body(), status=err.status)
+            return _response(err.body(), status=err.status)
         except web.HTTPRequestEntityTooLarge as err:
             error = ProtocolError(f"the body is over the server's limit: {err.text}", None, 413)
-            return web.json_response(error.body(), status=413)
+            return _response(error.body(), status=413)
         except web.HTTPException as err:
             error = ProtocolError(err.reason, None, err.status)
-            return web.json_response(error.body(), status=err.status)
+            return _response(error.body(), status=err.status)
         except Exception as err:  # noqa: BLE001  (one request's failure must never stop the server)
             error = ProtocolError(f"internal error: {type(err).__name__}: {err}", None, 500, "server_error")
-            return web.json_response(error.body(), status=500)
+            return _response(error.body(), status=500)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -218,10 +220,10 @@ class FrontEnd:
         return await handler(request)
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return _response({"status": "ok"})
 
     async def models_list(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [self.card.to_json()]})
+        return _response({"object": "list", "data": [self.card.to_json()]})
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await _json(request)
@@ -240,7 +242,7 @@ class FrontEnd:
             data.append(entry)
         tokens = sum(self.tokens(item, parsed.task) for item in parsed.items)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return web.json_response({"object": "list", "data": data, "model": self.card.id, "usage": usage})
+        return _response({"object": "list", "data": data, "model": self.card.id, "usage": usage})
 
     async def rerank(self, request: web.Request) -> web.Response:
         parsed = rerank_request(await _json(request), self.card.limits)
@@ -259,7 +261,7 @@ class FrontEnd:
                     result["document"]["image_bytes"] = len(document.image)
             results.append(result)
         tokens = sum(self.tokens(item, None) for item in items)
-        return web.json_response(
+        return _response(
             {"id": f"rerank-{time.time_ns()}", "model": self.card.id, "results": results,
              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
         )  # fmt: skip
@@ -314,9 +316,13 @@ class FrontEnd:
             )  # fmt: skip
 
 
+def _response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=response_json(body), status=status, content_type="application/json")
+
+
 async def _json(request: web.Request) -> Any:
     try:
-        return await request.json()
+        return request_json(await request.read())
     except ValueError as err:
         raise ProtocolError(f"the body is not JSON ({err})") from None
 

@@ -1,6 +1,7 @@
 """The OpenAI-style request bodies read into items, and every way a body is refused, before any model runs."""
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from serve.openai_protocol import (
     encode_vector,
     matryoshka,
     rerank_request,
+    response_json,
 )
 
 LIMITS = Limits(max_items=4, max_image_bytes=64)
@@ -111,7 +113,13 @@ def test_a_malformed_rerank_body_is_refused_naming_the_field(body, param):
 def test_base64_encoding_is_the_little_endian_float32_bytes():
     vector = np.array([0.1, -2.5, 3e-8], np.float32)
     assert np.array_equal(np.frombuffer(base64.b64decode(encode_vector(vector, "base64")), "<f4"), vector)
-    assert encode_vector(vector, "float") == [float(v) for v in vector]
+
+
+def test_float_encoding_reads_back_into_the_same_float32_values():
+    vectors = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    text = response_json({"embedding": encode_vector(vectors, "float")})
+    assert np.array_equal(np.array(json.loads(text)["embedding"], np.float32), vectors)
+    assert len(text) < 12 * vectors.size  # float32's shortest text, not float64's 17 digits
 
 
 def test_matryoshka_keeps_the_leading_dimensions_renormalised():
