@@ -146,7 +146,7 @@ async def serve_openai(args: argparse.Namespace, model: LoadedModel, triton_url:
         limits=limits,
     )
     tokens = TokenCounter(model.spec.formatter(), model.spec.image)
-    front_end = FrontEnd(TritonModels(triton_url), card, tokens, args.api_key)
+    front_end = FrontEnd(TritonModels(triton_url, args.max_batch), card, tokens, args.api_key)
     await run_front_end(front_end, args.address, args.openai_port, int(args.max_body_mb * 2**20), _exited(server))
 
 

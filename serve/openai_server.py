@@ -14,6 +14,7 @@ every bad item and its field.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import io
 import time
@@ -27,6 +28,7 @@ from aiohttp import web
 from agff_deploy.manifest import ImageFormat
 from agff_deploy.tokenization import ChatFormatter
 
+from .coalescing import CoalescingQueue
 from .openai_protocol import (
     EmbeddingRequest,
     Item,
@@ -99,26 +101,34 @@ class TokenCounter:
 
 
 class TritonModels:
-    """agff-serve's `image`, `text` and `score` models, over Triton's HTTP protocol."""
+    """agff-serve's `image`, `text` and `score` models, over Triton's HTTP protocol. Items of concurrent requests
+    share Triton requests (`serve.coalescing`), at most `max_batch` items (Triton's largest batch) each."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_batch: int, in_flight: int = 2) -> None:
         import tritonclient.http as http
         import tritonclient.http.aio as aio
 
         self.http = http
         self.client = aio.InferenceServerClient(url, conn_limit=256)
+        self.queues = {
+            image: CoalescingQueue(functools.partial(self._embed_group, image), max_batch, in_flight)
+            for image in (True, False)
+        }
 
     async def close(self) -> None:
         await self.client.close()
 
     async def embed(self, items: Sequence[Item], task: str | None) -> list[np.ndarray | str]:
         """Each item's `[K + 1, D]` embeddings, or the message Triton refused it with (prefixed by its field).
-        Images and texts go as one request each, in parallel; a refused request is retried item by item."""
+        Images and texts go to their models in parallel."""
         results: list[np.ndarray | str] = [""] * len(items)
-        groups = [[i for i, item in enumerate(items) if (item.image is not None) == image] for image in (True, False)]
-        groups = [group for group in groups if group]
-        answers = await asyncio.gather(*(self._embed_group([items[i] for i in g], task) for g in groups))
-        for group, answer in zip(groups, answers, strict=True):
+        groups: dict[bool, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item.image is not None, []).append(i)
+        answers = await asyncio.gather(
+            *(self.queues[image].submit([(items[i], task) for i in group]) for image, group in groups.items())
+        )
+        for group, answer in zip(groups.values(), answers, strict=True):
             for i, result in zip(group, answer, strict=True):
                 results[i] = result
         return results
@@ -127,26 +137,29 @@ class TritonModels:
         inputs = {QUERIES: queries.astype(np.float32), CANDIDATES: candidates.astype(np.float32)}
         return await self._infer("score", inputs, SCORES)
 
-    async def _embed_group(self, items: list[Item], task: str | None) -> list[np.ndarray | str]:
+    async def _embed_group(self, image: bool, items: list[tuple[Item, str | None]]) -> list[np.ndarray | str]:
+        """One Triton request; when Triton refuses it for an item, each item again on its own, so the error names
+        every bad item and no other request's items are lost with it."""
         from tritonclient.utils import InferenceServerException
 
         try:
-            embeddings = await self._infer(*self._request(items, task))
+            embeddings = await self._infer(*self._request(image, items))
             return list(embeddings)
         except InferenceServerException as err:
             if err.status() != "400":  # not the items: the model server itself failed
                 raise ProtocolError(f"the model server failed: {err.message()}", None, 502, "server_error") from err
             if len(items) == 1:
-                return [_named(err, items[0].param)]
-        return [result for answer in await asyncio.gather(*(self._embed_group([i], task) for i in items))
+                return [_named(err, items[0][0].param)]
+        return [result for answer in await asyncio.gather(*(self._embed_group(image, [i]) for i in items))
                 for result in answer]  # fmt: skip
 
-    def _request(self, items: list[Item], task: str | None) -> tuple[str, dict[str, np.ndarray], str]:
-        tasks = {TASK: _column([task] * len(items))} if task is not None else {}
-        if items[0].image is not None:
-            inputs = {IMAGE: _column([i.image for i in items]), INSTRUCTION: _column([i.text for i in items])}
-            return "image", {**inputs, **tasks}, EMBEDDINGS
-        return "text", {TEXT: _column([i.text for i in items]), **tasks}, EMBEDDINGS
+    def _request(self, image: bool, items: list[tuple[Item, str | None]]) -> tuple[str, dict[str, np.ndarray], str]:
+        tasks = [task for _, task in items]
+        task_input = {TASK: _column([task or "" for task in tasks])} if any(tasks) else {}
+        if image:
+            inputs = {IMAGE: _column([i.image for i, _ in items]), INSTRUCTION: _column([i.text for i, _ in items])}
+            return "image", {**inputs, **task_input}, EMBEDDINGS
+        return "text", {TEXT: _column([i.text for i, _ in items]), **task_input}, EMBEDDINGS
 
     async def _infer(self, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
         tensors = []
