@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -253,13 +254,14 @@ def run_index(args: argparse.Namespace) -> int:
         done = embed_files(embedder, todo, "", args.max_pixels, not args.quiet, args.task)
         if done.names:
             index.add([Path(p) for p in done.names], done.stacked())
-        if done.names or index.embeddings_file is None:  # nothing new: no rewrite of a large index
-            index.save(args.index)
+        removed = index.remove(_vanished(index, args.inputs))
+        index.commit()
     failed = found.errors + done.errors
     summary = {
         "index": str(args.index),
         "items": len(index),
         "added": len(done.names),
+        "removed": removed,
         "skipped_unchanged": len(found.paths) - len(todo),
         "skipped_unsupported": len(found.skipped),
         "failed": len(failed),
@@ -268,10 +270,19 @@ def run_index(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _vanished(index: EmbeddingIndex, inputs: list[str]) -> list[str]:
+    """Indexed files under the given folders that are gone: their items leave the index."""
+    roots = tuple(str(Path(i).resolve()) + os.sep for i in inputs if Path(i).is_dir())
+    if not roots:
+        return []
+    paths = (item["path"] for item in index.items())
+    return [path for path in paths if path.startswith(roots) and not os.path.exists(path)]
+
+
 def _index_lines(summary: dict, errors: list[str], verbose: bool) -> list[str]:
     counts = (
         f"index {summary['index']}: {summary['items']} items; {summary['added']} added, "
-        f"{summary['skipped_unchanged']} unchanged"
+        f"{summary['removed']} removed (files gone), {summary['skipped_unchanged']} unchanged"
     )
     counts += _failed_and_skipped(summary["failed"], summary["skipped_unsupported"], verbose)
     return [counts, *_error_lines(errors)]
@@ -330,7 +341,7 @@ def parser_for(command: str) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(
             prog="agff-run index", description="Embed a folder into a persistent index (new or changed files only)."
         )
-        p.add_argument("inputs", nargs="+")
+        p.add_argument("inputs", nargs="*", help="image files, folders or globs (none: migrate or tidy the index)")
         p.add_argument("--index", required=True, type=Path)
         p.add_argument("--task", help=TASK_HELP + "the documents (default: the model's)")
         _input_options(p)
@@ -368,6 +379,10 @@ def parser_for(command: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "embed-corpus":  # its own module: it needs Ray (the `corpus` extra), nothing else does
+        from .embed_corpus import main as embed_corpus
+
+        return embed_corpus(argv[1:])
     command = argv[0] if argv and argv[0] in ("index", "search") else "embed"
     args = parser_for(command).parse_args(argv[1:] if command != "embed" else argv)
     if command == "search" and not (args.query or args.image):

@@ -156,6 +156,7 @@ def test_index_then_search_and_only_new_files_are_embedded(tiny_bundle, photos, 
         "index": str(index),
         "items": 5,
         "added": 1,
+        "removed": 0,
         "skipped_unchanged": 4,
         "skipped_unsupported": 0,
         "failed": 0,
@@ -164,6 +165,17 @@ def test_index_then_search_and_only_new_files_are_embedded(tiny_bundle, photos, 
     assert code == 0 and summary["items"] == 5 and len(summary["results"]) == 3
     scores = [r["score"] for r in summary["results"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_a_file_gone_from_an_indexed_folder_leaves_the_index_on_its_next_update(tiny_bundle, photos, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    agff_run("index", folder, "--engine", tiny_bundle, "--index", tmp_path / "index", "--quiet")
+    (folder / "chelsea.jpg").unlink()
+    code, summary, _ = agff_run("index", folder, "--engine", tiny_bundle, "--index", tmp_path / "index", "--quiet")
+    assert code == 0 and summary["removed"] == 1 and summary["items"] == 3
+    _, found, _ = agff_run("search", "a cat", "--engine", tiny_bundle, "--index", tmp_path / "index", "--top-k", "9")
+    assert str(folder / "chelsea.jpg") not in [r["path"] for r in found["results"]]
 
 
 def test_search_by_image_finds_that_image_first(tiny_bundle, photos, tmp_path):

@@ -1,0 +1,189 @@
+"""One immutable part of an index: items added together, their K+1 vectors on disk and a FAISS index of their
+global vectors.
+
+    segment-<pid>-<token>/
+      vectors.npy    [n, K+1, D] float16, memory-mapped: a search reads only its shortlist's rows
+      items.jsonl    one JSON object per row (path as resolved and as given, size, mtime), read by byte offset
+      offsets.npy    [n + 1] int64, where each row's line starts in items.jsonl
+      keys.npy       (path hash, row, size, mtime) sorted by hash: which rows hold a path, without reading items
+      global.faiss   the global vectors: flat (exact, fp16) below IVF_MIN_ROWS rows, IVF with 8-bit codes above
+
+A segment is written once, every file made durable before the index's commit record names it, and never changed
+after: adding items writes a new segment, removing them records their rows in the index's deletions. So adding
+10k items costs what writing 10k items costs, however large the index is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VECTORS, ITEMS, OFFSETS, KEYS, GLOBAL = "vectors.npy", "items.jsonl", "offsets.npy", "keys.npy", "global.faiss"
+KEY_DTYPE = np.dtype([("hash", "<u8"), ("row", "<i8"), ("size", "<i8"), ("mtime_ns", "<i8")])
+IVF_MIN_ROWS = 50_000  # below this an exact scan of the global vectors is as fast as an approximate one
+TRAINING_ROWS_PER_LIST = 64  # k-means sample: FAISS wants 30 to 256 points per centroid
+PROBED_FRACTION = 1 / 16  # of the IVF lists scanned per query (nprobe = nlist / 16)
+CHUNK_ROWS = 8192  # rows read or written at a time while building
+
+
+def path_hashes(paths: Iterable[str]) -> np.ndarray:
+    """64-bit hashes of resolved paths (a match is confirmed against the stored path, so a collision is harmless)."""
+    digests = (hashlib.blake2b(p.encode(), digest_size=8).digest() for p in paths)
+    return np.array([int.from_bytes(d, "little") for d in digests], np.uint64)
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError(
+            "agff-run's index needs FAISS: pip install 'agff-deploy[cpu]' (or pip install faiss-cpu)"
+        ) from err
+    return faiss
+
+
+def ivf_lists(rows: int) -> int:
+    """About sqrt(n) lists: each list, and the scan of nprobe of them, grows as sqrt(n)."""
+    return max(1, round(math.sqrt(rows)))
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def write_segment(
+    folder: Path, count: int, vectors: int, dimensions: int, chunks: Iterable[tuple[list[dict], np.ndarray]]
+) -> None:
+    """Write `count` items arriving in chunks of (items, `[n, K+1, D]` embeddings) as a segment in `folder`.
+
+    Items are dicts with `path` (resolved), `given`, `size`, `mtime_ns`. Memory stays at a chunk plus the FAISS
+    index whatever `count` is: vectors go straight to a memory-mapped file.
+    """
+    folder.mkdir(parents=True)
+    stored = np.lib.format.open_memmap(folder / VECTORS, "w+", np.float16, (count, vectors, dimensions))
+    keys = np.zeros(count, KEY_DTYPE)
+    offsets = np.zeros(count + 1, np.int64)
+    row = 0
+    with open(folder / ITEMS, "wb") as lines:
+        for items, embeddings in chunks:
+            end = row + len(items)
+            if end > count or embeddings.shape != (len(items), vectors, dimensions):
+                raise ValueError(f"segment chunk {embeddings.shape} for {len(items)} items at row {row} of {count}")
+            stored[row:end] = embeddings
+            keys["hash"][row:end] = path_hashes(item["path"] for item in items)
+            keys["row"][row:end] = np.arange(row, end)
+            keys["size"][row:end] = [item["size"] for item in items]
+            keys["mtime_ns"][row:end] = [item["mtime_ns"] for item in items]
+            for i, item in enumerate(items):
+                lines.write(json.dumps(item).encode() + b"\n")
+                offsets[row + i + 1] = lines.tell()
+            row = end
+        lines.flush()
+        os.fsync(lines.fileno())
+    if row != count:
+        raise ValueError(f"segment of {count} items got {row}")
+    stored.flush()
+    del stored
+    _fsync(folder / VECTORS)
+    for name, array in ((OFFSETS, offsets), (KEYS, np.sort(keys, order="hash"))):
+        with open(folder / name, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+    _write_global_index(folder, count, dimensions)
+
+
+def _write_global_index(folder: Path, count: int, dimensions: int) -> None:
+    faiss = _faiss()
+    stored = np.load(folder / VECTORS, mmap_mode="r")
+    if count < IVF_MIN_ROWS:
+        index = faiss.IndexScalarQuantizer(dimensions, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    else:
+        lists = ivf_lists(count)
+        index = faiss.IndexIVFScalarQuantizer(
+            faiss.IndexFlatIP(dimensions), dimensions, lists, faiss.ScalarQuantizer.QT_8bit,
+            faiss.METRIC_INNER_PRODUCT,
+        )  # fmt: skip
+        sample = np.sort(np.random.default_rng(0).choice(count, min(count, lists * TRAINING_ROWS_PER_LIST), False))
+        index.train(np.ascontiguousarray(stored[sample, 0], np.float32))
+    for start in range(0, count, CHUNK_ROWS):
+        index.add(np.ascontiguousarray(stored[start : start + CHUNK_ROWS, 0], np.float32))
+    faiss.write_index(index, str(folder / GLOBAL))
+    _fsync(folder / GLOBAL)
+
+
+@dataclass
+class Segment:
+    """A written segment, opened for reading: nothing is read until a search or lookup needs it."""
+
+    folder: Path
+
+    @cached_property
+    def vectors(self) -> np.ndarray:
+        return np.load(self.folder / VECTORS, mmap_mode="r")
+
+    @cached_property
+    def keys(self) -> np.ndarray:
+        return np.load(self.folder / KEYS, mmap_mode="r")
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        return np.load(self.folder / OFFSETS, mmap_mode="r")
+
+    @cached_property
+    def global_index(self) -> Any:
+        faiss = _faiss()
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+        return faiss.read_index(str(self.folder / GLOBAL), flags)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def items(self, rows: Iterable[int]) -> list[dict[str, Any]]:
+        """The stored items of `rows`, each read from its byte range of items.jsonl."""
+        found = []
+        with open(self.folder / ITEMS, "rb") as f:
+            for row in rows:
+                f.seek(int(self.offsets[row]))
+                found.append(json.loads(f.read(int(self.offsets[row + 1] - self.offsets[row]))))
+        return found
+
+    def all_items(self) -> Iterator[dict[str, Any]]:
+        with open(self.folder / ITEMS, "rb") as f:
+            for line in f:
+                yield json.loads(line)
+
+    def rows_of(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index into `hashes`, row) for every row whose path hash is among `hashes`."""
+        stored = self.keys["hash"]
+        first, last = np.searchsorted(stored, hashes, "left"), np.searchsorted(stored, hashes, "right")
+        which = np.repeat(np.arange(len(hashes)), last - first)
+        positions = np.concatenate([np.arange(a, b) for a, b in zip(first, last, strict=True)] or [np.zeros(0, int)])
+        return which, np.asarray(self.keys["row"][positions], np.int64)
+
+    def nearest(self, query: np.ndarray, count: int, deleted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(global score, row) of the `count` rows nearest `query` [D], deleted rows excluded."""
+        faiss = _faiss()
+        index = self.global_index
+        ivf = hasattr(index, "nlist")
+        params = faiss.SearchParametersIVF() if ivf else faiss.SearchParameters()
+        if ivf:
+            params.nprobe = max(1, round(index.nlist * PROBED_FRACTION))
+        selectors = []  # FAISS keeps raw pointers: the selectors must outlive the search
+        if len(deleted):
+            selectors = [faiss.IDSelectorBatch(np.asarray(deleted, np.int64))]
+            selectors.append(faiss.IDSelectorNot(selectors[0]))
+            params.sel = selectors[-1]
+        scores, rows = index.search(np.ascontiguousarray(query[None], np.float32), count, params=params)
+        found = rows[0] >= 0
+        return scores[0][found], rows[0][found]
