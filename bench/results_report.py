@@ -111,10 +111,15 @@ SERVING = (
 )
 OPENAI = Source(
     "openai-serve.json",
-    "python -m bench.openai_serve bundle/ --clients 1 16 --batch 1 8 --requests 96 --rounds 3 "
+    "python -m bench.openai_serve bundle/ --clients 1 16 --batch 1 8 --requests 96 --rounds 5 "
     "--out docs/openai-serve.json",
 )
-SOURCES = (*(s for *_, s in ABLATIONS), DIAGNOSIS, *(s for _, s in SERVING), OPENAI)
+INDEX = Source(
+    "index-scale.json",
+    "python -m bench.index_scale bundle/ --sizes 100000 1000000 --seeds 0 1 2 --seeds-at-largest 1 --queries 100 "
+    "--out docs/index-scale.json",
+)
+SOURCES = (*(s for *_, s in ABLATIONS), DIAGNOSIS, *(s for _, s in SERVING), OPENAI, INDEX)
 
 
 def load(docs: Path = DOCS) -> dict[str, Any]:
@@ -154,6 +159,7 @@ def render(reports: dict[str, Any]) -> str:
         lines += ["", serving_table(report)]
     lines += _serving_reading(reports)
     lines += _openai(reports[OPENAI.name])
+    lines += _index_scale(reports[INDEX.name])
     return "\n".join(lines) + "\n"
 
 
@@ -437,6 +443,35 @@ def _openai(report: dict[str, Any]) -> list[str]:
         f"carries {sizes['openai float']['response_bytes_per_image']:.0f} bytes an image as float JSON (float32's",
         f"shortest text) and {sizes['openai base64']['response_bytes_per_image']:.0f} as base64",
         f"(batch {sizes['batch']}).",
+    ]
+
+
+def _index_scale(report: dict[str, Any]) -> list[str]:
+    from bench.index_scale import table
+
+    c, spread = report["calibration"], report["calibration_spread"]
+    largest = report["summary"][-1]
+    ours = {k: v["mean"] for k, v in largest["ours"].items()}
+    smaller = report["summary"][0]["ours"]["add_add_s"]["mean"]
+    return [
+        "",
+        "## The index at corpus scale",
+        "",
+        f"`{INDEX.command}` ({origin(INDEX, report)}). Synthetic items of the 2B width ({report['vectors']} vectors",
+        f"of {report['dimensions']}), shaped like the bundle's own embeddings of {spread['photos']} photos cut into",
+        f"two overlapping views each: an item's fine vectors have cosine {c['global_fine']:.3f} (std",
+        f"{spread['global_fine_std']:.3f}) with its global vector, two views of one scene {c['two_views']:.3f} (std",
+        f"{spread['two_views_std']:.3f}), which sets how tight a cluster is and how far a query lies from its item;",
+        "the bundle's fused-score temperatures and biases. `bench/index_scale.py` says how the vectors are drawn.",
+        f"Shortlist {report['shortlist']}, top {report['top_k']}; each number the mean over the seeds counted,",
+        "recall's lowest and highest seed in brackets; `naive` is the one-array index agff-run had, where it fits.",
+        "",
+        table(report),
+        "",
+        f"At {largest['size']:,} items a search process peaks at {ours['search_peak_rss'] / 2**30:.2f} GiB, a query",
+        f"takes {ours['search_p50_ms']:.1f} ms at the median ({ours['search_p99_ms']:.1f} ms p99, the first queries",
+        f"paging the index in) and recall@10 is {ours['recall_at_10']:.3f}. Adding {report['added']:,} items takes",
+        f"{ours['add_add_s']:.2f} s at {largest['size']:,} and {smaller:.2f} s at {report['summary'][0]['size']:,}.",
     ]
 
 

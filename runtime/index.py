@@ -142,12 +142,12 @@ class EmbeddingIndex:
             yield item
 
     def live(self) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
-        """Every item and its `[K+1, D]` float16 vectors (read from disk only when used), segment by segment."""
+        """Every item and its `[K+1, D]` float16 vectors, segment by segment."""
         for entry in self.entries:
             segment, deleted = self.segments[entry.name], set(self.deleted[entry.name].tolist())
             for row, item in enumerate(segment.all_items()):
                 if row not in deleted:
-                    yield item, segment.vectors[row]
+                    yield item, segment.vectors.rows([row])[0]
 
     def stale(self, paths: list[Path]) -> list[Path]:
         """Paths that are new or changed since they were indexed."""
@@ -255,7 +255,7 @@ class EmbeddingIndex:
 
     def _vectors(self, name: str, rows: np.ndarray) -> np.ndarray:
         order = np.argsort(rows)
-        stored = self.segments[name].vectors[rows[order]]  # ascending rows: one pass over the file
+        stored = self.segments[name].vectors.rows(rows[order])  # ascending rows: one pass over the file
         return stored[np.argsort(order)]
 
     def _rows_of(self, name: str, paths: list[str]) -> np.ndarray:
@@ -299,7 +299,7 @@ class EmbeddingIndex:
             keep = np.setdiff1d(np.arange(entry.rows), deleted)
             for start in range(0, len(keep), CHUNK_ROWS):
                 rows = keep[start : start + CHUNK_ROWS]
-                yield segment.items(rows.tolist()), np.asarray(segment.vectors[rows])
+                yield segment.items(rows.tolist()), segment.vectors.rows(rows)
 
     def _retire(self, entry: SegmentEntry) -> None:
         self.entries.remove(entry)

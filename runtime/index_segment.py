@@ -2,7 +2,7 @@
 global vectors.
 
     segment-<pid>-<token>/
-      vectors.npy    [n, K+1, D] float16, memory-mapped: a search reads only its shortlist's rows
+      vectors.npy    [n, K+1, D] float16: a search reads its shortlist's rows, nothing else
       items.jsonl    one JSON object per row (path as resolved and as given, size, mtime), read by byte offset
       offsets.npy    [n + 1] int64, where each row's line starts in items.jsonl
       keys.npy       (path hash, row, size, mtime) sorted by hash: which rows hold a path, without reading items
@@ -19,11 +19,11 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -61,25 +61,68 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+class VectorFile:
+    """A `.npy` of `[n, K+1, D]` float16 read and written by rows with plain file I/O.
+
+    Not a memory map: a map's readahead pulls the pages around every row a search touches into the process's
+    resident memory (12.5 GiB after 100 queries on a million items, measured), where reads leave them in the
+    page cache, which the kernel drops as it needs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            headers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            shape, _, dtype = headers[version](f)
+            self.start = f.tell()
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(shape[1:])) * self.dtype.itemsize
+
+    @staticmethod
+    def write(path: Path, shape: tuple[int, ...], blocks: Iterable[np.ndarray]) -> None:
+        """`blocks` of rows, in order, as a float16 `.npy` of `shape`, made durable."""
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f2")), "fortran_order": False, "shape": shape}
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, header)
+            for block in blocks:
+                f.write(np.ascontiguousarray(block, "<f2").tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The vectors of `rows` (in that order)."""
+        with open(self.path, "rb", buffering=0) as f:
+            data = b"".join(os.pread(f.fileno(), self.row_bytes, self.start + int(r) * self.row_bytes) for r in rows)
+        return np.frombuffer(data, self.dtype).reshape(len(rows), *self.shape[1:])
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Rows `start` to `stop`, one read."""
+        stop = min(stop, self.shape[0])
+        with open(self.path, "rb") as f:
+            f.seek(self.start + start * self.row_bytes)
+            data = f.read((stop - start) * self.row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(stop - start, *self.shape[1:])
+
+
 def write_segment(
     folder: Path, count: int, vectors: int, dimensions: int, chunks: Iterable[tuple[list[dict], np.ndarray]]
 ) -> None:
     """Write `count` items arriving in chunks of (items, `[n, K+1, D]` embeddings) as a segment in `folder`.
 
     Items are dicts with `path` (resolved), `given`, `size`, `mtime_ns`. Memory stays at a chunk plus the FAISS
-    index whatever `count` is: vectors go straight to a memory-mapped file.
+    index whatever `count` is: the vectors are written as they arrive, then read back a block at a time.
     """
     folder.mkdir(parents=True)
-    stored = np.lib.format.open_memmap(folder / VECTORS, "w+", np.float16, (count, vectors, dimensions))
     keys = np.zeros(count, KEY_DTYPE)
     offsets = np.zeros(count + 1, np.int64)
     row = 0
-    with open(folder / ITEMS, "wb") as lines:
+
+    def blocks(lines: BinaryIO) -> Iterator[np.ndarray]:
+        nonlocal row
         for items, embeddings in chunks:
             end = row + len(items)
             if end > count or embeddings.shape != (len(items), vectors, dimensions):
                 raise ValueError(f"segment chunk {embeddings.shape} for {len(items)} items at row {row} of {count}")
-            stored[row:end] = embeddings
             keys["hash"][row:end] = path_hashes(item["path"] for item in items)
             keys["row"][row:end] = np.arange(row, end)
             keys["size"][row:end] = [item["size"] for item in items]
@@ -88,13 +131,14 @@ def write_segment(
                 lines.write(json.dumps(item).encode() + b"\n")
                 offsets[row + i + 1] = lines.tell()
             row = end
+            yield embeddings
+
+    with open(folder / ITEMS, "wb") as lines:
+        VectorFile.write(folder / VECTORS, (count, vectors, dimensions), blocks(lines))
         lines.flush()
         os.fsync(lines.fileno())
     if row != count:
         raise ValueError(f"segment of {count} items got {row}")
-    stored.flush()
-    del stored
-    _fsync(folder / VECTORS)
     for name, array in ((OFFSETS, offsets), (KEYS, np.sort(keys, order="hash"))):
         with open(folder / name, "wb") as f:
             np.save(f, array)
@@ -105,7 +149,7 @@ def write_segment(
 
 def _write_global_index(folder: Path, count: int, dimensions: int) -> None:
     faiss = _faiss()
-    stored = np.load(folder / VECTORS, mmap_mode="r")
+    stored = VectorFile(folder / VECTORS)
     if count < IVF_MIN_ROWS:
         index = faiss.IndexScalarQuantizer(dimensions, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     else:
@@ -115,9 +159,9 @@ def _write_global_index(folder: Path, count: int, dimensions: int) -> None:
             faiss.METRIC_INNER_PRODUCT,
         )  # fmt: skip
         sample = np.sort(np.random.default_rng(0).choice(count, min(count, lists * TRAINING_ROWS_PER_LIST), False))
-        index.train(np.ascontiguousarray(stored[sample, 0], np.float32))
+        index.train(np.ascontiguousarray(stored.rows(sample)[:, 0], np.float32))
     for start in range(0, count, CHUNK_ROWS):
-        index.add(np.ascontiguousarray(stored[start : start + CHUNK_ROWS, 0], np.float32))
+        index.add(np.ascontiguousarray(stored.block(start, start + CHUNK_ROWS)[:, 0], np.float32))
     faiss.write_index(index, str(folder / GLOBAL))
     _fsync(folder / GLOBAL)
 
@@ -129,8 +173,8 @@ class Segment:
     folder: Path
 
     @cached_property
-    def vectors(self) -> np.ndarray:
-        return np.load(self.folder / VECTORS, mmap_mode="r")
+    def vectors(self) -> VectorFile:
+        return VectorFile(self.folder / VECTORS)
 
     @cached_property
     def keys(self) -> np.ndarray:
