@@ -7,6 +7,8 @@
     agff-run --engine bundle/ photos/ --query "a dog"    rank images by fused score
     agff-run index photos/ --engine bundle/ --index idx/ build or update a persistent index
     agff-run search "a dog" --engine bundle/ --index idx/
+    agff-run embed-corpus photos/ --engine bundle/ --out shards/   a large corpus on Ray Data, as Parquet shards
+    agff-run index --from-shards shards/ --index idx/           an index straight from those shards
 
 On a terminal the summary is for people: counts, speed, where the output went,
 the errors and, for --query, --labels and search, a table of the best matches.
@@ -245,6 +247,10 @@ def _table(title: str, rows: list[str]) -> list[str]:
 
 
 def run_index(args: argparse.Namespace) -> int:
+    if args.from_shards:
+        return run_index_shards(args)
+    if not args.engine:
+        raise InputError("agff-run index: give --engine BUNDLE (the model that embeds the files)")
     found = expand_inputs(args.inputs)
     _report_inputs(found, args.verbose)
     with Embedder.load(args.engine, args.backend, args.precision, args.threads) as embedder:
@@ -266,8 +272,32 @@ def run_index(args: argparse.Namespace) -> int:
         "skipped_unsupported": len(found.skipped),
         "failed": len(failed),
     }
+    if done.names:
+        summary["images_per_s"] = round(len(done.names) / max(done.wall_s, 1e-9), 1)
     report(summary, args.json, lambda: _index_lines(summary, failed, args.verbose))
     return 1 if failed else 0
+
+
+def run_index_shards(args: argparse.Namespace) -> int:
+    """An index built (or updated) straight from `agff-run embed-corpus`'s shards: no model runs."""
+    from .corpus_shards import ShardModel, index_items, shard_files
+
+    files = shard_files(args.from_shards)
+    if not files or args.inputs:
+        why = "give no inputs with it" if args.inputs else "it holds no shards (shard-*.parquet)"
+        raise InputError(f"--from-shards {args.from_shards}: {why}")
+    import pyarrow.parquet as pq
+
+    model = ShardModel.of(pq.read_schema(files[0]), files[0])
+    index = EmbeddingIndex.open_or_create(args.index, model.model_id)
+    index.require_shape((model.vectors, model.dimensions))
+    count, chunks = index_items(args.from_shards, model, index.unchanged)
+    index.add_chunks(count, tqdm(chunks, desc="index", unit="shard", disable=args.quiet, file=sys.stderr))
+    index.commit()
+    summary = {"index": str(args.index), "items": len(index), "added": count, "shards": len(files)}
+    line = f"index {args.index}: {len(index)} items; {count} added from {len(files)} shards"
+    report(summary, args.json, lambda: [line])
+    return 0
 
 
 def _vanished(index: EmbeddingIndex, inputs: list[str]) -> list[str]:
@@ -320,8 +350,10 @@ TASK_HELP = (
 )
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", required=True, help="TensorRT plan, ONNX graph, bundle folder or checkpoint folder")
+def _common(p: argparse.ArgumentParser, engine_required: bool = True) -> None:
+    p.add_argument(
+        "--engine", required=engine_required, help="TensorRT plan, ONNX graph, bundle folder or checkpoint folder"
+    )
     p.add_argument("--backend", choices=BACKENDS, help="force a backend (default: by what --engine is)")
     p.add_argument("--precision", help="bundle graphs to run with ONNX Runtime (default: fp32)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
@@ -343,8 +375,11 @@ def parser_for(command: str) -> argparse.ArgumentParser:
         )
         p.add_argument("inputs", nargs="*", help="image files, folders or globs (none: migrate or tidy the index)")
         p.add_argument("--index", required=True, type=Path)
+        p.add_argument("--from-shards", type=Path, help="build from agff-run embed-corpus's shards (no model runs)")
         p.add_argument("--task", help=TASK_HELP + "the documents (default: the model's)")
         _input_options(p)
+        _common(p, engine_required=False)  # --from-shards runs no model
+        return p
     elif command == "search":
         p = argparse.ArgumentParser(
             prog="agff-run search", description="Query an index: global shortlist, fused re-rank."

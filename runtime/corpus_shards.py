@@ -26,7 +26,7 @@ import fcntl
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,3 +229,28 @@ def writer_lock(folder: Path) -> Iterator[None]:
             if TEMPORARY_NAME.match(path.name):
                 os.unlink(path)
         yield
+
+
+def index_items(folder: Path, model: ShardModel, skip: Callable[[list[dict]], list[bool]]) -> tuple[int, Iterator]:
+    """The embedded items of `folder`'s shards for an index: (count, chunks of (items, `[n, K+1, D]` vectors)).
+
+    Failed rows are left out, and so are the rows `skip(items)` says the index holds already (same path, size and
+    mtime). A first pass reads the small columns alone to count what goes in; the vectors are read shard by shard
+    as the index writes them."""
+    chosen = []
+    for path in shard_files(folder):
+        require_model(path, ShardModel.of(pq.read_schema(path), path), model)
+        keys = pq.read_table(path, columns=["id", "path", "size", "mtime_ns", "error"]).to_pylist()
+        items = [{"path": r["id"], "given": r["path"], "size": r["size"], "mtime_ns": r["mtime_ns"]} for r in keys]
+        embedded = [r["error"] is None for r in keys]
+        known = skip([item for item, ok in zip(items, embedded, strict=True) if ok])
+        rows = [i for i, ok in enumerate(embedded) if ok]
+        chosen.append((path, [(row, items[row]) for row, old in zip(rows, known, strict=True) if not old]))
+
+    def chunks() -> Iterator[tuple[list[dict], np.ndarray]]:
+        for path, wanted in chosen:
+            if wanted:
+                vectors = table_rows(pq.read_table(path, columns=None)).embeddings
+                yield [item for _, item in wanted], vectors[[row for row, _ in wanted]]
+
+    return sum(len(wanted) for _, wanted in chosen), chunks()

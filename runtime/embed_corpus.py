@@ -75,6 +75,8 @@ class Counts:
     failed: list[str] = field(default_factory=list)
     shards: int = 0
     wall_s: float = 0.0
+    first_s: float = 0.0  # until the first results came back: Ray Data's planning, the actors' start, one block
+    first_rows: int = 0
 
 
 def _resolved(base: Path, given: str) -> str:
@@ -252,6 +254,8 @@ def embed(ray: Any, todo: list[tuple[str, str]], args: argparse.Namespace, model
     started = time.perf_counter()
     with tqdm(total=len(todo), unit="img", desc="embed-corpus", disable=args.quiet, file=sys.stderr) as bar:
         for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if not counts.first_s:
+                counts.first_s, counts.first_rows = time.perf_counter() - started, table.num_rows
             _report_rows(table, counts)
             writer.add(table.drop_columns(["note"]))
             bar.update(table.num_rows)
@@ -291,7 +295,9 @@ def run_embed_corpus(args: argparse.Namespace) -> int:
                 say(f"duplicate: {given}: the same file as {first}, embedded once")
             for line in source.errors:
                 say(f"error: {line}")
+            driver_cpu = time.process_time()
             counts = embed(ray, work.todo, args, model)
+            driver_cpu = time.process_time() - driver_cpu
             items = len(done_ids(args.out))
             shards = len(shard_files(args.out))
     finally:
@@ -311,6 +317,13 @@ def run_embed_corpus(args: argparse.Namespace) -> int:
     }
     if counts.embedded:
         summary["images_per_s"] = round(counts.embedded / max(counts.wall_s, 1e-9), 1)
+        summary["first_results_s"] = round(counts.first_s, 2)
+        # what this process (the only writer) spends per item bounds how many actors it can keep up with
+        summary["driver_cpu_ms_per_item"] = round(driver_cpu / counts.embedded * 1000, 3)
+    if counts.wall_s > counts.first_s and counts.embedded > counts.first_rows:
+        # after the first results: the rate a longer corpus approaches, start-up costs aside
+        steady = (len(work.todo) - counts.first_rows) / (counts.wall_s - counts.first_s)
+        summary["steady_images_per_s"] = round(steady, 1)
     report(summary, args.json, lambda: _lines(summary, failed))
     return 1 if failed else 0
 

@@ -121,8 +121,8 @@ class EmbeddingIndex:
     def require_model(self, model_id: str) -> None:
         if model_id != self.model_id:
             raise ArtifactError(
-                f"{self.folder} was built with another model (weights sha256 {self.model_id[:12]}…; the engine's "
-                f"model is {model_id[:12]}…); rebuild it with `agff-run index` into an empty folder"
+                f"{self.folder} was built with another model (weights sha256 {self.model_id[:12]}…; the model given "
+                f"is {model_id[:12]}…); rebuild it with `agff-run index` into an empty folder"
             )
 
     def require_shape(self, shape: tuple[int, ...]) -> None:
@@ -138,22 +138,23 @@ class EmbeddingIndex:
 
     def items(self) -> Iterator[dict[str, Any]]:
         """Every item (resolved path, path as given, size, mtime), segment by segment."""
-        for item, _ in self.live():
-            yield item
+        for entry in self.entries:
+            deleted = set(self.deleted[entry.name].tolist())
+            yield from (item for row, item in enumerate(self.segments[entry.name].all_items()) if row not in deleted)
 
     def live(self) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
         """Every item and its `[K+1, D]` float16 vectors, segment by segment."""
-        for entry in self.entries:
-            segment, deleted = self.segments[entry.name], set(self.deleted[entry.name].tolist())
-            for row, item in enumerate(segment.all_items()):
-                if row not in deleted:
-                    yield item, segment.vectors.rows([row])[0]
+        for items, vectors in self._live_chunks(self.entries):
+            yield from zip(items, vectors, strict=True)
 
     def stale(self, paths: list[Path]) -> list[Path]:
         """Paths that are new or changed since they were indexed."""
-        keys = [file_key(p) for p in paths]
-        known = {(item["path"], item["size"], item["mtime_ns"]) for item in self._items_of([k["path"] for k in keys])}
-        return [p for p, k in zip(paths, keys, strict=True) if (k["path"], k["size"], k["mtime_ns"]) not in known]
+        return [p for p, same in zip(paths, self.unchanged([file_key(p) for p in paths]), strict=True) if not same]
+
+    def unchanged(self, items: list[dict[str, Any]]) -> list[bool]:
+        """Which items (resolved `path`, `size`, `mtime_ns`) the index holds as they are."""
+        known = {(i["path"], i["size"], i["mtime_ns"]) for i in self._items_of([item["path"] for item in items])}
+        return [(item["path"], item["size"], item["mtime_ns"]) in known for item in items]
 
     def add(self, paths: list[Path], embeddings: np.ndarray) -> None:
         """Add (or replace) files' items; committed by `commit`."""
