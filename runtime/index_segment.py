@@ -27,6 +27,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from agff_deploy.errors import MissingDependencyError
+
 VECTORS, ITEMS, OFFSETS, KEYS, GLOBAL = "vectors.npy", "items.jsonl", "offsets.npy", "keys.npy", "global.faiss"
 KEY_DTYPE = np.dtype([("hash", "<u8"), ("row", "<i8"), ("size", "<i8"), ("mtime_ns", "<i8")])
 IVF_MIN_ROWS = 50_000  # below this an exact scan of the global vectors is as fast as an approximate one
@@ -45,7 +47,7 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             "agff-run's index needs FAISS: pip install 'agff-deploy[cpu]' (or pip install faiss-cpu)"
         ) from err
     return faiss
@@ -65,8 +67,8 @@ class VectorFile:
     """A `.npy` of `[n, K+1, D]` float16 read and written by rows with plain file I/O.
 
     Not a memory map: a map's readahead pulls the pages around every row a search touches into the process's
-    resident memory (12.5 GiB after 100 queries on a million items, measured), where reads leave them in the
-    page cache, which the kernel drops as it needs."""
+    resident memory, query after query, where reads leave them in the page cache, which the kernel drops as it
+    needs."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -189,9 +191,6 @@ class Segment:
         faiss = _faiss()
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
         return faiss.read_index(str(self.folder / GLOBAL), flags)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
 
     def items(self, rows: Iterable[int]) -> list[dict[str, Any]]:
         """The stored items of `rows`, each read from its byte range of items.jsonl."""
