@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agff_deploy.atomic_files import write_atomically
+from agff_deploy.atomic_files import write_json
 from agff_deploy.provenance import provenance
 
 from .throughput import write_photos
@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report), file=sys.stderr)
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
     if args.out:
-        text = json.dumps(report, indent=1) + "\n"
-        write_atomically(args.out, lambda f: f.write(text.encode()))
+        write_json(args.out, report)
     return 0
 
 

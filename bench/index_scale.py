@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from agff_deploy.atomic_files import write_atomically
+from agff_deploy.atomic_files import write_atomically, write_json
 from agff_deploy.provenance import provenance
 from runtime.scoring import fused_similarity
 
@@ -391,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
               "summary": summarize(rows), "rows": rows, **provenance("bench.index_scale", args, argv)}  # fmt: skip
     print(table(report), file=sys.stderr)
     if args.out:
-        text = json.dumps(report, indent=1) + "\n"
-        write_atomically(args.out, lambda f: f.write(text.encode()))
+        write_json(args.out, report)
     return 0
 
 

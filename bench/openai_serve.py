@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from agff_deploy.atomic_files import write_atomically
+from agff_deploy.atomic_files import write_json
 from agff_deploy.provenance import provenance
 from serve.client import EmbeddingClient
 from serve.tritonserver import free_ports
@@ -246,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report), file=sys.stderr)
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
     if args.out:
-        text = json.dumps(report, indent=1) + "\n"
-        write_atomically(args.out, lambda f: f.write(text.encode()))
+        write_json(args.out, report)
     return 0
 
 

@@ -357,6 +357,11 @@ def _common(p: argparse.ArgumentParser, engine_required: bool = True) -> None:
     p.add_argument("--backend", choices=BACKENDS, help="force a backend (default: by what --engine is)")
     p.add_argument("--precision", help="bundle graphs to run with ONNX Runtime (default: fp32)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    output_options(p)
+
+
+def output_options(p: argparse.ArgumentParser) -> None:
+    """The image limit and how the summary is shown: the same for every command that embeds images."""
     p.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)"
     )

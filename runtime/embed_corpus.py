@@ -34,9 +34,8 @@ from tqdm import tqdm
 
 from agff_deploy.contract import IMAGE_ENCODER
 from agff_deploy.errors import AgffError, ArtifactError, InputError, MissingDependencyError, MissingFileError
-from agff_deploy.images import DEFAULT_MAX_PIXELS
 
-from .cli import _error_lines, report, say, warnings_as_lines
+from .cli import _error_lines, output_options, report, say, warnings_as_lines
 from .embedder import Embedder
 from .input_files import expand_inputs
 from .loading import BACKENDS
@@ -356,11 +355,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, help="force a backend (default: by what --engine is)")
     p.add_argument("--precision", help="bundle graphs to run with ONNX Runtime (default: fp32)")
     p.add_argument("--threads", type=int, help="each actor's ONNX Runtime threads and the CPUs Ray reserves for it")
-    p.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="the one-line JSON summary even on a terminal")
+    output_options(p)
     return p
 
 
