@@ -28,19 +28,15 @@ import json
 import os
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 from tqdm import tqdm
 
 from agff_deploy.atomic_files import write_atomically
 from agff_deploy.errors import AgffError, InputError
-from agff_deploy.images import DEFAULT_MAX_PIXELS
 
+from .console import error_lines, output_options, report, say, warnings_as_lines
 from .embedder import Embedder
 from .index import EmbeddingIndex
 from .input_files import Inputs, expand_inputs
@@ -48,38 +44,7 @@ from .loading import BACKENDS
 from .pipeline import Outcome
 
 TABLE_ROWS = 5  # rows of a ranked table a person sees; --json lists all
-ERROR_LINES = 3  # errors repeated in a person's summary (each is also on stderr)
 SCORE_SCALE = "fused score (higher = closer)"
-
-
-def say(line: str) -> None:
-    """One line on stderr, written through the progress bar so it never lands in the middle of the bar's line."""
-    tqdm.write(line, file=sys.stderr)
-
-
-@contextmanager
-def warnings_as_lines() -> Iterator[None]:
-    """Python warnings (a truncated text or instruction, a library's notice) become `warning:` lines through the
-    progress bar, each distinct message once: a per-batch warning would otherwise repeat for every batch."""
-    seen: set[str] = set()
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if str(message) not in seen:
-            seen.add(str(message))
-            say(f"warning: {message}")
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
-
-
-def for_people(stream: TextIO, as_json: bool) -> bool:
-    """A terminal gets a short human summary; pipes, files and `--json` get the one-line JSON summary."""
-    return not as_json and stream.isatty()
-
-
-def report(summary: dict, as_json: bool, human: Callable[[], list[str]]) -> None:
-    print("\n".join(human()) if for_people(sys.stdout, as_json) else json.dumps(summary))
 
 
 def _report_inputs(found: Inputs, verbose: bool) -> None:
@@ -207,7 +172,7 @@ def _embed_lines(summary: dict, errors: list[str], args: argparse.Namespace) -> 
         outside = summary["time_outside_inference"]
         lines.append(f"{summary['images_per_s']} images/s, {outside:.0%} of the time outside inference")
     lines.append(_where_output_went(summary.get("out")))
-    lines += _error_lines(errors)
+    lines += error_lines(errors)
     if "ranking" in summary:
         rows = [f"  {i:>3}  {r['score']:7.4f}  {r['path']}" for i, r in enumerate(summary["ranking"], 1)]
         lines += _table(f"ranked by {SCORE_SCALE} for {args.query!r}:", rows)
@@ -232,13 +197,6 @@ def _where_output_went(out: str | None) -> str:
     if not out:
         return "embeddings not kept: --out FILE.npy or FILE.jsonl writes them"
     return f"embeddings written to {out}" + (f" and {out}.paths.txt" if out.endswith(".npy") else "")
-
-
-def _error_lines(errors: list[str]) -> list[str]:
-    if not errors:
-        return []
-    more = [f"  ... and {len(errors) - ERROR_LINES} more on stderr"] if len(errors) > ERROR_LINES else []
-    return ["errors (also on stderr):", *(f"  {line}" for line in errors[:ERROR_LINES]), *more]
 
 
 def _table(title: str, rows: list[str]) -> list[str]:
@@ -315,7 +273,7 @@ def _index_lines(summary: dict, errors: list[str], verbose: bool) -> list[str]:
         f"{summary['removed']} removed (files gone), {summary['skipped_unchanged']} unchanged"
     )
     counts += _failed_and_skipped(summary["failed"], summary["skipped_unsupported"], verbose)
-    return [counts, *_error_lines(errors)]
+    return [counts, *error_lines(errors)]
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -358,15 +316,6 @@ def _common(p: argparse.ArgumentParser, engine_required: bool = True) -> None:
     p.add_argument("--precision", help="bundle graphs to run with ONNX Runtime (default: fp32)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     output_options(p)
-
-
-def output_options(p: argparse.ArgumentParser) -> None:
-    """The image limit and how the summary is shown: the same for every command that embeds images."""
-    p.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="the one-line JSON summary even on a terminal")
 
 
 def _input_options(p: argparse.ArgumentParser) -> None:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from agff_deploy.contract import IMAGE_ENCODER
 from agff_deploy.errors import AgffError, ArtifactError, InputError, MissingDependencyError, MissingFileError
 
-from .cli import _error_lines, output_options, report, say, warnings_as_lines
+from .console import error_lines, output_options, report, say, warnings_as_lines
 from .embedder import Embedder
 from .input_files import expand_inputs
 from .loading import BACKENDS
@@ -334,7 +334,7 @@ def _lines(summary: dict, failed: list[str]) -> list[str]:
     ]
     if "images_per_s" in summary:
         lines.append(f"{summary['images_per_s']} images/s")
-    return lines + _error_lines(failed)
+    return lines + error_lines(failed)
 
 
 def parser() -> argparse.ArgumentParser:

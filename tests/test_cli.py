@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from runtime.cli import for_people, write_output
+from runtime.cli import write_output
+from runtime.console import for_people
 
 
 def agff_run(*args, cwd=None):
