@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from agff_deploy.atomic_files import write_json
 from agff_deploy.provenance import provenance
 
+from .records import publish
 from .throughput import write_photos
 
 COMMANDS = ("index", "embed-corpus")
@@ -128,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure(args, Path(tmp))
     report = {**summarize(rows, args), **provenance("bench.embed_corpus", args, argv)}
-    print(table(report), file=sys.stderr)
-    print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
-    if args.out:
-        write_json(args.out, report)
+    publish(report, table(report), args.out)
     return 0
 
 

@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from agff_deploy.atomic_files import write_atomically, write_json
+from agff_deploy.atomic_files import write_atomically
 from agff_deploy.provenance import provenance
 from runtime.scoring import fused_similarity
 
+from .records import percentiles, publish
 from .throughput import PHOTOS
 
 DIMENSIONS, VECTORS = 1536, 5
@@ -217,7 +218,7 @@ def search_ours(folder: Path, queries: np.ndarray, calibration: Calibration) -> 
         hits = index.search_items(query, score, True, TOP_K, SHORTLIST)
         latencies.append(time.perf_counter() - began)
         found.append([item_number(item) for item, _ in hits])
-    return {"load_s": load_s, **_latency(latencies), "peak_rss": peak_rss(), "found": found}
+    return {"load_s": load_s, **percentiles(latencies), "peak_rss": peak_rss(), "found": found}
 
 
 def build_naive(corpus: Corpus, folder: Path) -> dict[str, Any]:
@@ -262,17 +263,12 @@ def search_naive(folder: Path, queries: np.ndarray, calibration: Calibration) ->
         best = candidates[np.argsort(-fine)[:TOP_K]]
         latencies.append(time.perf_counter() - began)
         found.append(best.tolist())
-    return {"load_s": load_s, **_latency(latencies), "peak_rss": peak_rss(), "found": found}
+    return {"load_s": load_s, **percentiles(latencies), "peak_rss": peak_rss(), "found": found}
 
 
 def _scorer(calibration: Calibration) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     bias = np.asarray(calibration.bias, np.float32)
     return lambda a, b: fused_similarity(a, b, calibration.t_in, calibration.t_f, bias)
-
-
-def _latency(latencies: list[float]) -> dict[str, float]:
-    p50, p99 = np.percentile(np.asarray(latencies) * 1000, [50, 99])
-    return {"p50_ms": float(p50), "p99_ms": float(p99)}
 
 
 def exact_top(corpus: Corpus, queries: np.ndarray) -> np.ndarray:
@@ -389,9 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"bench": "index_scale", "calibration": asdict(calibration), "calibration_spread": spread,
               "dimensions": DIMENSIONS, "vectors": VECTORS, "top_k": TOP_K, "shortlist": SHORTLIST, "added": ADDED,
               "summary": summarize(rows), "rows": rows, **provenance("bench.index_scale", args, argv)}  # fmt: skip
-    print(table(report), file=sys.stderr)
-    if args.out:
-        write_json(args.out, report)
+    publish(report, table(report), args.out)
     return 0
 
 

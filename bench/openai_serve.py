@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import multiprocessing
 import statistics
 import sys
@@ -34,12 +33,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from agff_deploy.atomic_files import write_json
 from agff_deploy.provenance import provenance
 from serve.client import EmbeddingClient
 from serve.tritonserver import free_ports
 
-from .serve import percentiles
+from .records import percentiles, publish
 from .throughput import write_photos
 
 PATHS = ("triton", "openai float", "openai base64")
@@ -243,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.close()
     report = {**summarize(rows, args), **provenance("bench.openai_serve", args, argv)}
-    print(table(report), file=sys.stderr)
-    print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
-    if args.out:
-        write_json(args.out, report)
+    publish(report, table(report), args.out)
     return 0
 
 

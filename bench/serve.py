@@ -15,10 +15,8 @@ Run: python -m bench.serve BUNDLE [--concurrency 1 4 16] [--requests 480] [--rou
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -27,7 +25,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from agff_deploy.atomic_files import write_atomically
 from agff_deploy.provenance import provenance
 from runtime.embedder import Embedder
 from serve.cli import settings_of
@@ -36,12 +33,8 @@ from serve.embedder_model import EmbeddingService
 from serve.repository import write_serving_repository
 from serve.tritonserver import Ports, TritonServer, free_ports
 
+from .records import percentiles, publish
 from .throughput import write_photos
-
-
-def percentiles(latencies: list[float]) -> dict[str, float]:
-    p50, p99 = np.percentile(np.asarray(latencies) * 1000, [50, 99])
-    return {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
 
 
 def in_process(service: EmbeddingService, images: list[bytes], batch: int, requests: int) -> dict[str, float]:
@@ -120,10 +113,7 @@ def run(args: argparse.Namespace) -> None:
                 port = http if args.protocol == "http" else grpc
                 rows = measure(service, f"127.0.0.1:{port}", images, args)
     report = {**summarize(rows, args), **provenance("bench.serve", args)}
-    print(table(report), file=sys.stderr)
-    print(json.dumps(report))
-    if args.out:
-        write_atomically(args.out, lambda f: f.write(json.dumps(report, indent=1).encode()))
+    publish(report, table(report), args.out)
 
 
 def measure(service: EmbeddingService, url: str, images: list[bytes], args: argparse.Namespace) -> list[dict]:

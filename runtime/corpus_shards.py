@@ -250,7 +250,7 @@ def index_items(folder: Path, model: ShardModel, skip: Callable[[list[dict]], li
     def chunks() -> Iterator[tuple[list[dict], np.ndarray]]:
         for path, wanted in chosen:
             if wanted:
-                vectors = table_rows(pq.read_table(path, columns=None)).embeddings
+                vectors = table_rows(pq.read_table(path)).embeddings
                 yield [item for _, item in wanted], vectors[[row for row, _ in wanted]]
 
     return sum(len(wanted) for _, wanted in chosen), chunks()

@@ -134,7 +134,7 @@ class EmbeddingIndex:
             )
 
     def __len__(self) -> int:
-        return sum(e.rows - len(self.deleted[e.name]) for e in self.entries)
+        return sum(map(self._live_count, self.entries))
 
     def items(self) -> Iterator[dict[str, Any]]:
         """Every item (resolved path, path as given, size, mtime), segment by segment."""
@@ -168,11 +168,21 @@ class EmbeddingIndex:
         self.add_chunks(len(kept), [([items[i] for i in kept], embeddings[kept])])
 
     def add_chunks(self, count: int, chunks: Iterable[tuple[list[dict[str, Any]], np.ndarray]]) -> None:
-        """`count` items arriving in chunks (a corpus larger than memory), paths distinct, as one new segment."""
+        """`count` items arriving in chunks (a corpus larger than memory), paths distinct, as one new segment; the
+        rows those paths held elsewhere are deleted."""
+        written = self._write_segment(count, chunks)
+        if written:
+            self.remove(written[1])
+            self._attach(written[0])
+
+    def _write_segment(
+        self, count: int, chunks: Iterable[tuple[list[dict[str, Any]], np.ndarray]]
+    ) -> tuple[SegmentEntry, list[str]] | None:
+        """The chunks written as a segment not yet part of the index, and the paths it holds."""
         pending = iter(chunks)
         first = next(pending, None)
         if count == 0 or first is None:
-            return
+            return None
         shape = first[1].shape[1:]
         self.require_shape(shape)
         self.shape = (int(shape[0]), int(shape[1]))
@@ -186,10 +196,12 @@ class EmbeddingIndex:
                 yield items, embeddings
 
         write_segment(self.folder / name, count, *self.shape, checked())
-        self.remove(paths)
-        self.entries.append(SegmentEntry(name, count))
-        self.segments[name] = Segment(self.folder / name)
-        self.deleted[name] = np.zeros(0, np.int64)
+        return SegmentEntry(name, count), paths
+
+    def _attach(self, entry: SegmentEntry) -> None:
+        self.entries.append(entry)
+        self.segments[entry.name] = Segment(self.folder / entry.name)
+        self.deleted[entry.name] = np.zeros(0, np.int64)
 
     def remove(self, paths: Iterable[str]) -> int:
         """Delete the items of these resolved paths (a vanished file, or the old row of a replaced one)."""
@@ -249,15 +261,10 @@ class EmbeddingIndex:
         segment, rows = segment[best], rows[best]
         vectors = np.empty((len(best), *self.shape), np.float32)  # type: ignore[misc]
         for s in np.unique(segment):
-            vectors[segment == s] = self._vectors(self.entries[s].name, rows[segment == s])
+            vectors[segment == s] = self.segments[self.entries[s].name].vectors.rows(rows[segment == s])
         fine = score(vectors, query[None])[:, 0] if query_is_text else score(query[None], vectors)[0]
         order = np.argsort(-fine, kind="stable")[:top_k]
         return [(self.segments[self.entries[segment[i]].name].items([rows[i]])[0], float(fine[i])) for i in order]
-
-    def _vectors(self, name: str, rows: np.ndarray) -> np.ndarray:
-        order = np.argsort(rows)
-        stored = self.segments[name].vectors.rows(rows[order])  # ascending rows: one pass over the file
-        return stored[np.argsort(order)]
 
     def _rows_of(self, name: str, paths: list[str]) -> np.ndarray:
         """The live rows of segment `name` that hold these resolved paths."""
@@ -279,7 +286,7 @@ class EmbeddingIndex:
         return found
 
     def _drop_empty(self) -> None:
-        for entry in [e for e in self.entries if len(self.deleted[e.name]) == e.rows]:
+        for entry in [e for e in self.entries if not self._live_count(e)]:
             self._retire(entry)
 
     def _merge_smallest(self) -> None:
@@ -287,12 +294,13 @@ class EmbeddingIndex:
         the larger segments are not touched."""
         if len(self.entries) <= MAX_SEGMENTS:
             return
-        by_size = sorted(self.entries, key=lambda e: e.rows - len(self.deleted[e.name]))
-        merged = by_size[: len(self.entries) - MAX_SEGMENTS + 1]
-        count = sum(e.rows - len(self.deleted[e.name]) for e in merged)
+        merged = sorted(self.entries, key=self._live_count)[: len(self.entries) - MAX_SEGMENTS + 1]
+        count = sum(map(self._live_count, merged))
         for entry in merged:
             self._retire(entry)  # its files stay until the commit: the merge reads them
-        self.add_chunks(count, self._live_chunks(merged))
+        written = self._write_segment(count, self._live_chunks(merged))
+        if written:
+            self._attach(written[0])  # live rows: no other segment holds their paths, nothing to delete
 
     def _live_chunks(self, entries: list[SegmentEntry]) -> Iterator[tuple[list[dict[str, Any]], np.ndarray]]:
         for entry in entries:
@@ -301,6 +309,9 @@ class EmbeddingIndex:
             for start in range(0, len(keep), CHUNK_ROWS):
                 rows = keep[start : start + CHUNK_ROWS]
                 yield segment.items(rows.tolist()), segment.vectors.rows(rows)
+
+    def _live_count(self, entry: SegmentEntry) -> int:
+        return entry.rows - len(self.deleted[entry.name])
 
     def _retire(self, entry: SegmentEntry) -> None:
         self.entries.remove(entry)
